@@ -1,0 +1,117 @@
+"""Run configuration: the paper's defaults, per-category data presets and named training presets.
+
+A :class:`Config` is resolved once (category preset, then named preset, then explicit flags) and
+written to ``config.json`` in the run folder, so every later tool (evaluate, export, predict, plots)
+rebuilds exactly the model that was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
+OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush",
+           "transistor", "zipper")
+CATEGORIES = TEXTURES + OBJECTS
+#: Objects whose orientation does not tell a defect: trained with +-45 degree rotations (Sec. V-B).
+ROTATED_OBJECTS = ("bottle", "hazelnut", "metal_nut", "screw")
+
+
+@dataclass
+class Config:
+    """Everything that defines a run. Defaults are the paper's / authors' code's."""
+
+    category: str = "grid"
+    data_dir: str = "data/mvtec-ad"
+    output_dir: str = "runs"
+    run_name: str | None = None
+    preset: str = "paper"
+    # data
+    kind: str | None = None            # "object" or "texture"; None: from the category name
+    image_size: int | None = None      # side after resizing: 128 objects, 512 textures
+    patch_size: int | None = None      # network input: 128 objects, 64 textures
+    rotation: float | None = None      # max degrees: objects +-rotation, textures 0..rotation
+    val_split: float = 0.1             # share of train/good held out (threshold, model selection)
+    # networks
+    latent_dim: int = 64
+    width: int = 3
+    norm: str = "none"
+    activation: str = "leaky_relu"
+    feature_layer: str = "critic_features"
+    # training
+    alpha: float = 1e-4
+    d_iter: int = 5
+    gp_weight: float = 10.0
+    batch_size: int = 32
+    steps: int = 1_200_000
+    minutes: float | None = None
+    lr_d: float = 1e-4
+    lr_eg: float = 1e-4
+    betas_d: tuple = (0.0, 0.9)
+    betas_eg: tuple = (0.0, 0.1)
+    ema_decay: float = 0.999
+    ema_every: int = 10
+    ema_warmup: bool = True
+    seed: int = 42
+    # scoring and bookkeeping
+    score_lambda: float = 0.1
+    threshold_percentile: float = 99.0
+    eval_every: int = 1000
+    log_every: int = 100
+    preview_every: int = 1000
+    select_on_test: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> "Config":
+        """Fill the category-dependent fields left as None."""
+        c = dataclasses.replace(self)
+        if c.kind is None:
+            c.kind = "texture" if c.category in TEXTURES else "object"
+        if c.kind not in ("object", "texture"):
+            raise ValueError(f"kind must be 'object' or 'texture', got {c.kind!r}")
+        if c.image_size is None:
+            c.image_size = 512 if c.kind == "texture" else 128
+        if c.patch_size is None:
+            c.patch_size = 64 if c.kind == "texture" else c.image_size
+        if c.rotation is None:
+            c.rotation = 45.0 if (c.kind == "texture" or c.category in ROTATED_OBJECTS) else 0.0
+        if c.kind == "object" and c.patch_size != c.image_size:
+            raise ValueError("objects are scored whole: patch_size must equal image_size")
+        if c.kind == "texture" and c.image_size % c.patch_size:
+            raise ValueError(f"texture image_size {c.image_size} is not a multiple of patch_size "
+                             f"{c.patch_size}")
+        if not 0 <= c.val_split < 1:
+            raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")
+        if not 0 <= c.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {c.alpha}")
+        if c.d_iter < 0:
+            raise ValueError(f"d_iter must be >= 0, got {c.d_iter}")
+        c.betas_d, c.betas_eg = tuple(c.betas_d), tuple(c.betas_eg)
+        return c
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Config":
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = {k: v for k, v in data.items() if k not in known}
+        cfg = cls(**{k: v for k, v in data.items() if k in known})
+        cfg.extra.update(extra)
+        return cfg.resolved()
+
+
+#: Named presets: overrides applied on top of the paper defaults. ``paper`` is the paper itself.
+PRESETS: dict[str, dict] = {
+    "paper": {},
+}
+
+
+def apply_preset(cfg: Config, name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(cfg, preset=name, **PRESETS[name])

@@ -1,0 +1,209 @@
+"""CBiGAN as one ``keras.Model``: the custom ``train_step`` of the Wasserstein BiGAN with consistency.
+
+Losses (see ``../shared/reference/original-implementation.md``):
+
+* critic: ``L_D = mean D(G(z), z) - mean D(x, E(x)) + gp_weight * GP``, two-sided gradient penalty on
+  interpolates of both image and latent with the same ``e ~ U(0, 1)`` per sample;
+* encoder + generator: ``L_EG = mean D(x, E(x)) - mean D(G(z), z)``;
+* consistency: ``L_C = mean_b sum|x - G(E(x))| + mean_b sum|z - E(G(z))|``;
+* ``L*_EG = (1 - alpha) L_EG + alpha L_C`` (alpha 0: EGBAD, alpha 1: double autoencoder).
+
+Of every ``d_iter + 1`` consecutive batches, ``d_iter`` update the critic only and one updates E and G
+only; the branch is chosen in the graph from a step counter (``tf.cond``), so nothing retraces. Each
+step computes only what its branch needs: the critic sees real, generated and interpolated pairs in
+one call, and the E+G step has no gradient penalty. An exponential moving average (EMA) of E and G,
+with the warm-up ``decay_n = min(decay, (1 + n) / (10 + n))``, is kept in ``ema_encoder`` and
+``ema_generator``: those are the networks that are evaluated, saved and exported.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from .config import Config
+from .networks import build_critic, build_encoder, build_generator
+
+LOSS_NAMES = ("loss_d", "gp", "d_real", "d_fake", "loss_eg", "loss_c", "loss_rx", "loss_rz", "loss_total")
+
+
+def _l1_per_sample(a, b):
+    """L1 distance summed over every axis but the batch axis."""
+    diff = tf.abs(a - b)
+    return tf.reduce_sum(tf.reshape(diff, (tf.shape(diff)[0], -1)), axis=1)
+
+
+class CBiGAN(keras.Model):
+    """Owns E, G, D and the EMA copies of E and G; trains with :meth:`fit`."""
+
+    def __init__(self, encoder: keras.Model, generator: keras.Model, critic: keras.Model, *,
+                 alpha: float = 1e-4, d_iter: int = 5, gp_weight: float = 10.0,
+                 ema_decay: float = 0.999, ema_every: int = 10, ema_warmup: bool = True,
+                 seed: int = 42, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder, self.generator, self.critic = encoder, generator, critic
+        self.ema_encoder = keras.models.clone_model(encoder)
+        self.ema_encoder.name = "ema_encoder"
+        self.ema_generator = keras.models.clone_model(generator)
+        self.ema_generator.name = "ema_generator"
+        self.ema_encoder.set_weights(encoder.get_weights())
+        self.ema_generator.set_weights(generator.get_weights())
+        self.ema_encoder.trainable = False
+        self.ema_generator.trainable = False
+        self.latent_dim = int(generator.inputs[0].shape[-1])
+        self.alpha = float(alpha)
+        self.d_iter = int(d_iter)
+        self.gp_weight = float(gp_weight)
+        self.ema_decay = float(ema_decay)
+        self.ema_every = int(ema_every)
+        self.ema_warmup = bool(ema_warmup)
+        self.train_counter = keras.Variable(0, dtype="int64", trainable=False, name="train_counter")
+        self.ema_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_updates")
+        self.seed_generator = keras.random.SeedGenerator(seed, name="train_seed")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+
+    # ------------------------------------------------------------------ keras plumbing
+    def compile(self, d_optimizer=None, eg_optimizer=None, **kwargs):
+        super().compile(**kwargs)
+        self.d_optimizer = d_optimizer or keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.9)
+        self.eg_optimizer = eg_optimizer or keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.1)
+        # Optimizer slots must exist before the first step: they cannot be created inside tf.cond.
+        self.d_optimizer.build(self.critic.trainable_variables)
+        self.eg_optimizer.build(self.eg_variables)
+
+    @property
+    def eg_variables(self):
+        return self.encoder.trainable_variables + self.generator.trainable_variables
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, x, training=False):
+        """Reconstruction G(E(x)) with the EMA networks (what is evaluated and exported)."""
+        return self.ema_generator(self.ema_encoder(x, training=training), training=training)
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    # ------------------------------------------------------------------ losses
+    def critic_losses(self, x, z, eps):
+        """L_D and its parts for given real images, prior codes and interpolation weights."""
+        ex = self.encoder(x, training=True)
+        gz = self.generator(z, training=True)
+        e_img = tf.reshape(eps, (-1, 1, 1, 1))
+        x_hat = e_img * x + (1.0 - e_img) * gz
+        z_hat = eps * z + (1.0 - eps) * ex
+        with tf.GradientTape(watch_accessed_variables=False) as gp_tape:
+            gp_tape.watch([x_hat, z_hat])
+            scores = self.critic([tf.concat([x, gz, x_hat], 0), tf.concat([ex, z, z_hat], 0)],
+                                 training=True)
+            d_real, d_fake, d_hat = tf.split(scores, 3, axis=0)
+        gx, gzh = gp_tape.gradient(d_hat, [x_hat, z_hat])
+        sq = (tf.reduce_sum(tf.reshape(tf.square(gx), (tf.shape(gx)[0], -1)), axis=1)
+              + tf.reduce_sum(tf.square(gzh), axis=1))
+        grad_norm = tf.sqrt(sq + 1e-12)
+        gp = tf.reduce_mean(tf.square(grad_norm - 1.0))
+        d_real, d_fake = tf.reduce_mean(d_real), tf.reduce_mean(d_fake)
+        loss_d = d_fake - d_real + self.gp_weight * gp
+        return {"loss_d": loss_d, "gp": gp, "d_real": d_real, "d_fake": d_fake}
+
+    def consistency_losses(self, x, z, ex, gz, training=True):
+        """L_C parts: mean_b sum|x - G(E(x))| and mean_b sum|z - E(G(z))|."""
+        loss_rx = tf.reduce_mean(_l1_per_sample(x, self.generator(ex, training=training)))
+        loss_rz = tf.reduce_mean(_l1_per_sample(z, self.encoder(gz, training=training)))
+        return loss_rx, loss_rz
+
+    def eg_losses(self, x, z):
+        """L*_EG and its parts. With alpha = 0 the consistency terms are computed for logging only."""
+        ex = self.encoder(x, training=True)
+        gz = self.generator(z, training=True)
+        scores = self.critic([tf.concat([x, gz], 0), tf.concat([ex, z], 0)], training=True)
+        d_real, d_fake = tf.split(scores, 2, axis=0)
+        loss_eg = tf.reduce_mean(d_real) - tf.reduce_mean(d_fake)
+        if self.alpha > 0:
+            loss_rx, loss_rz = self.consistency_losses(x, z, ex, gz)
+        else:
+            loss_rx, loss_rz = self.consistency_losses(tf.stop_gradient(x), z, tf.stop_gradient(ex),
+                                                       tf.stop_gradient(gz))
+            loss_rx, loss_rz = tf.stop_gradient(loss_rx), tf.stop_gradient(loss_rz)
+        loss_c = loss_rx + loss_rz
+        total = (1.0 - self.alpha) * loss_eg + (self.alpha * loss_c if self.alpha > 0 else 0.0)
+        return {"loss_eg": loss_eg, "loss_c": loss_c, "loss_rx": loss_rx, "loss_rz": loss_rz,
+                "loss_total": total}
+
+    # ------------------------------------------------------------------ steps
+    def is_critic_step(self, step):
+        """True where ``step`` (0-based) is one of the d_iter critic-only batches of its cycle."""
+        return tf.math.floormod(step, self.d_iter + 1) < self.d_iter
+
+    def _sample(self, x):
+        batch = tf.shape(x)[0]
+        z = keras.random.normal((batch, self.latent_dim), seed=self.seed_generator)
+        eps = keras.random.uniform((batch, 1), seed=self.seed_generator)
+        return z, eps
+
+    def critic_step(self, x):
+        z, eps = self._sample(x)
+        with tf.GradientTape() as tape:
+            losses = self.critic_losses(x, z, eps)
+        grads = tape.gradient(losses["loss_d"], self.critic.trainable_variables)
+        self.d_optimizer.apply_gradients(zip(grads, self.critic.trainable_variables))
+        for k, v in losses.items():
+            self.trackers[k].update_state(v)
+        return tf.constant(True)
+
+    def eg_step(self, x):
+        z, _ = self._sample(x)
+        with tf.GradientTape() as tape:
+            losses = self.eg_losses(x, z)
+        grads = tape.gradient(losses["loss_total"], self.eg_variables)
+        self.eg_optimizer.apply_gradients(zip(grads, self.eg_variables))
+        for k, v in losses.items():
+            self.trackers[k].update_state(v)
+        return tf.constant(False)
+
+    def update_ema(self):
+        """One EMA update of E and G into ema_encoder / ema_generator (with warm-up if enabled)."""
+        n = tf.cast(self.ema_updates, tf.float32)
+        decay = tf.constant(self.ema_decay, tf.float32)
+        if self.ema_warmup:
+            decay = tf.minimum(decay, (1.0 + n) / (10.0 + n))
+        sources = self.encoder.weights + self.generator.weights
+        targets = self.ema_encoder.weights + self.ema_generator.weights
+        for src, dst in zip(sources, targets):
+            dst.assign(decay * dst + (1.0 - decay) * tf.cast(src, dst.dtype))
+        self.ema_updates.assign_add(1)
+        return tf.constant(True)
+
+    def copy_weights_to_ema(self):
+        """Make the EMA networks equal to the raw ones (e.g. to evaluate raw weights)."""
+        self.ema_encoder.set_weights(self.encoder.get_weights())
+        self.ema_generator.set_weights(self.generator.get_weights())
+
+    def train_step(self, x):
+        step = self.train_counter.value if hasattr(self.train_counter, "value") else self.train_counter
+        if self.d_iter == 0:
+            self.eg_step(x)
+        else:
+            tf.cond(self.is_critic_step(step), lambda: self.critic_step(x), lambda: self.eg_step(x))
+        self.train_counter.assign_add(1)
+        tf.cond(tf.math.floormod(step + 1, self.ema_every) == 0, self.update_ema, lambda: tf.constant(False))
+        return {name: t.result() for name, t in self.trackers.items()}
+
+
+def build_model(cfg: Config) -> CBiGAN:
+    """Build and compile the CBiGAN that ``cfg`` describes (seeded for reproducibility)."""
+    cfg = cfg.resolved()
+    keras.utils.set_random_seed(cfg.seed)
+    kw = dict(latent_dim=cfg.latent_dim, width=cfg.width, norm=cfg.norm, activation=cfg.activation)
+    model = CBiGAN(build_encoder(cfg.patch_size, **kw), build_generator(cfg.patch_size, **kw),
+                   build_critic(cfg.patch_size, **kw), alpha=cfg.alpha, d_iter=cfg.d_iter,
+                   gp_weight=cfg.gp_weight, ema_decay=cfg.ema_decay, ema_every=cfg.ema_every,
+                   ema_warmup=cfg.ema_warmup, seed=cfg.seed, name="cbigan")
+    model.build((None, cfg.patch_size, cfg.patch_size, 3))
+    model.compile(
+        d_optimizer=keras.optimizers.Adam(cfg.lr_d, beta_1=cfg.betas_d[0], beta_2=cfg.betas_d[1]),
+        eg_optimizer=keras.optimizers.Adam(cfg.lr_eg, beta_1=cfg.betas_eg[0], beta_2=cfg.betas_eg[1]),
+    )
+    return model

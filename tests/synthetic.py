@@ -1,0 +1,63 @@
+"""Tiny synthetic categories in the MVTec AD layout, with obvious defects (used by the tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _object_image(rng, size: int) -> np.ndarray:
+    """A grey disk on a dark background, slightly shifted and noisy."""
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = size / 2 + rng.uniform(-2, 2, 2)
+    disk = ((yy - cy) ** 2 + (xx - cx) ** 2) < (size * 0.3) ** 2
+    img = np.full((size, size, 3), 40.0)
+    img[disk] = 170.0
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _texture_image(rng, size: int) -> np.ndarray:
+    """Diagonal stripes with a random phase."""
+    yy, xx = np.mgrid[:size, :size]
+    phase = rng.uniform(0, 2 * np.pi)
+    v = 128 + 60 * np.sin((xx + yy) / 6.0 + phase)
+    img = np.repeat(v[..., None], 3, axis=2) + rng.normal(0, 4, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _add_defect(rng, img: np.ndarray, frac: float = 0.25):
+    """Paint a saturated red square; return the image and its mask."""
+    size = img.shape[0]
+    s = max(4, int(size * frac))
+    y, x = rng.integers(size // 4, size - size // 4 - s // 2, 2)
+    img = img.copy()
+    img[y:y + s, x:x + s] = (250, 20, 20)
+    mask = np.zeros((size, size), np.uint8)
+    mask[y:y + s, x:x + s] = 255
+    return img, mask
+
+
+def make_category(root: Path, name: str = "synthetic", kind: str = "object", size: int = 64,
+                  n_train: int = 24, n_good: int = 6, n_defect: int = 6, masks: bool = True,
+                  seed: int = 0) -> Path:
+    """Write ``root/name`` in the MVTec layout and return it."""
+    rng = np.random.default_rng(seed)
+    make = _object_image if kind == "object" else _texture_image
+    cat = Path(root) / name
+    for sub in ("train/good", "test/good", "test/red_square"):
+        (cat / sub).mkdir(parents=True, exist_ok=True)
+    if masks:
+        (cat / "ground_truth/red_square").mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        Image.fromarray(make(rng, size)).save(cat / f"train/good/{i:03d}.png")
+    for i in range(n_good):
+        Image.fromarray(make(rng, size)).save(cat / f"test/good/{i:03d}.png")
+    for i in range(n_defect):
+        img, mask = _add_defect(rng, make(rng, size), 0.25 if kind == "object" else 0.1)
+        Image.fromarray(img).save(cat / f"test/red_square/{i:03d}.png")
+        if masks:
+            Image.fromarray(mask).save(cat / f"ground_truth/red_square/{i:03d}_mask.png")
+    return cat
