@@ -28,13 +28,19 @@ def _texture_image(rng, size: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _add_defect(rng, img: np.ndarray, frac: float = 0.25):
-    """Paint a saturated red square; return the image and its mask."""
+def _add_defect(rng, img: np.ndarray, frac: float = 0.25, color=(250, 20, 20), corner: bool = False):
+    """Paint a square of ``color`` (saturated red by default); return the image and its mask.
+
+    ``corner`` puts it in the background near a corner instead of around the centre.
+    """
     size = img.shape[0]
     s = max(4, int(size * frac))
-    y, x = rng.integers(size // 4, size - size // 4 - s // 2, 2)
+    if corner:
+        y, x = rng.integers(1, max(2, size // 8), 2)
+    else:
+        y, x = rng.integers(size // 4, size - size // 4 - s // 2, 2)
     img = img.copy()
-    img[y:y + s, x:x + s] = (250, 20, 20)
+    img[y:y + s, x:x + s] = color
     mask = np.zeros((size, size), np.uint8)
     mask[y:y + s, x:x + s] = 255
     return img, mask
@@ -42,7 +48,8 @@ def _add_defect(rng, img: np.ndarray, frac: float = 0.25):
 
 def make_category(root: Path, name: str = "synthetic", kind: str = "object", size: int = 64,
                   n_train: int = 24, n_good: int = 6, n_defect: int = 6, masks: bool = True,
-                  seed: int = 0) -> Path:
+                  seed: int = 0, defect_color=(250, 20, 20), defect_frac: float | None = None,
+                  defect_in_corner: bool = False) -> Path:
     """Write ``root/name`` in the MVTec layout and return it."""
     rng = np.random.default_rng(seed)
     make = _object_image if kind == "object" else _texture_image
@@ -56,7 +63,9 @@ def make_category(root: Path, name: str = "synthetic", kind: str = "object", siz
     for i in range(n_good):
         Image.fromarray(make(rng, size)).save(cat / f"test/good/{i:03d}.png")
     for i in range(n_defect):
-        img, mask = _add_defect(rng, make(rng, size), 0.25 if kind == "object" else 0.1)
+        img, mask = _add_defect(rng, make(rng, size),
+                                defect_frac or (0.25 if kind == "object" else 0.1),
+                                defect_color, defect_in_corner)
         Image.fromarray(img).save(cat / f"test/red_square/{i:03d}.png")
         if masks:
             Image.fromarray(mask).save(cat / f"ground_truth/red_square/{i:03d}_mask.png")

@@ -1,0 +1,108 @@
+"""End-to-end training: run folder contents, learning on obvious defects, real-data smoke, CLI errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, shared_category
+from synthetic import make_category
+
+from cbigan.config import Config
+from cbigan.data import load_test_set
+from cbigan.metrics import auroc
+from cbigan.model import build_model
+from cbigan.scoring import Scorer
+from cbigan.training import load_run, train
+
+
+def test_learning_on_obvious_defects(tmp_path):
+    """A small CBiGAN learns a synthetic category: defects invisible to the untrained model are found."""
+    root = tmp_path / "data"
+    # a bright square in the dark background: |x| is unchanged, so an untrained model cannot see it
+    make_category(root, "learn", kind="object", size=64, n_train=32, n_good=10, n_defect=10,
+                  defect_color=(215, 215, 215), defect_frac=0.2, defect_in_corner=True, masks=False)
+    cfg = Config(category="learn", data_dir=str(root), output_dir=str(tmp_path / "runs"), run_name="r",
+                 image_size=64, patch_size=64, val_split=0, steps=60, batch_size=16, d_iter=1,
+                 alpha=0.5, lr_d=1e-3, lr_eg=1e-3, width=2, latent_dim=16, ema_decay=0.9, ema_every=1,
+                 log_every=20, eval_every=60, preview_every=60, seed=42).resolved()
+    test = load_test_set(cfg)
+    before = auroc(test.labels, Scorer(build_model(cfg), cfg).score(test.images).image_scores(0.1))
+    run = train(cfg, verbose=0)
+    _, model = load_run(run)
+    after = auroc(test.labels, Scorer(model, cfg).score(test.images).image_scores(0.1))
+    assert before < 0.6, before
+    assert after >= 0.9, after
+    log = pd.read_csv(run / "train_log.csv")
+    assert log["loss_rx"].iloc[-1] < 0.7 * log["loss_rx"].iloc[0]
+
+
+def test_run_folder_contents(synthetic_root, tmp_path):
+    cfg = Config(category="synth_tex", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="t",
+                 kind="texture", image_size=128, patch_size=64, steps=6, batch_size=4, log_every=3,
+                 eval_every=3, preview_every=6)
+    run = train(cfg, verbose=0)
+    assert run == tmp_path / "synth_tex" / "t"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["kind"] == "texture" and saved["patch_size"] == 64 and saved["alpha"] == 1e-4
+    log = pd.read_csv(run / "train_log.csv")
+    assert list(log["step"]) == [3, 6]
+    for col in ("loss_d", "gp", "d_real", "d_fake", "loss_eg", "loss_c", "loss_rx", "loss_rz", "loss_total"):
+        assert col in log.columns
+    ev = pd.read_csv(run / "eval_log.csv")
+    assert list(ev["step"]) == [3, 6] and ev["test_auroc"].between(0, 1).all()
+    assert (run / "previews" / "step_0000006.png").stat().st_size > 1000
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["selected_on_test"] is False
+    cfg2, model = load_run(run)
+    assert int(model.train_counter.numpy()) == 6 and cfg2.kind == "texture"
+
+
+def test_select_on_test_is_labelled(synthetic_root, tmp_path):
+    cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="s",
+                 image_size=64, patch_size=64, steps=4, batch_size=4, log_every=2, eval_every=2,
+                 preview_every=100, select_on_test=True)
+    run = train(cfg, verbose=0)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["selected_on_test"] is True and "test labels used" in summary["model"]
+
+
+def test_time_budget_stops_training(synthetic_root, tmp_path):
+    cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="m",
+                 image_size=64, patch_size=64, steps=10_000, minutes=0.001, batch_size=4, log_every=2,
+                 eval_every=100, preview_every=100)
+    run = train(cfg, verbose=0)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] < 10_000 and "time budget" in summary["stopped_because"]
+
+
+def test_cli_missing_data_folder_gives_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--category", "grid", "--data-dir",
+                        str(tmp_path / "nowhere"), "--steps", "1"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 1
+    err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "nowhere/grid/train/good" in err[0] and "--download" in err[0]
+
+
+def test_cli_corrupt_image_is_named(synthetic_root, tmp_path):
+    root = tmp_path / "data"
+    cat = make_category(root, "broken", size=64, n_train=4, n_good=2, n_defect=2)
+    (cat / "train/good/bad.png").write_bytes(b"not an image")
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--category", "broken", "--data-dir", str(root),
+                        "--steps", "1", "--output-dir", str(tmp_path / "runs")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 1 and "bad.png" in r.stderr
+
+
+@pytest.mark.parametrize("category", ["bottle", "leather"])
+def test_real_data_smoke(category, tmp_path):
+    path = shared_category("mvtec_ad", category)
+    cfg = Config(category=category, data_dir=str(path.parent), output_dir=str(tmp_path), run_name="smoke",
+                 steps=2, batch_size=4, log_every=2, eval_every=2, preview_every=2, d_iter=1).resolved()
+    run = train(cfg, verbose=0)
+    ev = pd.read_csv(run / "eval_log.csv")
+    assert np.isfinite(ev["test_auroc"]).all()
+    assert cfg.patch_size == (64 if category == "leather" else 128)
