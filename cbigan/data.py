@@ -275,7 +275,7 @@ def rotated_texture_crops(images, patch: int, max_degrees: float):
     transforms = _rotation_matrix_transforms(angles, centers, patch)
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=tf.constant([patch, patch]),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")  # never sampled: see centres
 
 
 def rotate_objects(images, max_degrees: float):

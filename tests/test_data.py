@@ -1,0 +1,172 @@
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from synthetic import make_category
+
+from cbigan.config import Config
+from cbigan.data import (DataError, category_dir, download_category, from_patches, load_image,
+                         load_test_set, load_train_set, rotate_objects, rotated_texture_crops,
+                         split_train_val, to_patches, train_dataset)
+
+
+def test_missing_category_error_says_where_and_how(tmp_path):
+    with pytest.raises(DataError) as e:
+        category_dir(tmp_path, "grid")
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "grid" / "train" / "good") in msg and "--download" in msg
+
+
+@pytest.mark.parametrize("mode,suffix", [("L", ".png"), ("RGBA", ".png"), ("P", ".png"), ("I;16", ".png"),
+                                         ("CMYK", ".jpg"), ("RGB", ".bmp"), ("RGB", ".jpg")])
+def test_load_image_any_mode_to_rgb(tmp_path, mode, suffix):
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        im = Image.fromarray((rng.integers(0, 65535, (20, 30))).astype(np.uint16))
+    else:
+        im = Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / f"img{suffix}"
+    im.save(path)
+    a = load_image(path)
+    assert a.shape == (20, 30, 3) and a.dtype == np.uint8
+
+
+def test_sixteen_bit_is_rescaled_not_clipped(tmp_path):
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(tmp_path / "w.png")
+    assert load_image(tmp_path / "w.png").min() == 255
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", None])
+def test_bad_image_error_names_the_file(tmp_path, content):
+    path = tmp_path / "bad.png"
+    if content is None:  # truncated PNG
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buf, format="PNG")
+        content = buf.getvalue()[:60]
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="bad.png"):
+        load_image(path)
+
+
+def test_split_is_disjoint_reproducible_and_seeded():
+    paths = [f"{i}.png" for i in range(50)]
+    tr, va = split_train_val(paths, 0.1, seed=3)
+    assert len(va) == 5 and not set(tr) & set(va) and sorted(tr + va) == sorted(paths)
+    assert split_train_val(paths, 0.1, seed=3) == (tr, va)
+    assert split_train_val(paths, 0.1, seed=4)[1] != va
+    assert split_train_val(paths, 0.0, seed=3) == (paths, [])
+
+
+def test_train_and_test_sets(synthetic_root):
+    cfg = Config(category="synth_obj", data_dir=str(synthetic_root), image_size=64, patch_size=64)
+    tr = load_train_set(cfg)
+    assert tr.images.shape == (22, 64, 64, 3) and tr.val_images.shape == (2, 64, 64, 3)
+    te = load_test_set(cfg)
+    assert len(te) == 12 and te.labels.sum() == 6
+    assert set(te.defect_types) == {"good", "red_square"}
+    assert te.masks.shape == (12, 64, 64) and te.has_mask.all()
+    assert te.masks[te.labels == 0].sum() == 0 and (te.masks[te.labels == 1].sum(axis=(1, 2)) > 0).all()
+
+
+def test_test_set_without_masks(tmp_path):
+    make_category(tmp_path, "nomask", size=32, n_train=2, n_good=2, n_defect=2, masks=False)
+    te = load_test_set(Config(category="nomask", data_dir=str(tmp_path), image_size=64, patch_size=64))
+    assert te.masks is None and te.images.shape == (4, 64, 64, 3)
+
+
+def test_mask_of_wrong_size_is_reported(tmp_path):
+    cat = make_category(tmp_path, "badmask", size=32, n_train=2, n_good=1, n_defect=1)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(cat / "ground_truth/red_square/000_mask.png")
+    with pytest.raises(DataError, match="000_mask.png"):
+        load_test_set(Config(category="badmask", data_dir=str(tmp_path), image_size=64, patch_size=64))
+
+
+def test_patches_round_trip_and_order():
+    x = np.arange(2 * 8 * 8 * 1, dtype=np.float32).reshape(2, 8, 8, 1)
+    p = to_patches(x, 4).numpy()
+    assert p.shape == (8, 4, 4, 1)
+    np.testing.assert_array_equal(p[1], x[0, 0:4, 4:8])  # row-major within an image
+    np.testing.assert_array_equal(p[4], x[1, 0:4, 0:4])
+    np.testing.assert_array_equal(from_patches(p, 2).numpy(), x)
+
+
+def test_texture_crops_have_no_empty_corners_and_rotate_in_degrees():
+    # outside the image the transform fills 0: a crop reaching outside would show black corners
+    img = np.full((200, 256, 256, 3), 255, np.uint8)
+    crops = rotated_texture_crops(tf.constant(img), 64, 45.0).numpy()
+    assert crops.shape == (200, 64, 64, 3)
+    assert crops.min() > 250
+    # and crops do cover the whole image, up to its border
+    marked = img[:1].copy()
+    marked[:, :, :4] = 0
+    seen = rotated_texture_crops(tf.constant(np.repeat(marked, 200, 0)), 64, 45.0).numpy()
+    assert seen.min() < 5
+    # degrees, not radians: a vertical edge rotated by at most 45 degrees stays within 45 degrees
+    stripe = np.zeros((1, 256, 256, 3), np.uint8)
+    stripe[:, :, 128:] = 255
+    tf.random.set_seed(0)
+    ok = 0
+    for c in rotated_texture_crops(tf.constant(np.repeat(stripe, 64, 0)), 64, 45.0).numpy():
+        col = c[..., 0] > 127
+        rows_with_edge = [r for r in range(64) if 0 < col[r].sum() < 64]
+        if len(rows_with_edge) > 10:
+            xs = [np.argmax(col[r]) for r in rows_with_edge]
+            slope = abs(np.polyfit(rows_with_edge, xs, 1)[0])
+            assert slope <= 1.05  # tan(45 deg) = 1
+            ok += 1
+    assert ok > 0
+
+
+def test_object_rotation_keeps_shape_and_fills_edges():
+    img = np.full((4, 64, 64, 3), 100, np.uint8)
+    out = rotate_objects(tf.constant(img), 45.0).numpy()
+    assert out.shape == (4, 64, 64, 3) and np.allclose(out, 100, atol=1e-3)
+
+
+def test_train_dataset_batches_in_range(synthetic_root):
+    cfg = Config(category="synth_tex", data_dir=str(synthetic_root), kind="texture", image_size=128,
+                 patch_size=64, batch_size=4).resolved()
+    tr = load_train_set(cfg)
+    b = next(iter(train_dataset(tr.images, cfg))).numpy()
+    assert b.shape == (4, 64, 64, 3) and b.min() >= -1 and b.max() <= 1
+
+
+def _serve(directory):
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def test_download_from_local_server(tmp_path):
+    src = tmp_path / "src"
+    make_category(src, "tinycat", size=16, n_train=2, n_good=1, n_defect=1)
+    make_category(src, "other", size=16, n_train=1, n_good=1, n_defect=1)
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = served / "mvtec.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(src / "tinycat", arcname="tinycat")
+        tar.add(src / "other", arcname="other")
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    httpd = _serve(served)
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/mvtec.tar.xz"
+    try:
+        data_dir = tmp_path / "data"
+        with pytest.raises(DataError, match="checksum"):
+            download_category("tinycat", data_dir, url=url, sha256="0" * 64)
+        assert not (data_dir / "tinycat").exists() and not list(data_dir.glob("*.part"))
+        out = download_category("tinycat", data_dir, url=url, sha256=sha)
+        assert out == data_dir / "tinycat" and len(list((out / "train/good").iterdir())) == 2
+        assert not (data_dir / "other").exists()
+        assert not [p for p in data_dir.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    finally:
+        httpd.shutdown()
