@@ -1,7 +1,34 @@
-"""Figures (headless, matplotlib Agg): training previews of inputs, reconstructions, differences, samples."""
+"""Figures of runs, headless (matplotlib Agg), and their command line.
+
+    python -m cbigan.plots recon  RUN [--compare RUN_B] [--rows N]   reconstructions and difference maps
+    python -m cbigan.plots curves RUN                                 losses, critic scores, test metrics
+    python -m cbigan.plots roc    RUN [RUN ...]                       ROC curves, one per run / category
+    python -m cbigan.plots hist   RUN [RUN ...] [--by-type]           score histograms, good vs defective
+    python -m cbigan.plots gif    RUN                                 animated GIF of the training previews
+
+Every figure command takes ``--out FILE`` (default ``<run>/figures/<name>.png``, or
+``<common parent of the runs>/figures/<name>.png`` for several runs), ``--pdf`` (a PDF beside the PNG)
+and ``--dpi``. The command line that made a figure is stored in the PNG/PDF metadata and in
+``commands.txt`` beside it.
+
+Scores come from the run's ``scores.csv`` (written by ``evaluate.py``) when it is newer than the
+weights, else they are computed here with :class:`cbigan.scoring.Scorer`, so a run that was never
+evaluated still plots. The calibrated threshold comes from ``threshold.json`` when it exists, is not
+null, and was calibrated with the same lambda as the scores.
+
+Training calls :func:`save_preview` every ``preview_every`` steps and :func:`make_preview_gif` at the
+end. The figure builders themselves live in :mod:`cbigan.figures`; this module reads run folders.
+TensorFlow is imported only by the commands that need the model (recon; roc/hist without scores.csv).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -10,12 +37,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .figures import (ReconPanel, ReconRow, ScoreSet, curves_figure, hist_figure,  # noqa: E402
+                      recon_figure, roc_figure, to_display)
 
-def to_display(x) -> np.ndarray:
-    """[-1, 1] floats -> [0, 1] floats for imshow."""
-    return np.clip((np.asarray(x, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+GOOD = "good"
+DPI = 100
+PREVIEW_GIF = "previews.gif"
 
 
+class PlotError(RuntimeError):
+    """A problem with the user's input, in one line."""
+
+
+# ---------------------------------------------------------------------------------- training previews
 def save_preview(path: Path, inputs, reconstructions, differences, samples, title: str = "") -> Path:
     """Rows: inputs, reconstructions G(E(x)), |x - G(E(x))| (channel mean), samples G(z)."""
     rows = [("input", to_display(inputs), None), ("reconstruction", to_display(reconstructions), None),
@@ -45,3 +79,461 @@ def save_preview(path: Path, inputs, reconstructions, differences, samples, titl
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def preview_steps(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``previews/step_XXXXXXX.png`` of a run as (step, path), in step order."""
+    out = []
+    for p in (Path(run_dir) / "previews").glob("step_*.png"):
+        try:
+            out.append((int(p.stem.split("_", 1)[1]), p))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def make_preview_gif(run_dir: str | Path, max_frames: int = 60, frame_ms: int = 300,
+                     last_ms: int = 2000, max_width: int = 1024) -> Path | None:
+    """Animate the run's previews (in step order) into ``<run>/previews.gif``; None if there are none.
+
+    At most ``max_frames`` frames, evenly spaced over training, always the first and the last; frames
+    wider than ``max_width`` pixels are scaled down; the last frame is held ``last_ms``.
+    """
+    from PIL import Image
+
+    previews = preview_steps(run_dir)
+    if not previews:
+        return None
+    if len(previews) > max_frames:
+        keep = np.unique(np.linspace(0, len(previews) - 1, max_frames).round().astype(int))
+        previews = [previews[i] for i in keep]
+    frames, size = [], None
+    for _, path in previews:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+        if size is None:
+            w, h = im.size
+            size = (w, h) if w <= max_width else (max_width, max(1, round(h * max_width / w)))
+        if im.size != size:
+            im = im.resize(size, Image.LANCZOS)
+        frames.append(im)
+    out = Path(run_dir) / PREVIEW_GIF
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    durations = [frame_ms] * (len(frames) - 1) + [last_ms]
+    frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations,
+                   loop=0)
+    os.replace(tmp, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------- run folders
+def method_name(alpha: float) -> str:
+    """``EGBAD`` for alpha 0 (plain BiGAN), ``autoencoder`` for alpha 1, ``CBiGAN`` in between."""
+    return {0.0: "EGBAD", 1.0: "autoencoder"}.get(float(alpha), "CBiGAN")
+
+
+def read_table(path: Path):
+    import pandas as pd
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+
+
+def image_key(path, defect_type: str | None = None) -> tuple[str, str]:
+    """(defect type, file name): identifies a test image of a category wherever the data lies."""
+    path = Path(str(path))
+    return (defect_type if isinstance(defect_type, str) else path.parent.name), path.name
+
+
+#: Scorers of the runs loaded in this process, by (run folder, weights mtime): loading is the slow part.
+_SCORERS: dict = {}
+
+
+class Run:
+    """A run folder: its config, stored scores and threshold without TensorFlow; model on demand."""
+
+    def __init__(self, run_dir: str | Path, data_dir: str | None = None):
+        from .config import Config
+
+        self.dir = Path(run_dir)
+        if not (self.dir / "config.json").is_file():
+            raise PlotError(f"{self.dir} is not a run folder (no config.json); pass runs/<category>/<run>")
+        self.cfg = Config.from_json(self.dir / "config.json")
+        if data_dir is not None:
+            self.cfg.data_dir = str(data_dir)
+        self._scorer = self._test = None
+        self.stored = self._stored_scores()
+        self.lam = self._stored_lambda() if self.stored is not None else self.cfg.score_lambda
+        self.threshold = self._threshold()
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def label(self) -> str:
+        return f"{method_name(self.cfg.alpha)} α={self.cfg.alpha:g} · {self.cfg.category}/{self.name}"
+
+    def _stored_scores(self):
+        """``scores.csv`` when it is at least as new as the weights (else it is stale)."""
+        path, weights = self.dir / "scores.csv", self.dir / "model.weights.h5"
+        df = read_table(path)
+        if df is None or not {"score", "label"} <= set(df.columns):
+            return None
+        if weights.is_file() and path.stat().st_mtime < weights.stat().st_mtime:
+            print(f"note: {path} is older than the weights; scoring again", file=sys.stderr)
+            return None
+        return df
+
+    def _stored_lambda(self) -> float:
+        ev = self.dir / "evaluation.json"
+        try:
+            return float(json.loads(ev.read_text())["score_lambda"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return float(self.cfg.score_lambda)
+
+    def _threshold(self) -> float | None:
+        path = self.dir / "threshold.json"
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            print(f"note: cannot read {path}; no threshold drawn", file=sys.stderr)
+            return None
+        value = data.get("threshold") if isinstance(data, dict) else None
+        if value is None or not math.isfinite(float(value)):
+            return None
+        lam = float(data.get("score_lambda", self.cfg.score_lambda))
+        if not math.isclose(lam, self.lam):
+            print(f"note: {path} was calibrated for lambda {lam:g} but the scores use {self.lam:g}; "
+                  f"no threshold drawn", file=sys.stderr)
+            return None
+        return float(value)
+
+    # -- needs TensorFlow
+    @property
+    def scorer(self):
+        """A :class:`cbigan.scoring.Scorer` of the run's model, loaded once per process and weights."""
+        if self._scorer is None:
+            weights = self.dir / "model.weights.h5"
+            if not weights.is_file():
+                raise PlotError(f"{self.dir} has no model.weights.h5 (training unfinished?)")
+            key = (str(self.dir.resolve()), weights.stat().st_mtime_ns)
+            if key not in _SCORERS:
+                from .scoring import Scorer
+                from .training import load_run
+
+                _, model = load_run(self.dir)
+                _SCORERS[key] = Scorer(model, self.cfg)
+            self._scorer = _SCORERS[key]
+        return self._scorer
+
+    def test_set(self):
+        if self._test is None:
+            from .data import load_test_set
+
+            self._test = load_test_set(self.cfg)
+        return self._test
+
+    def score_set(self, name: str | None = None) -> ScoreSet:
+        """Image scores of the test set (stored, or computed now)."""
+        if self.stored is not None:
+            df = self.stored
+            types = df["defect_type"].tolist() if "defect_type" in df else None
+            return ScoreSet(name or self.label, df["label"].to_numpy(), df["score"].to_numpy(), types,
+                            self.threshold)
+        test = self.test_set()
+        scores = self.scorer.score(test.images).image_scores(self.lam)
+        return ScoreSet(name or self.label, test.labels, scores, list(test.defect_types), self.threshold)
+
+    def scores_for(self, keys: list) -> np.ndarray | None:
+        """Stored scores of the given test images, or None when some are not stored."""
+        if self.stored is None or "path" not in self.stored:
+            return None
+        types = self.stored["defect_type"] if "defect_type" in self.stored else [None] * len(self.stored)
+        table = {image_key(p, t): s for p, t, s in zip(self.stored["path"], types, self.stored["score"])}
+        if not all(k in table for k in keys):
+            return None
+        return np.array([table[k] for k in keys], np.float64)
+
+    def reconstruct(self, images: np.ndarray):
+        """Reconstructions [N,S,S,3], difference maps [N,S,S] and per-patch scores [N,P] (whole images)."""
+        from .data import from_patches
+
+        scorer, cfg = self.scorer, self.cfg
+        ppi, grid = scorer.patches_per_image, cfg.image_size // cfg.patch_size
+        per_call = max(1, 256 // ppi)
+        recs, diffs, parts = [], [], []
+        for i in range(0, len(images), per_call):
+            out = scorer.raw(images[i:i + per_call])
+            rec, diff = out["reconstruction"], out["diff"]
+            if cfg.kind == "texture":
+                rec, diff = from_patches(rec, grid), from_patches(diff, grid)
+            recs.append(np.asarray(rec))
+            diffs.append(np.asarray(diff))
+            l_r = np.asarray(out["l_r"], np.float64).reshape(-1, ppi)
+            l_fd = np.asarray(out["l_fd"], np.float64).reshape(-1, ppi)
+            parts.append((1.0 - self.lam) * l_r + self.lam * l_fd)
+        return np.concatenate(recs), np.concatenate(diffs), np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------------------- recon grid
+def select_examples(defect_types, scores, n_rows: int | None = None) -> list[int]:
+    """Indices of the test images to show: by default the most and the least anomalous of ``good``
+    and of every defect type. With ``n_rows``, exactly that many (at most all images): the most
+    anomalous of each type first, then the least, then the second most... Ordered for display:
+    ``good`` first, then the defect types by name, each from the highest score down.
+    """
+    types = np.asarray(defect_types)
+    scores = np.nan_to_num(np.asarray(scores, np.float64), nan=np.inf)
+    order = [GOOD] * bool(np.any(types == GOOD)) + sorted(set(types.tolist()) - {GOOD})
+    queues = {}
+    for t in order:
+        idx = sorted(np.flatnonzero(types == t), key=lambda i: -scores[i])
+        q, lo, hi = [], 0, len(idx) - 1
+        while lo <= hi:
+            q.append(idx[lo])
+            if hi != lo:
+                q.append(idx[hi])
+            lo, hi = lo + 1, hi - 1
+        queues[t] = q
+    if n_rows is None:
+        n_rows = sum(min(2, len(q)) for q in queues.values())
+    n_rows = min(n_rows, len(types))
+    picked = []
+    for k in range(max((len(q) for q in queues.values()), default=0)):
+        for t in order:
+            if k < len(queues[t]) and len(picked) < n_rows:
+                picked.append(queues[t][k])
+    rank = {t: i for i, t in enumerate(order)}
+    return [int(i) for i in sorted(picked, key=lambda i: (rank[types[i]], -scores[i]))]
+
+
+def recon_data(run_dirs: list, n_rows: int | None = None, data_dir: str | None = None,
+               names: list | None = None):
+    """The rows of :func:`cbigan.figures.recon_figure` for one run or several compared runs.
+
+    The images are chosen by the first run's scores; every run reconstructs the same images.
+    """
+    runs = [Run(d, data_dir) for d in run_dirs]
+    ref = runs[0]
+    cats = {r.cfg.category for r in runs}
+    if len(cats) > 1:
+        raise PlotError(f"--compare needs runs of the same category, got {sorted(cats)}")
+    test = ref.test_set()
+    keys = [image_key(p, t) for p, t in zip(test.paths, test.defect_types)]
+    selection_scores = ref.scores_for(keys)
+    if selection_scores is None:
+        selection_scores = ref.scorer.score(test.images).image_scores(ref.lam)
+    picked = select_examples(test.defect_types, selection_scores, n_rows)
+    rows = []
+    for i in picked:
+        mask = test.masks[i] if test.masks is not None and test.has_mask[i] else None
+        rows.append(ReconRow(test.images[i], test.defect_types[i], Path(test.paths[i]).name, mask))
+    for run in runs:
+        t = run.test_set() if run is ref else _same_test_set(run, ref)
+        where = {image_key(p, d): j for j, (p, d) in enumerate(zip(t.paths, t.defect_types))}
+        missing = [keys[i] for i in picked if keys[i] not in where]
+        if missing:
+            raise PlotError(f"{run.dir} has no test image {missing[0][0]}/{missing[0][1]} of {ref.dir}")
+        js = [where[keys[i]] for i in picked]
+        recs, diffs, patch_scores = run.reconstruct(t.images[js])
+        stored = run.scores_for([keys[i] for i in picked])
+        for k, row in enumerate(rows):
+            best = int(np.argmax(patch_scores[k]))
+            score = float(stored[k]) if stored is not None else float(patch_scores[k, best])
+            box = None
+            if run.cfg.kind == "texture":
+                grid, p = run.cfg.image_size // run.cfg.patch_size, run.cfg.patch_size
+                box = ((best // grid) * p, (best % grid) * p, p)
+            anomalous = None if run.threshold is None else bool(score > run.threshold)
+            row.panels.append(ReconPanel(recs[k], diffs[k], score, anomalous, box))
+    if names and len(names) != len(runs):
+        raise PlotError(f"--names gives {len(names)} names for {len(runs)} runs")
+    labels = list(names) if names else [f"{method_name(r.cfg.alpha)} α={r.cfg.alpha:g} · {r.name}"
+                                        for r in runs]
+    n_def = sum(r.defect_type != GOOD for r in rows)
+    title = (f"{ref.cfg.category}: {len(rows)} test images ({len(rows) - n_def} good, {n_def} defective),"
+             f" most and least anomalous of each type")
+    note = ("red outline: ground-truth defect; "
+            + ("dashed box: highest-scoring patch (its score is the image score); "
+               if any(r.cfg.kind == "texture" for r in runs) else "")
+            + f"score A(x) = (1−λ)·L_R + λ·L_fD, λ = {ref.lam:g}")
+    return rows, labels, title, note
+
+
+def _same_test_set(run: Run, ref: Run):
+    """Reuse the reference run's loaded test set when it is the same data at the same size."""
+    a, b = run.cfg, ref.cfg
+    if (a.data_dir, a.category, a.image_size) == (b.data_dir, b.category, b.image_size):
+        run._test = ref.test_set()
+    return run.test_set()
+
+
+# ---------------------------------------------------------------------------------- saving
+def default_out(run_dirs: list, name: str) -> Path:
+    """``<run>/figures/<name>.png``; for several runs, under their common parent folder."""
+    dirs = [os.path.abspath(d) for d in run_dirs]
+    base = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else Path(run_dirs[0])
+    return base / "figures" / f"{name}.png"
+
+
+def command_line(argv: list[str] | None) -> str:
+    argv = sys.argv[1:] if argv is None else argv
+    return "python -m cbigan.plots " + shlex.join(argv)
+
+
+def save_figure(fig, out: str | Path, dpi: int = DPI, pdf: bool = False,
+                command: str | None = None) -> list[Path]:
+    """Write ``fig`` to ``out`` (PNG unless ``out`` ends in .pdf; ``pdf`` adds a PDF beside it)."""
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".pdf"):
+        plt.close(fig)
+        raise PlotError(f"--out {out}: write a .png or a .pdf file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] + ([out.with_suffix(".pdf")] if pdf and out.suffix.lower() != ".pdf" else [])
+    for path in paths:
+        meta = {"Creator": "cbigan"} if path.suffix.lower() == ".pdf" else {"Software": "cbigan"}
+        if command:
+            meta["Subject" if path.suffix.lower() == ".pdf" else "Description"] = command
+        fig.savefig(path, dpi=dpi, metadata=meta)
+    plt.close(fig)
+    if command:
+        record_command(out.parent, [p.name for p in paths], command)
+    return paths
+
+
+def record_command(folder: Path, names: list[str], command: str) -> Path:
+    """Keep ``commands.txt`` in ``folder``: one ``file: command`` line per figure, latest wins."""
+    path = Path(folder) / "commands.txt"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    lines = [ln for ln in lines if ln.split(": ", 1)[0] not in names]
+    lines += [f"{n}: {command}" for n in names]
+    path.write_text("\n".join(sorted(lines)) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------- commands
+def cmd_recon(args) -> list[Path]:
+    runs = [args.run] + ([args.compare] if args.compare else [])
+    if args.rows is not None and args.rows < 1:
+        raise PlotError("--rows must be at least 1")
+    rows, labels, title, note = recon_data(runs, args.rows, args.data_dir, args.names)
+    fig = recon_figure(rows, labels, title=title, note=note)
+    name = "recon" if not args.compare else f"recon_vs_{Path(args.compare).name}"
+    return save_figure(fig, args.out or default_out([args.run], name), args.dpi, args.pdf, args.command)
+
+
+def cmd_curves(args) -> list[Path]:
+    run = Path(args.run)
+    train_log, eval_log = read_table(run / "train_log.csv"), read_table(run / "eval_log.csv")
+    if train_log is None and eval_log is None:
+        raise PlotError(f"{run} has no train_log.csv or eval_log.csv; "
+                        f"pass a run folder runs/<category>/<run>")
+    title = f"{run.parent.name} / {run.name}"
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        title += f": {summary['steps']} steps in {summary['wall_seconds'] / 60:.1f} min"
+    except (OSError, ValueError, KeyError, TypeError):
+        if train_log is not None and len(train_log):
+            title += f": {int(train_log['step'].iloc[-1])} steps so far"
+    fig = curves_figure(train_log, eval_log, title=title)
+    return save_figure(fig, args.out or default_out([run], "curves"), args.dpi, args.pdf, args.command)
+
+
+def _score_sets(args) -> list[ScoreSet]:
+    runs = [Run(d, args.data_dir) for d in args.runs]
+    cats = [r.cfg.category for r in runs]
+    names = args.names or [c if cats.count(c) == 1 else r.label for c, r in zip(cats, runs)]
+    if len(names) != len(runs):
+        raise PlotError(f"--names gives {len(names)} names for {len(runs)} runs")
+    return [r.score_set(n) for r, n in zip(runs, names)]
+
+
+def cmd_roc(args) -> list[Path]:
+    sets = _score_sets(args)
+    fig = roc_figure(sets, title="ROC of image-level anomaly scores")
+    return save_figure(fig, args.out or default_out(args.runs, "roc"), args.dpi, args.pdf, args.command)
+
+
+def cmd_hist(args) -> list[Path]:
+    sets = _score_sets(args)
+    fig = hist_figure(sets, by_type=args.by_type, title="anomaly scores of the test images")
+    return save_figure(fig, args.out or default_out(args.runs, "hist"), args.dpi, args.pdf, args.command)
+
+
+def cmd_gif(args) -> list[Path]:
+    out = make_preview_gif(args.run, max_frames=args.max_frames)
+    if out is None:
+        raise PlotError(f"{args.run} has no previews/step_*.png")
+    return [out]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cbigan.plots", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command_name", required=True)
+
+    def common(p, data=True):
+        p.add_argument("--out", help="output file (.png or .pdf; default <run>/figures/<name>.png)")
+        p.add_argument("--pdf", action="store_true", help="also write a PDF beside the PNG")
+        p.add_argument("--dpi", type=int, default=DPI, help=f"pixels per inch (default {DPI})")
+        if data:
+            p.add_argument("--data-dir", help="data folder, if not the one the run was trained on")
+
+    p = sub.add_parser("recon", help="test images, reconstructions and difference maps (Figs. 4, 5)")
+    p.add_argument("run", help="run folder runs/<category>/<run>")
+    p.add_argument("--compare", metavar="RUN_B", help="a second run side by side (e.g. EGBAD vs CBiGAN)")
+    p.add_argument("--rows", type=int, metavar="N", help="number of images (default: most and least anomalous of "
+                                            "good and of each defect type)")
+    p.add_argument("--names", nargs="+", help="column labels of the runs")
+    common(p)
+    p.set_defaults(func=cmd_recon)
+
+    p = sub.add_parser("curves", help="losses, critic scores and test metrics over steps")
+    p.add_argument("run", help="run folder runs/<category>/<run>")
+    common(p, data=False)
+    p.set_defaults(func=cmd_curves)
+
+    for name, func, text in (("roc", cmd_roc, "ROC curves, one per run (category)"),
+                             ("hist", cmd_hist, "score histograms of good vs defective test images")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("runs", nargs="+", help="run folders runs/<category>/<run>")
+        p.add_argument("--names", nargs="+", help="legend names of the runs")
+        if name == "hist":
+            p.add_argument("--by-type", action="store_true", help="stack defective images by defect type")
+        common(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("gif", help="animated GIF of a run's training previews (<run>/previews.gif)")
+    p.add_argument("run", help="run folder runs/<category>/<run>")
+    p.add_argument("--max-frames", type=int, default=60)
+    p.set_defaults(func=cmd_gif)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.command = command_line(argv)
+    try:
+        paths = args.func(args)
+    except Exception as e:  # user errors in one line; anything else is a bug and keeps its traceback
+        user = [PlotError]
+        for module, name in (("cbigan.data", "DataError"), ("cbigan.metrics", "MetricError")):
+            if module in sys.modules:
+                user.append(getattr(sys.modules[module], name))
+        if isinstance(e, tuple(user)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
