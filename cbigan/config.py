@@ -105,6 +105,11 @@ class Config:
         return cfg.resolved()
 
 
+def method_name(alpha: float) -> str:
+    """``EGBAD`` for alpha 0 (plain BiGAN), ``autoencoder`` for alpha 1, ``CBiGAN`` in between."""
+    return {0.0: "EGBAD", 1.0: "autoencoder"}.get(float(alpha), "CBiGAN")
+
+
 #: Named presets: overrides applied on top of the paper defaults. ``paper`` is the paper itself.
 PRESETS: dict[str, dict] = {
     "paper": {},

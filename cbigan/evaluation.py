@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Config
+from .config import Config, method_name
 from .metrics import MetricError, at_threshold, auroc, f1_max, max_balanced_accuracy
 
 SCORES_CSV = "scores.csv"
@@ -58,16 +58,6 @@ class EvaluationError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------- method labels
-def method_name(alpha: float) -> str:
-    """``EGBAD`` for alpha 0 (plain BiGAN), ``autoencoder`` for alpha 1, ``CBiGAN`` in between."""
-    alpha = float(alpha)
-    if alpha == 0.0:
-        return "EGBAD"
-    if alpha == 1.0:
-        return "autoencoder"
-    return "CBiGAN"
-
-
 def method_label(cfg: Config, label: str | None = None, score_lambda: float = PAPER_LAMBDA,
                  select_on_test: bool = False) -> str:
     """Display name of a run's method: ``CBiGAN (paper)``, ``EGBAD (mylabel, λ=0.5)``, ...

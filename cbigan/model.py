@@ -89,8 +89,9 @@ class CBiGAN(keras.Model):
     # ------------------------------------------------------------------ losses
     def critic_losses(self, x, z, eps):
         """L_D and its parts for given real images, prior codes and interpolation weights."""
-        ex = self.encoder(x, training=True)
-        gz = self.generator(z, training=True)
+        # E and G are fixed during a critic step: no gradient flows back into them
+        ex = tf.stop_gradient(self.encoder(x, training=True))
+        gz = tf.stop_gradient(self.generator(z, training=True))
         e_img = tf.reshape(eps, (-1, 1, 1, 1))
         x_hat = e_img * x + (1.0 - e_img) * gz
         z_hat = eps * z + (1.0 - eps) * ex

@@ -127,11 +127,6 @@ def make_preview_gif(run_dir: str | Path, max_frames: int = 60, frame_ms: int = 
 
 
 # ---------------------------------------------------------------------------------- run folders
-def method_name(alpha: float) -> str:
-    """``EGBAD`` for alpha 0 (plain BiGAN), ``autoencoder`` for alpha 1, ``CBiGAN`` in between."""
-    return {0.0: "EGBAD", 1.0: "autoencoder"}.get(float(alpha), "CBiGAN")
-
-
 def read_table(path: Path):
     import pandas as pd
 

@@ -29,7 +29,7 @@ from .data import (DataError, download_category, load_test_set, load_train_set, 
                    to_patches, train_dataset)
 from .metrics import MetricError, image_metrics
 from .model import CBiGAN, build_model
-from .plots import save_preview
+from .plots import make_preview_gif, save_preview
 from .scoring import Scorer
 
 WEIGHTS = "model.weights.h5"
@@ -178,6 +178,7 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
                "stopped_because": budget.reason or "fit ended", "model": selected,
                "selected_on_test": bool(cfg.select_on_test), "last_eval": evaluator.last}
     write_json_atomic(run_dir / "summary.json", summary)
+    make_preview_gif(run_dir)  # previews.gif: the evolution of the previews
     print(f"done: {summary['steps']} steps in {wall / 60:.1f} min ({summary['stopped_because']}); "
           f"model = {selected}; saved {run_dir / WEIGHTS}")
     return run_dir
