@@ -23,6 +23,8 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="named training preset")
     p.add_argument("--download", action="store_true", help="fetch the official MVTec AD archive if the category is missing")
     p.add_argument("--skip-bad-images", action="store_true", help="train on readable images and report unreadable ones")
+    p.add_argument("--fresh", action="store_true", help="start over in an existing run folder instead of resuming")
+    p.add_argument("--deterministic", action="store_true", help="enable TensorFlow op determinism (slower)")
     g = p.add_argument_group("data")
     g.add_argument("--kind", choices=["object", "texture"], default=None, help="override the category's preset")
     g.add_argument("--image-size", type=int, default=None, help="resize side (default 128 objects, 512 textures)")
@@ -72,13 +74,21 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        from cbigan.training import train
+    from cbigan.training import TrainingInterrupted, train
 
-        train(cfg, download=args.download, skip_bad_images=args.skip_bad_images, verbose=0 if args.quiet else 1)
+    if args.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    try:
+        train(cfg, download=args.download, skip_bad_images=args.skip_bad_images, verbose=0 if args.quiet else 1,
+              fresh=args.fresh)
     except (DataError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 

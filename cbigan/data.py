@@ -258,19 +258,21 @@ def _rotation_matrix_transforms(angles, centers, out_size: int):
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
-def rotated_texture_crops(images, patch: int, max_degrees: float):
+def rotated_texture_crops(images, patch: int, max_degrees: float, seed):
     """Random ``patch`` crops of each image, rotated by U(0, max_degrees) **degrees**.
 
     The crop centre is drawn so that the rotated square lies inside the image: no empty corner.
+    ``seed`` is a stateless seed (shape [2]): the same seed gives the same crops.
     """
     images = tf.cast(images, tf.float32)
     n = tf.shape(images)[0]
     size = tf.cast(tf.shape(images)[1], tf.float32)
-    angles = tf.random.uniform((n,), 0.0, max_degrees) * (math.pi / 180.0)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+    angles = tf.random.stateless_uniform((n,), seeds[0], 0.0, max_degrees) * (math.pi / 180.0)
     half_extent = (patch / 2.0) * (tf.abs(tf.cos(angles)) + tf.abs(tf.sin(angles)))
     lo = half_extent
     hi = size - half_extent
-    u = tf.random.uniform((n, 2))
+    u = tf.random.stateless_uniform((n, 2), seeds[1])
     centers = lo[:, None] + u * (hi - lo)[:, None] - 0.5
     transforms = _rotation_matrix_transforms(angles, centers, patch)
     return tf.raw_ops.ImageProjectiveTransformV3(
@@ -278,12 +280,13 @@ def rotated_texture_crops(images, patch: int, max_degrees: float):
         fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")  # never sampled: see centres
 
 
-def rotate_objects(images, max_degrees: float):
+def rotate_objects(images, max_degrees: float, seed):
     """Random rotation in [-max_degrees, max_degrees] about the centre, edges filled by nearest."""
     images = tf.cast(images, tf.float32)
     n = tf.shape(images)[0]
     size = tf.cast(tf.shape(images)[1], tf.float32)
-    angles = tf.random.uniform((n,), -max_degrees, max_degrees) * (math.pi / 180.0)
+    angles = tf.random.stateless_uniform((n,), tf.cast(seed, tf.int64), -max_degrees, max_degrees)
+    angles = angles * (math.pi / 180.0)
     c = (size - 1.0) / 2.0
     centers = tf.fill((n, 2), c)
     transforms = _rotation_matrix_transforms(angles, centers, int(images.shape[1]))
@@ -292,24 +295,49 @@ def rotate_objects(images, max_degrees: float):
         fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
 
 
-def augment_batch(images_uint8, cfg: Config):
+def augment_batch(images_uint8, cfg: Config, seed):
     """The paper's training augmentation for one batch of resized uint8 images -> [-1, 1] floats."""
     if cfg.kind == "texture":
-        x = rotated_texture_crops(images_uint8, cfg.patch_size, cfg.rotation)
+        x = rotated_texture_crops(images_uint8, cfg.patch_size, cfg.rotation, seed)
     elif cfg.rotation > 0:
-        x = rotate_objects(images_uint8, cfg.rotation)
+        x = rotate_objects(images_uint8, cfg.rotation, seed)
     else:
         x = tf.cast(images_uint8, tf.float32)
     return x / 127.5 - 1.0
 
 
-def train_dataset(images: np.ndarray, cfg: Config) -> tf.data.Dataset:
-    """Infinite, shuffled, augmented batches of [-1, 1] images from the in-memory uint8 array."""
+def shuffled_indices(step, batch: int, n: int, seed: int):
+    """Image indices of batch ``step``: consecutive slices of a fresh permutation per pass over the data.
+
+    A pure function of (seed, step), so the data stream of a resumed run is the uninterrupted one's.
+    """
+    step = tf.cast(step, tf.int64)
+    k = step * batch + tf.range(batch, dtype=tf.int64)
+    epoch, pos = k // n, k % n
+    first = epoch[0]
+    perms = tf.map_fn(
+        lambda e: tf.argsort(tf.random.stateless_uniform((n,), tf.stack([tf.constant(seed, tf.int64), e]))),
+        tf.range(first, epoch[-1] + 1), fn_output_signature=tf.int32)
+    return tf.gather_nd(perms, tf.stack([epoch - first, pos], axis=1))
+
+
+def train_dataset(images: np.ndarray, cfg: Config, start_step: int = 0) -> tf.data.Dataset:
+    """Infinite, shuffled, augmented batches of [-1, 1] images from the in-memory uint8 array.
+
+    Batch ``i`` depends only on (seed, start_step + i): shuffling and augmentation use stateless
+    random ops, so resuming at a step reproduces the batches an uninterrupted run would have seen.
+    """
     cfg = cfg.resolved()
-    ds = tf.data.Dataset.from_tensor_slices(images)
-    ds = ds.shuffle(len(images), seed=cfg.seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(cfg.batch_size, drop_remainder=True)
-    ds = ds.map(lambda b: augment_batch(b, cfg), num_parallel_calls=tf.data.AUTOTUNE)
+    pool = tf.convert_to_tensor(images)
+    n = len(images)
+
+    def batch_at(step):
+        idx = shuffled_indices(step, cfg.batch_size, n, cfg.seed)
+        aug_seed = tf.stack([tf.constant(cfg.seed + 7919, tf.int64), step])
+        return augment_batch(tf.gather(pool, idx), cfg, aug_seed)
+
+    ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
+    ds = ds.map(batch_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

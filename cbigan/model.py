@@ -59,7 +59,7 @@ class CBiGAN(keras.Model):
         self.ema_warmup = bool(ema_warmup)
         self.train_counter = keras.Variable(0, dtype="int64", trainable=False, name="train_counter")
         self.ema_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_updates")
-        self.seed_generator = keras.random.SeedGenerator(seed, name="train_seed")
+        self.seed = tf.constant(int(seed), tf.int64)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
 
     # ------------------------------------------------------------------ keras plumbing
@@ -139,9 +139,15 @@ class CBiGAN(keras.Model):
         return tf.math.floormod(step, self.d_iter + 1) < self.d_iter
 
     def _sample(self, x):
+        """Prior codes z and interpolation weights e for this step.
+
+        Stateless draws keyed by (seed, step): a run resumed from a checkpoint draws exactly what the
+        uninterrupted run would have drawn.
+        """
         batch = tf.shape(x)[0]
-        z = keras.random.normal((batch, self.latent_dim), seed=self.seed_generator)
-        eps = keras.random.uniform((batch, 1), seed=self.seed_generator)
+        step = tf.cast(self.train_counter.value, tf.int64)
+        z = tf.random.stateless_normal((batch, self.latent_dim), seed=tf.stack([self.seed, 2 * step]))
+        eps = tf.random.stateless_uniform((batch, 1), seed=tf.stack([self.seed, 2 * step + 1]))
         return z, eps
 
     def critic_step(self, x):
@@ -183,7 +189,7 @@ class CBiGAN(keras.Model):
         self.ema_generator.set_weights(self.generator.get_weights())
 
     def train_step(self, x):
-        step = self.train_counter.value if hasattr(self.train_counter, "value") else self.train_counter
+        step = self.train_counter.value
         if self.d_iter == 0:
             self.eg_step(x)
         else:

@@ -13,11 +13,14 @@ Run folder ``<output_dir>/<category>/<run_name>/``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
+import signal
+import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 import keras
@@ -36,7 +39,8 @@ WEIGHTS = "model.weights.h5"
 
 
 def default_run_name(cfg: Config) -> str:
-    return f"{cfg.preset}-alpha{cfg.alpha:g}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    """Stable for a given command line, so running the same command again resumes the same run."""
+    return f"{cfg.preset}-alpha{cfg.alpha:g}-seed{cfg.seed}"
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> None:
@@ -115,21 +119,90 @@ class RunEvaluator:
                      out["diff"].numpy()[pick], samples, title=f"{self.cfg.category} step {step}")
 
 
+#: Config fields that may differ when a run is resumed (budget and bookkeeping, not the model).
+RESUMABLE_CHANGES = {"steps", "minutes", "run_name", "output_dir", "data_dir", "eval_every", "log_every",
+                     "preview_every", "extra"}
+MIN_FREE_BYTES = 200 * 2**20
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run>/.lock``: two trainings never write the same folder.
+
+    The kernel drops the lock when the process dies, even by SIGKILL, so a crashed run never blocks
+    its own resumption.
+    """
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+
+        self.path = run_dir / ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise DataError(f"run folder {run_dir} is in use by another training (pid {owner}); wait for "
+                            f"it to finish or pass another --run-name") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def prepare_run_dir(cfg: Config) -> Path:
+    """Create the run folder and check that it is writable and has room, before any training."""
     run_dir = Path(cfg.output_dir) / cfg.category / cfg.run_name
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
         raise DataError(f"cannot write to run folder {run_dir}: {e.strerror}; choose another "
                         f"--output-dir") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < MIN_FREE_BYTES:
+        raise DataError(f"only {free / 2**20:.0f} MiB free at {run_dir}; checkpoints need at least "
+                        f"{MIN_FREE_BYTES / 2**20:.0f} MiB: free some space or choose another --output-dir")
     return run_dir
 
 
-def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False, verbose: int = 1) -> Path:
-    """Train one category as ``cfg`` says and return its run folder."""
+def clear_run(run_dir: Path) -> None:
+    """``--fresh``: remove everything a previous training wrote into the folder (not the lock)."""
+    for p in run_dir.iterdir():
+        if p.name == ".lock":
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def check_resumable(run_dir: Path, cfg: Config) -> None:
+    old = json.loads((run_dir / "config.json").read_text())
+    new = dataclasses.asdict(cfg)
+    diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old
+                  and json.loads(json.dumps(new[k])) != old[k])
+    if diff:
+        raise DataError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); pass --fresh to "
+                        f"start over there, or another --run-name")
+
+
+class TrainingInterrupted(RuntimeError):
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False, verbose: int = 1,
+          fresh: bool = False) -> Path:
+    """Train one category as ``cfg`` says and return its run folder.
+
+    The same call on the same run folder resumes from the last backup (``<run>/backup/``), continuing
+    the CSV logs; ``fresh=True`` starts over. SIGINT/SIGTERM save a backup and raise
+    :class:`TrainingInterrupted`.
+    """
     cfg = cfg.resolved()
     if download:
         download_category(cfg.category, cfg.data_dir)
@@ -145,28 +218,64 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
     if cfg.run_name is None:
         cfg = dataclasses.replace(cfg, run_name=default_run_name(cfg))
     run_dir = prepare_run_dir(cfg)
+    lock = RunLock(run_dir)
+    try:
+        return _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh) -> Path:
+    backup = run_dir / "backup" / "checkpoint.weights.h5"
+    if fresh:
+        clear_run(run_dir)
+    model = build_model(cfg)
+    if backup.is_file():
+        check_resumable(run_dir, cfg)
+        model.load_weights(backup)
+        start = cb.model_step(model)
+        for log in ("train_log.csv", "eval_log.csv"):
+            cb.truncate_csv(run_dir / log, start)
+        print(f"resuming {run_dir} from step {start} (pass --fresh to start over)")
+    else:
+        start = 0
+        for stale in ("train_log.csv", "eval_log.csv", "summary.json", WEIGHTS):
+            (run_dir / stale).unlink(missing_ok=True)
     cfg.to_json(run_dir / "config.json")
     print(f"training {cfg.category} ({cfg.kind}, {len(train_set.images)} train / "
           f"{len(train_set.val_images)} held-out images) -> {run_dir}")
 
-    model = build_model(cfg)
+    def save_backup(step):
+        backup.parent.mkdir(exist_ok=True)
+        save_weights_atomic(model, backup)
+
     evaluator = RunEvaluator(model, cfg, run_dir, test_set, train_set.val_images)
     budget = cb.StepBudget(cfg.steps, cfg.minutes)
     guard = cb.NaNGuard()
+    checkpointer = cb.Checkpointer(cfg.log_every, save_backup, guard)
+    # logs before the backup: a kill between the two leaves rows the resumed run rewrites, never a gap
     callbacks = [
         guard, budget,
         cb.StepCSVLogger(run_dir / "train_log.csv", cfg.batch_size),
         cb.PeriodicCallback(cfg.eval_every, evaluator.evaluate),
         cb.PeriodicCallback(cfg.preview_every, evaluator.preview),
+        checkpointer,
     ]
-    per_epoch = max(1, min(cfg.log_every, cfg.steps))
-    epochs = -(-cfg.steps // per_epoch)
+    remaining = max(0, cfg.steps - start)
+    per_epoch = max(1, min(cfg.log_every, remaining))
     t0 = time.monotonic()
-    model.fit(train_dataset(train_set.images, cfg), steps_per_epoch=per_epoch, epochs=epochs,
-              callbacks=callbacks, verbose=verbose, shuffle=False)
+    if remaining:
+        with _stop_on_signals(checkpointer):
+            model.fit(train_dataset(train_set.images, cfg, start_step=start), steps_per_epoch=per_epoch,
+                      epochs=-(-remaining // per_epoch), callbacks=callbacks, verbose=verbose, shuffle=False)
     wall = time.monotonic() - t0
     if guard.error:
         raise cb.NonFiniteLossError(guard.error)
+    if checkpointer.signal is not None:
+        name = signal.Signals(checkpointer.signal).name
+        raise TrainingInterrupted(checkpointer.signal,
+                                  f"{name}: stopped at step {cb.model_step(model)}, checkpoint saved in "
+                                  f"{backup.parent}; run the same command again to resume")
 
     selected = "final EMA weights"
     if cfg.select_on_test and evaluator.best is not None:
@@ -174,7 +283,7 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
         model.set_weights(weights)
         selected = f"best test auROC {auroc:.4f} at step {step} (--select-on-test: test labels used)"
     save_weights_atomic(model, run_dir / WEIGHTS)
-    summary = {"steps": cb.model_step(model), "wall_seconds": round(wall, 1),
+    summary = {"steps": cb.model_step(model), "wall_seconds": round(wall, 1), "resumed_from_step": start,
                "stopped_because": budget.reason or "fit ended", "model": selected,
                "selected_on_test": bool(cfg.select_on_test), "last_eval": evaluator.last}
     write_json_atomic(run_dir / "summary.json", summary)
@@ -182,3 +291,18 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
     print(f"done: {summary['steps']} steps in {wall / 60:.1f} min ({summary['stopped_because']}); "
           f"model = {selected}; saved {run_dir / WEIGHTS}")
     return run_dir
+
+
+@contextlib.contextmanager
+def _stop_on_signals(checkpointer):
+    """Turn SIGINT/SIGTERM into a clean stop at the next batch (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = lambda signum, frame: checkpointer.request_stop(signum)  # noqa: E731
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
