@@ -24,6 +24,10 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--download", action="store_true", help="fetch the official MVTec AD archive if the category is missing")
     p.add_argument("--skip-bad-images", action="store_true", help="train on readable images and report unreadable ones")
     p.add_argument("--fresh", action="store_true", help="start over in an existing run folder instead of resuming")
+    p.add_argument("--no-export", dest="export", action="store_false",
+                   help="do not write the TF Serving SavedModel at the end")
+    p.add_argument("--export-dir", default=None, help="SavedModel base folder (default RUN/export): EXPORT_DIR/<model-name>/<version>")
+    p.add_argument("--model-name", default=None, help="TF Serving model name (default: the category)")
     p.add_argument("--deterministic", action="store_true", help="enable TensorFlow op determinism (slower)")
     g = p.add_argument_group("data")
     g.add_argument("--kind", choices=["object", "texture"], default=None, help="override the category's preset")
@@ -52,6 +56,8 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     g.add_argument("--seed", type=int, default=None)
     g = p.add_argument_group("scoring and logging")
     g.add_argument("--lambda", dest="score_lambda", type=float, default=None, help="weight of L_fD in the score")
+    g.add_argument("--threshold-percentile", type=float, default=None,
+                   help="decision threshold = this percentile of the held-out train/good scores")
     g.add_argument("--eval-every", type=int, default=None)
     g.add_argument("--log-every", type=int, default=None)
     g.add_argument("--preview-every", type=int, default=None)
@@ -74,6 +80,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from cbigan.export import ExportError
     from cbigan.training import TrainingInterrupted, train
 
     if args.deterministic:
@@ -82,8 +89,8 @@ def main(argv=None) -> int:
         tf.config.experimental.enable_op_determinism()
     try:
         train(cfg, download=args.download, skip_bad_images=args.skip_bad_images, verbose=0 if args.quiet else 1,
-              fresh=args.fresh)
-    except (DataError, NonFiniteLossError) as e:
+              fresh=args.fresh, export=args.export, export_dir=args.export_dir, model_name=args.model_name)
+    except (DataError, NonFiniteLossError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:

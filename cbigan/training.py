@@ -34,6 +34,7 @@ from .metrics import MetricError, image_metrics
 from .model import CBiGAN, build_model
 from .plots import make_preview_gif, save_preview
 from .scoring import Scorer
+from .threshold import calibrate_threshold, write_threshold
 
 WEIGHTS = "model.weights.h5"
 
@@ -196,7 +197,7 @@ class TrainingInterrupted(RuntimeError):
 
 
 def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False, verbose: int = 1,
-          fresh: bool = False) -> Path:
+          fresh: bool = False, export: bool = True, export_dir=None, model_name=None) -> Path:
     """Train one category as ``cfg`` says and return its run folder.
 
     The same call on the same run folder resumes from the last backup (``<run>/backup/``), continuing
@@ -220,12 +221,20 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
     run_dir = prepare_run_dir(cfg)
     lock = RunLock(run_dir)
     try:
-        return _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh)
+        model, threshold = _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh)
+        if export:
+            from .export import export_model
+
+            path = export_model(model, cfg, Path(export_dir) if export_dir else run_dir / "export",
+                                threshold_info=threshold, model_name=model_name, run_dir=run_dir)
+            print(f"exported SavedModel {path} (serve it: docs/serving.md)")
+        return run_dir
     finally:
         lock.release()
 
 
-def _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh) -> Path:
+def _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh):
+    """The training proper, under the run lock; returns the final model and its threshold record."""
     backup = run_dir / "backup" / "checkpoint.weights.h5"
     if fresh:
         clear_run(run_dir)
@@ -283,14 +292,18 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh) -> Path:
         model.set_weights(weights)
         selected = f"best test auROC {auroc:.4f} at step {step} (--select-on-test: test labels used)"
     save_weights_atomic(model, run_dir / WEIGHTS)
+    threshold = calibrate_threshold(model, cfg, train_set.val_images)
+    write_threshold(run_dir, threshold)
+    print(f"threshold: {threshold['threshold']} ({threshold['rule']})")
     summary = {"steps": cb.model_step(model), "wall_seconds": round(wall, 1), "resumed_from_step": start,
+               "threshold": threshold["threshold"], "threshold_rule": threshold["rule"],
                "stopped_because": budget.reason or "fit ended", "model": selected,
                "selected_on_test": bool(cfg.select_on_test), "last_eval": evaluator.last}
     write_json_atomic(run_dir / "summary.json", summary)
     make_preview_gif(run_dir)  # previews.gif: the evolution of the previews
     print(f"done: {summary['steps']} steps in {wall / 60:.1f} min ({summary['stopped_because']}); "
           f"model = {selected}; saved {run_dir / WEIGHTS}")
-    return run_dir
+    return model, threshold
 
 
 @contextlib.contextmanager

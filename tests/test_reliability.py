@@ -23,7 +23,7 @@ from cbigan.training import RunLock, load_run, train
 
 TINY = ["--image-size", "64", "--patch-size", "64", "--width", "1", "--latent-dim", "8", "--batch-size", "4",
         "--val-split", "0", "--eval-every", "1000", "--preview-every", "1000", "--log-every", "5",
-        "--d-iter", "2", "--quiet"]
+        "--d-iter", "2", "--quiet", "--no-export"]
 
 
 def _cmd(root, out, name, steps=30, extra=()):
@@ -108,7 +108,7 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_the_checkpoint(synthetic_ro
 
     monkeypatch.setattr(CBiGAN, "eg_losses", poisoned)
     with pytest.raises(NonFiniteLossError) as e:
-        train(_tiny_cfg(synthetic_root, tmp_path, steps=40), verbose=0)
+        train(_tiny_cfg(synthetic_root, tmp_path, steps=40), verbose=0, export=False)
     msg = str(e.value)
     assert "loss_eg" in msg and "step 10" in msg and "\n" not in msg
     monkeypatch.setattr(CBiGAN, "eg_losses", original)
@@ -160,19 +160,19 @@ def test_locked_run_folder_is_refused(synthetic_root, tmp_path):
     lock = RunLock(run_dir)
     try:
         with pytest.raises(DataError, match="in use by another training"):
-            train(_tiny_cfg(synthetic_root, tmp_path, steps=2), verbose=0)
+            train(_tiny_cfg(synthetic_root, tmp_path, steps=2), verbose=0, export=False)
     finally:
         lock.release()
-    train(_tiny_cfg(synthetic_root, tmp_path, steps=2), verbose=0)  # free again
+    train(_tiny_cfg(synthetic_root, tmp_path, steps=2), verbose=0, export=False)  # free again
 
 
 def test_resume_refuses_other_settings_and_fresh_starts_over(synthetic_root, tmp_path):
-    run = train(_tiny_cfg(synthetic_root, tmp_path, steps=4), verbose=0)
+    run = train(_tiny_cfg(synthetic_root, tmp_path, steps=4), verbose=0, export=False)
     with pytest.raises(DataError, match="other settings.*alpha"):
-        train(_tiny_cfg(synthetic_root, tmp_path, steps=8, alpha=0.5), verbose=0)
-    train(_tiny_cfg(synthetic_root, tmp_path, steps=8), verbose=0)  # more steps: resumes
+        train(_tiny_cfg(synthetic_root, tmp_path, steps=8, alpha=0.5), verbose=0, export=False)
+    train(_tiny_cfg(synthetic_root, tmp_path, steps=8), verbose=0, export=False)  # more steps: resumes
     assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4, 8]
-    train(_tiny_cfg(synthetic_root, tmp_path, steps=4, alpha=0.5), verbose=0, fresh=True)
+    train(_tiny_cfg(synthetic_root, tmp_path, steps=4, alpha=0.5), verbose=0, fresh=True, export=False)
     assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4]
 
 
@@ -180,4 +180,4 @@ def test_unwritable_output_is_reported_before_training(synthetic_root, tmp_path)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(DataError, match="cannot write to run folder"):
-        train(_tiny_cfg(synthetic_root, blocker, steps=2), verbose=0)
+        train(_tiny_cfg(synthetic_root, blocker, steps=2), verbose=0, export=False)

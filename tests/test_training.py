@@ -31,7 +31,7 @@ def test_learning_on_obvious_defects(tmp_path):
                  log_every=20, eval_every=60, preview_every=60, seed=42).resolved()
     test = load_test_set(cfg)
     before = auroc(test.labels, Scorer(build_model(cfg), cfg).score(test.images).image_scores(0.1))
-    run = train(cfg, verbose=0)
+    run = train(cfg, verbose=0, export=False)
     _, model = load_run(run)
     after = auroc(test.labels, Scorer(model, cfg).score(test.images).image_scores(0.1))
     assert before < 0.6, before
@@ -59,13 +59,16 @@ def test_run_folder_contents(synthetic_root, tmp_path):
     assert summary["steps"] == 6 and summary["selected_on_test"] is False
     cfg2, model = load_run(run)
     assert int(model.train_counter.numpy()) == 6 and cfg2.kind == "texture"
+    threshold = json.loads((run / "threshold.json").read_text())
+    assert threshold["n_val"] == 1 and threshold["threshold"] > 0 and summary["threshold"] == threshold["threshold"]
+    assert (run / "export" / "synth_tex" / "1" / "saved_model.pb").is_file()
 
 
 def test_select_on_test_is_labelled(synthetic_root, tmp_path):
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="s",
                  image_size=64, patch_size=64, steps=4, batch_size=4, log_every=2, eval_every=2,
                  preview_every=100, select_on_test=True)
-    run = train(cfg, verbose=0)
+    run = train(cfg, verbose=0, export=False)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["selected_on_test"] is True and "test labels used" in summary["model"]
 
@@ -74,7 +77,7 @@ def test_time_budget_stops_training(synthetic_root, tmp_path):
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="m",
                  image_size=64, patch_size=64, steps=10_000, minutes=0.001, batch_size=4, log_every=2,
                  eval_every=100, preview_every=100)
-    run = train(cfg, verbose=0)
+    run = train(cfg, verbose=0, export=False)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] < 10_000 and "time budget" in summary["stopped_because"]
 
@@ -102,7 +105,7 @@ def test_real_data_smoke(category, tmp_path):
     path = shared_category("mvtec_ad", category)
     cfg = Config(category=category, data_dir=str(path.parent), output_dir=str(tmp_path), run_name="smoke",
                  steps=2, batch_size=4, log_every=2, eval_every=2, preview_every=2, d_iter=1).resolved()
-    run = train(cfg, verbose=0)
+    run = train(cfg, verbose=0, export=False)
     ev = pd.read_csv(run / "eval_log.csv")
     assert np.isfinite(ev["test_auroc"]).all()
     assert cfg.patch_size == (64 if category == "leather" else 128)
