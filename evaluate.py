@@ -1,10 +1,13 @@
 """Evaluate trained runs and lay them out like the paper's Tables II and III.
 
   python evaluate.py runs/<category>/<run> [--lambda 0 0.1 0.5 1]   per-image scores + metrics per lambda
+                    [--sigma 4] [--stride 32]                      (+ pixel auROC / AUPRO with masks)
   python evaluate.py --table runs/                                   Tables II/III beside the paper's rows
   python evaluate.py --compare runs_a/ runs_b/                       per-category difference B - A
 
 Thin CLI over :mod:`cbigan.evaluation` (scores, metrics) and :mod:`cbigan.tables` (tables, compare).
+Categories with a ``ground_truth`` folder also get anomaly maps (:mod:`cbigan.localization`) and pixel
+metrics (:mod:`cbigan.pixel_metrics`) in ``metrics.csv``; ``--table`` then adds pixel tables.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rescore", action="store_true",
                    help="score again even if stored per-patch scores of the same weights exist")
     p.add_argument("--skip-bad-images", action="store_true", help="evaluate on the readable test images")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="Gaussian smoothing of the anomaly maps, in pixels of the model-resolution map "
+                        "(default 4; 0: none)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="textures: stride of the patches of the anomaly maps; below the patch size (64) "
+                        "overlapping patches are averaged, removing block seams (default: the patch size)")
+    p.add_argument("--no-pixel", action="store_true",
+                   help="no anomaly maps and pixel metrics, even when the category has ground-truth masks")
     p.add_argument("--out", type=Path, default=Path("results"), help="where --table writes CSV and Markdown")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -70,7 +81,8 @@ def main(argv=None) -> int:
         for run in args.runs:
             ev = evaluate_run(run, args.lambdas, score_lambda=args.score_lambda, label=args.label,
                               data_dir=args.data_dir, rescore=args.rescore,
-                              skip_bad_images=args.skip_bad_images, progress=not args.quiet)
+                              skip_bad_images=args.skip_bad_images, progress=not args.quiet,
+                              pixel=not args.no_pixel, sigma=args.sigma, stride=args.stride)
             print(format_report(ev))
     except (EvaluationError, MetricError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,6 +21,14 @@ Files written into the run folder ``runs/<category>/<run>/``:
 * ``evaluation.json``: what :mod:`cbigan.tables` reads: run, category, method label, chosen lambda,
   the metrics at that lambda, whether the model was selected on the test set, and when.
 
+Pixel-level localization (categories with a ``ground_truth`` folder): the same single pass computes the
+anomaly maps of every test image (:class:`cbigan.localization.Localizer`: model resolution, ``--stride``
+overlapping texture patches, Gaussian ``--sigma``), and ``metrics.csv`` gains ``pixel_auroc`` and ``aupro``
+for every lambda (:mod:`cbigan.pixel_metrics`; good images count as all-normal, defective ones without a
+mask are left out with a warning). The two map parts are kept in ``pixel_maps.npz`` (float32, with the
+masks, sigma, stride and the weights' fingerprint) and reused like the score parts. ``pixel=False``
+(``--no-pixel``) skips all of it.
+
 This module imports TensorFlow only when it has to score (``evaluate_run``), so reading results and
 building tables stays fast.
 """
@@ -45,12 +53,14 @@ from .metrics import MetricError, at_threshold, auroc, f1_max, max_balanced_accu
 SCORES_CSV = "scores.csv"
 METRICS_CSV = "metrics.csv"
 PARTS_NPZ = "scores_parts.npz"
+PIXEL_NPZ = "pixel_maps.npz"
 EVALUATION_JSON = "evaluation.json"
 THRESHOLD_JSON = "threshold.json"
 CONFIG_JSON = "config.json"
 WEIGHTS = "model.weights.h5"  # the same name as cbigan.training.WEIGHTS (kept here: no TF import)
 PAPER_LAMBDA = 0.1
 GOOD = "good"
+MAP_SIGMA = 4.0  # = cbigan.localization.DEFAULT_SIGMA (kept here: no TF import)
 
 
 class EvaluationError(RuntimeError):
@@ -160,6 +170,7 @@ class ScoredTestSet:
     defect_types: list         # "good" or the defect folder name
     fingerprint: str = ""
     seconds: float = float("nan")
+    pixel: "PixelMaps | None" = None   # anomaly maps and masks, when computed (not in PARTS_NPZ)
 
     def image_scores(self, lam: float) -> np.ndarray:
         from .scoring import combine  # the one recombination rule, shared with training-time evaluation
@@ -183,6 +194,44 @@ class ScoredTestSet:
         with np.load(path, allow_pickle=False) as z:
             return cls(z["l_r"], z["l_fd"], z["paths"].tolist(), z["labels"], z["defect_types"].tolist(),
                        str(z["fingerprint"]), float(z["seconds"]))
+
+
+@dataclass
+class PixelMaps:
+    """The two parts of the anomaly maps of a test set (model resolution) and its ground truth."""
+
+    map_r: np.ndarray          # [N, S, S] float32: smoothed, stitched channel mean of |x - G(E(x))|
+    map_fd: np.ndarray         # [N, S, S] float32: the same of the critic-feature difference
+    masks: np.ndarray          # [N, S, S] uint8 in {0, 1}
+    has_mask: np.ndarray       # [N] bool: good, or defective with a mask file
+    sigma: float
+    stride: int
+    paths: list                # str, as ScoredTestSet.paths
+    fingerprint: str = ""
+
+    def maps(self, lam: float) -> np.ndarray:
+        return ((1.0 - lam) * self.map_r + lam * self.map_fd).astype(np.float32)
+
+    def matches(self, sigma: float, stride: int) -> bool:
+        return math.isclose(self.sigma, sigma) and int(self.stride) == int(stride)
+
+    def save(self, path: Path) -> None:
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, map_r=self.map_r.astype(np.float32), map_fd=self.map_fd.astype(np.float32),
+                         masks=np.packbits(self.masks.astype(bool), axis=-1),
+                         mask_shape=np.array(self.masks.shape), has_mask=self.has_mask.astype(bool),
+                         sigma=np.array(float(self.sigma)), stride=np.array(int(self.stride)),
+                         paths=np.array(self.paths, dtype=str), fingerprint=np.array(self.fingerprint))
+        _write_atomic(Path(path), write)
+
+    @classmethod
+    def load(cls, path: Path) -> "PixelMaps":
+        with np.load(path, allow_pickle=False) as z:
+            shape = tuple(int(v) for v in z["mask_shape"])
+            masks = np.unpackbits(z["masks"], axis=-1, count=shape[-1]).reshape(shape)
+            return cls(z["map_r"], z["map_fd"], masks, z["has_mask"], float(z["sigma"]), int(z["stride"]),
+                       z["paths"].tolist(), str(z["fingerprint"]))
 
 
 def score_images(scorer, images: np.ndarray, progress: bool = True, desc: str = "scoring"):
@@ -250,8 +299,13 @@ def score_patch_loop(scorer, images: np.ndarray, images_per_call: int | None = N
 
 
 def score_test_set(run_dir: str | Path, cfg: Config | None = None, model=None, *, data_dir: str | None = None,
-                   skip_bad_images: bool = False, progress: bool = True) -> ScoredTestSet:
-    """Load the run's model (EMA networks) and its test set, and score every image once."""
+                   skip_bad_images: bool = False, progress: bool = True, pixel: bool = True,
+                   sigma: float = MAP_SIGMA, stride: int | None = None) -> ScoredTestSet:
+    """Load the run's model (EMA networks) and its test set, and score every image once.
+
+    With ``pixel`` and a test set with ground truth, the same pass computes the anomaly maps
+    (:class:`cbigan.localization.Localizer`) and ``.pixel`` holds them with the masks.
+    """
     from .data import load_test_set
     from .scoring import Scorer
     from .training import load_run
@@ -267,12 +321,42 @@ def score_test_set(run_dir: str | Path, cfg: Config | None = None, model=None, *
     if data_dir is not None:
         cfg = _with_data_dir(cfg, data_dir)
     test = load_test_set(cfg, skip_bad=skip_bad_images)
-    scorer = Scorer(model, cfg)
+    fingerprint = weights_fingerprint(run_dir)
+    paths = [str(p) for p in test.paths]
+    pixel_maps = None
     t0 = time.monotonic()
-    scores = score_images(scorer, test.images, progress=progress, desc=f"scoring {cfg.category}")
+    if pixel and test.masks is not None:
+        from .localization import Localizer
+
+        stride = resolve_stride(cfg, stride)
+        loc = Localizer(model, cfg, sigma=sigma, stride=stride)
+        out = loc.run(test.images, progress=progress, desc=f"scoring + maps {cfg.category}")
+        l_r, l_fd = out.l_r, out.l_fd
+        pixel_maps = PixelMaps(out.map_r, out.map_fd, test.masks, np.asarray(test.has_mask, bool),
+                               float(sigma), stride, paths, fingerprint)
+    else:
+        scores = score_images(Scorer(model, cfg), test.images, progress=progress,
+                              desc=f"scoring {cfg.category}")
+        l_r, l_fd = scores.l_r, scores.l_fd
     seconds = time.monotonic() - t0
-    return ScoredTestSet(scores.l_r, scores.l_fd, [str(p) for p in test.paths], np.asarray(test.labels),
-                         list(test.defect_types), weights_fingerprint(run_dir), seconds)
+    return ScoredTestSet(l_r, l_fd, paths, np.asarray(test.labels), list(test.defect_types), fingerprint,
+                         seconds, pixel_maps)
+
+
+def resolve_stride(cfg: Config, stride: int | None) -> int:
+    """The map stride of ``cfg``: the patch size by default; objects (one patch) always the patch size."""
+    cfg = cfg.resolved()
+    if stride is None or cfg.kind == "object":
+        return int(cfg.patch_size)
+    stride = int(stride)
+    if not 1 <= stride <= cfg.patch_size:
+        raise EvaluationError(f"--stride must be between 1 and the patch size {cfg.patch_size}, got {stride}")
+    return stride
+
+
+def has_ground_truth(cfg: Config) -> bool:
+    """Whether the category folder has a ``ground_truth`` folder (no decoding)."""
+    return (Path(cfg.data_dir).expanduser() / cfg.category / "ground_truth").is_dir()
 
 
 def _with_data_dir(cfg: Config, data_dir: str) -> Config:
@@ -311,15 +395,46 @@ def lambda_metrics(labels, defect_types, scores) -> dict:
     return row
 
 
+def pixel_selection(scored: ScoredTestSet, warn: bool = True) -> tuple[np.ndarray, int]:
+    """The test images of the pixel metrics and how many defective ones are left out (no mask)."""
+    from .pixel_metrics import select_images
+
+    return select_images(scored.labels, scored.pixel.has_mask, warn=warn)
+
+
+def pixel_row(scored: ScoredTestSet, lam: float, keep: np.ndarray) -> dict:
+    """``pixel_auroc`` and ``aupro`` of the maps at ``lam`` (NaN when undefined)."""
+    from .pixel_metrics import PixelMetricError, pixel_metrics
+
+    px = scored.pixel
+    maps = px.maps(lam)[keep] if not keep.all() else px.maps(lam)
+    masks = px.masks[keep] if not keep.all() else px.masks
+    try:
+        m = pixel_metrics(maps, masks)
+    except PixelMetricError as e:
+        raise MetricError(f"pixel metrics are undefined: {e}") from None
+    return {"pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"], "_pixel": m}
+
+
 def metrics_table(scored: ScoredTestSet, lambdas, chosen: float, threshold: dict | None = None) -> pd.DataFrame:
-    """One row per lambda (sorted), recombined from the stored parts; raises MetricError if undefined."""
+    """One row per lambda (sorted), recombined from the stored parts; raises MetricError if undefined.
+
+    With ``scored.pixel`` (anomaly maps) every row also has ``pixel_auroc`` and ``aupro``.
+    """
     lambdas = sorted({float(x) for x in lambdas} | {float(chosen)}
                      | ({threshold["score_lambda"]} if threshold else set()))
-    rows = []
+    keep = pixel_selection(scored)[0] if scored.pixel is not None else None
+    rows, details = [], None
     for lam in lambdas:
         s = scored.image_scores(lam)
         row = {"lambda": lam, "chosen": bool(math.isclose(lam, chosen))}
         row.update(lambda_metrics(scored.labels, scored.defect_types, s))
+        if keep is not None:
+            px = pixel_row(scored, lam, keep)
+            if row["chosen"]:
+                details = dict(px.pop("_pixel"), n_excluded=int(np.sum(~keep)))
+            px.pop("_pixel", None)
+            row.update(px)
         if threshold is not None and math.isclose(lam, threshold["score_lambda"]):
             row["threshold"] = threshold["threshold"]
             row.update({f"thr_{k}": v for k, v in
@@ -327,10 +442,13 @@ def metrics_table(scored: ScoredTestSet, lambdas, chosen: float, threshold: dict
         rows.append(row)
     df = pd.DataFrame(rows)
     first = ["lambda", "chosen", "auroc", "max_balanced_accuracy", "mba_threshold", "f1_max", "f1_threshold"]
+    first += [c for c in ("pixel_auroc", "aupro") if c in df.columns]
     thr = [c for c in ("threshold", "thr_precision", "thr_recall", "thr_f1", "thr_balanced_accuracy")
            if c in df.columns]
     per_type = sorted(c for c in df.columns if c.startswith("auroc_"))
-    return df[first + thr + per_type]
+    out = df[first + thr + per_type].copy()
+    out.attrs["pixel"] = details  # counts behind the chosen lambda's pixel metrics (None: not computed)
+    return out
 
 
 def scores_table(scored: ScoredTestSet, lam: float, threshold: dict | None = None) -> pd.DataFrame:
@@ -363,7 +481,8 @@ class RunEvaluation:
 
 def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | None = None,
                  label: str | None = None, data_dir: str | None = None, rescore: bool = False,
-                 skip_bad_images: bool = False, progress: bool = True, model=None) -> RunEvaluation:
+                 skip_bad_images: bool = False, progress: bool = True, model=None, pixel: bool = True,
+                 sigma: float | None = None, stride: int | None = None) -> RunEvaluation:
     """Score (or reuse the stored parts of) a run's test set and write the evaluation files.
 
     ``lambdas``: the sweep (default: just the chosen lambda). ``score_lambda``: the chosen lambda for
@@ -373,6 +492,11 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
     already in memory (it must be the one saved in the folder); by default it is loaded from there.
     Raises :class:`EvaluationError` (bad input) or :class:`cbigan.metrics.MetricError` after writing
     ``scores.csv`` when the metrics are undefined (e.g. no defective test image).
+
+    ``pixel``: compute anomaly maps and pixel metrics when the category has ground truth, with Gaussian
+    smoothing ``sigma`` (default :data:`MAP_SIGMA`, 0: none) and texture patch ``stride`` (default: the
+    patch size, no overlap); stored maps are reused under the same conditions as the parts and the same
+    sigma and stride.
     """
     run_dir = check_run_dir(run_dir)
     try:
@@ -387,34 +511,47 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         if not 0.0 <= lam <= 1.0:
             raise EvaluationError(f"lambda must be in [0, 1], got {lam:g}")
     threshold = read_threshold(run_dir)
+    sigma = MAP_SIGMA if sigma is None else float(sigma)
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise EvaluationError(f"--sigma must be >= 0, got {sigma:g}")
+    stride = resolve_stride(cfg, stride)
+    want_pixel = bool(pixel) and has_ground_truth(cfg)
 
     scored, reused = None, False
-    parts = run_dir / PARTS_NPZ
-    if parts.is_file() and not rescore:
+    parts, pixel_file = run_dir / PARTS_NPZ, run_dir / PIXEL_NPZ
+    if parts.is_file() and not rescore and not skip_bad_images:
         try:
             old = ScoredTestSet.load(parts)
         except (OSError, ValueError, KeyError):
             old = None
-        if old is not None and old.fingerprint == weights_fingerprint(run_dir) \
-                and old.paths == _current_test_paths(cfg) and not skip_bad_images:
-            scored, reused = old, True
+        fingerprint = weights_fingerprint(run_dir)
+        if old is not None and old.fingerprint == fingerprint and old.paths == _current_test_paths(cfg):
+            if want_pixel:
+                old.pixel = _load_pixel_maps(pixel_file, fingerprint, old.paths, sigma, stride)
+            if old.pixel is not None or not want_pixel:
+                scored, reused = old, True
     if scored is None:
         from .data import DataError
 
         try:
             scored = score_test_set(run_dir, None if model is None else cfg, model, data_dir=data_dir,
-                                    skip_bad_images=skip_bad_images, progress=progress)
+                                    skip_bad_images=skip_bad_images, progress=progress, pixel=want_pixel,
+                                    sigma=sigma, stride=stride)
         except DataError as e:
             raise EvaluationError(str(e)) from None
         scored.save(parts)
+        if scored.pixel is not None:
+            scored.pixel.save(pixel_file)
 
     scores_df = scores_table(scored, chosen, threshold)
     _write_atomic(run_dir / SCORES_CSV, lambda p: scores_df.to_csv(p, index=False, float_format="%.6g"))
+    t0 = time.monotonic()
     try:
         metrics_df = metrics_table(scored, lambdas, chosen, threshold)
     except MetricError as e:
         raise MetricError(f"metrics of {run_dir} are undefined: {e} (per-image scores are in "
                           f"{run_dir / SCORES_CSV})") from None
+    metric_seconds = time.monotonic() - t0
     _write_atomic(run_dir / METRICS_CSV, lambda p: metrics_df.to_csv(p, index=False, float_format="%.6g"))
 
     sel = selected_on_test(run_dir, cfg)
@@ -445,9 +582,23 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         "scoring_seconds": None if reused else round(scored.seconds, 3),
         "images_per_second": None if reused or not scored.seconds else round(n / scored.seconds, 2),
         "reused_scores": reused,
+        "pixel_auroc": None,
+        "aupro": None,
+        "pixel": None,
         "fingerprint": scored.fingerprint,
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }
+    details = metrics_df.attrs.get("pixel")
+    if details is not None:
+        px = scored.pixel
+        summary["pixel_auroc"] = _float_or_none(at["pixel_auroc"])
+        summary["aupro"] = _float_or_none(at["aupro"])
+        summary["pixel"] = {"sigma": px.sigma, "stride": int(px.stride), "resolution": int(px.map_r.shape[-1]),
+                            "n_images": details["n_images"], "n_excluded_no_mask": details["n_excluded"],
+                            "n_regions": details["n_regions"],
+                            "n_anomalous_pixels": details["n_anomalous_pixels"],
+                            "n_normal_pixels": details["n_normal_pixels"],
+                            "metric_seconds": round(metric_seconds, 3)}
     if threshold is not None:
         row = metrics_df[np.isclose(metrics_df["lambda"], threshold["score_lambda"])].iloc[0]
         summary["at_threshold"] = {k: float(row[f"thr_{k}"])
@@ -455,6 +606,24 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
     _write_atomic(run_dir / EVALUATION_JSON,
                   lambda p: Path(p).write_text(json.dumps(summary, indent=2, default=str) + "\n"))
     return RunEvaluation(run_dir, summary, metrics_df, scores_df, reused)
+
+
+def _float_or_none(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _load_pixel_maps(path: Path, fingerprint: str, paths: list, sigma: float, stride: int):
+    """Stored maps when they belong to these weights, test images, sigma and stride; else None."""
+    if not path.is_file():
+        return None
+    try:
+        px = PixelMaps.load(path)
+    except (OSError, ValueError, KeyError):
+        return None
+    if px.fingerprint != fingerprint or px.paths != paths or not px.matches(sigma, stride):
+        return None
+    return px
 
 
 def format_report(ev: RunEvaluation) -> str:
@@ -470,6 +639,14 @@ def format_report(ev: RunEvaluation) -> str:
     lines.append(f"lambda {s['score_lambda']:g}: auROC {s['auroc']:.4f}  max balanced accuracy "
                  f"{s['max_balanced_accuracy']:.4f} (threshold {s['mba_threshold']:.6g})  "
                  f"F1-max {s['f1_max']:.4f}")
+    if s.get("pixel"):
+        p = s["pixel"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(f"pixel level (maps {p['resolution']}x{p['resolution']}, sigma {p['sigma']:g}, stride "
+                     f"{p['stride']}): pixel auROC {fmt(s['pixel_auroc'])}  AUPRO@0.3 {fmt(s['aupro'])}  over "
+                     f"{p['n_images']} images, {p['n_regions']} defect regions"
+                     + (f"; {p['n_excluded_no_mask']} defective image(s) without a mask left out"
+                        if p["n_excluded_no_mask"] else ""))
     if s["threshold"] is None:
         lines.append("no calibrated threshold (threshold.json missing or null): threshold-free metrics only")
     else:
@@ -480,8 +657,10 @@ def format_report(ev: RunEvaluation) -> str:
                      f"balanced accuracy {a['balanced_accuracy']:.4f}")
     if len(ev.metrics) > 1:
         cols = ["lambda", "auroc", "max_balanced_accuracy", "f1_max"]
+        cols += [c for c in ("pixel_auroc", "aupro") if c in ev.metrics.columns]
         lines.append(ev.metrics[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    lines.append(f"wrote {SCORES_CSV}, {METRICS_CSV}, {PARTS_NPZ}, {EVALUATION_JSON} in {s['run_dir']}")
+    files = [SCORES_CSV, METRICS_CSV, PARTS_NPZ] + ([PIXEL_NPZ] if s.get("pixel") else []) + [EVALUATION_JSON]
+    lines.append(f"wrote {', '.join(files)} in {s['run_dir']}")
     return "\n".join(lines)
 
 

@@ -470,3 +470,96 @@ def hist_figure(sets: list[ScoreSet], by_type: bool = False, title: str = ""):
     if title:
         fig.suptitle(title)
     return fig
+
+
+# ---------------------------------------------------------------------------------- anomaly maps
+@dataclass
+class MapRow:
+    """One test image and its anomaly map (:mod:`cbigan.localization`), both at the same size."""
+
+    image: np.ndarray                   # [H, W, 3] uint8
+    amap: np.ndarray                    # [H, W] float
+    defect_type: str
+    name: str
+    score: float
+    mask: np.ndarray | None = None      # [H, W] in {0, 1}; None when there is no ground truth
+    anomalous: bool | None = None       # image score > the calibrated threshold (None: no threshold)
+
+
+MAP_COLUMNS = ("input", "anomaly map", "map over input")
+
+
+def maps_size(n_rows: int) -> tuple[float, float]:
+    """(width, height) in inches of :func:`maps_figure` with ``n_rows`` images."""
+    width = LEFT + 3 * PANEL + 2 * GROUP_GAP + COLORBAR
+    height = HEADER + n_rows * (PANEL + PANEL_TITLE) + BOTTOM
+    return width, height
+
+
+def map_range(maps, lo: float = 1.0, hi: float = 99.5) -> tuple[float, float]:
+    """A shared colour scale for maps: the ``lo`` and ``hi`` percentiles of all their pixels."""
+    values = np.concatenate([np.ravel(m) for m in maps]) if len(maps) else np.zeros(1)
+    vmin, vmax = (float(v) for v in np.percentile(values, [lo, hi]))
+    return vmin, max(vmax, vmin + 1e-6)
+
+
+def maps_figure(rows: list[MapRow], title: str = "", note: str = "", vrange: tuple | None = None,
+                colorbar_label: str = "anomaly map (1−λ)·|x − G(E(x))| + λ·|f_D(x) − f_D(G(E(x)))|"):
+    """Anomaly maps over images: input (red: ground-truth outline) | map (cyan outline) | overlay.
+
+    One row per test image; every map shares one colour scale (``vrange``, default the 1st to 99.5th
+    percentile of all maps shown). The overlay blends the map into the input, more opaque where the map
+    is higher. Titles: the image's type and name, and its image score (red when above the threshold).
+    """
+    width, height = maps_size(len(rows))
+    fig = plt.figure(figsize=(width, height))
+    vmin, vmax = vrange if vrange is not None else map_range([r.amap for r in rows])
+    xs = [LEFT + k * (PANEL + GROUP_GAP) for k in range(3)]
+    cmap = plt.get_cmap(DIFF_CMAP)
+
+    def axes_at(col: int, row: int):
+        y = BOTTOM + (len(rows) - 1 - row) * (PANEL + PANEL_TITLE)
+        return fig.add_axes((xs[col] / width, y / height, PANEL / width, PANEL / height))
+
+    handle = None
+    for r, row in enumerate(rows):
+        ax = axes_at(0, r)
+        ax.imshow(row.image)
+        _outline(ax, row.mask, MASK_ON_INPUT)
+        _bare(ax)
+        ax.set_title(_short(f"{row.defect_type} · {row.name}", 30), fontsize=8)
+        ax = axes_at(1, r)
+        handle = ax.imshow(row.amap, cmap=DIFF_CMAP, vmin=vmin, vmax=vmax)
+        _outline(ax, row.mask, MASK_ON_DIFF)
+        _bare(ax)
+        text = f"score {row.score:.4g}"
+        if row.anomalous is not None:
+            text += " · anomalous" if row.anomalous else " · normal"
+        ax.set_title(text, fontsize=8, color=ANOMALOUS if row.anomalous else "black")
+        ax = axes_at(2, r)
+        level = np.clip((np.asarray(row.amap, np.float32) - vmin) / (vmax - vmin), 0.0, 1.0)
+        heat = cmap(level)[..., :3]
+        alpha = (0.15 + 0.6 * level)[..., None]
+        base = np.asarray(row.image, np.float32) / 255.0
+        ax.imshow(np.clip((1 - alpha) * base + alpha * heat, 0.0, 1.0))
+        _outline(ax, row.mask, MASK_ON_INPUT)
+        _bare(ax)
+
+    top = (BOTTOM + len(rows) * (PANEL + PANEL_TITLE)) / height
+    for x, name in zip(xs, MAP_COLUMNS):
+        fig.text((x + PANEL / 2) / width, top + 0.06 / height, name, ha="center", va="bottom", fontsize=9)
+    if title:
+        fig.text(0.5, 1 - 0.06 / height, textwrap.fill(title, 90), ha="center", va="top", fontsize=10)
+    if note:
+        note = textwrap.fill(note, width=max(40, int((width - 2 * LEFT) * 17)))
+        fig.text(LEFT / width, 0.03 / height, note, ha="left", va="bottom", fontsize=7, color="0.35")
+    if handle is not None:
+        rows_spanned = min(len(rows), 2)
+        cb_h = rows_spanned * (PANEL + PANEL_TITLE) - PANEL_TITLE
+        y0 = BOTTOM + (len(rows) - rows_spanned) * (PANEL + PANEL_TITLE)
+        x0 = xs[-1] + PANEL + 0.12
+        cax = fig.add_axes((x0 / width, y0 / height, 0.12 / width, cb_h / height))
+        cb = fig.colorbar(handle, cax=cax)
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label(textwrap.fill(colorbar_label, 28), fontsize=6)
+    return fig

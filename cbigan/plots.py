@@ -5,6 +5,8 @@
     python -m cbigan.plots roc    RUN [RUN ...]                       ROC curves, one per run / category
     python -m cbigan.plots hist   RUN [RUN ...] [--by-type]           score histograms, good vs defective
     python -m cbigan.plots gif    RUN                                 animated GIF of the training previews
+    python -m cbigan.plots maps   RUN [--rows N] [--sigma S] [--stride K] [--original-size]
+                                                                      anomaly maps over the test images
 
 Every figure command takes ``--out FILE`` (default ``<run>/figures/<name>.png``, or
 ``<common parent of the runs>/figures/<name>.png`` for several runs), ``--pdf`` (a PDF beside the PNG)
@@ -18,7 +20,9 @@ null, and was calibrated with the same lambda as the scores.
 
 Training calls :func:`save_preview` every ``preview_every`` steps and :func:`make_preview_gif` at the
 end. The figure builders themselves live in :mod:`cbigan.figures`; this module reads run folders.
-TensorFlow is imported only by the commands that need the model (recon; roc/hist without scores.csv).
+TensorFlow is imported only by the commands that need the model (recon, maps; roc/hist without
+scores.csv). The anomaly maps of ``maps`` are :class:`cbigan.localization.Localizer`'s, the
+implementation evaluation and the export use.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .figures import (ReconPanel, ReconRow, ScoreSet, curves_figure, hist_figure,  # noqa: E402
-                      recon_figure, roc_figure, to_display)
+from .config import method_name  # noqa: E402
+from .figures import (MapRow, ReconPanel, ReconRow, ScoreSet, curves_figure, hist_figure,  # noqa: E402
+                      maps_figure, recon_figure, roc_figure, to_display)
 
 GOOD = "good"
 DPI = 100
@@ -228,6 +233,18 @@ class Run:
             self._scorer = _SCORERS[key]
         return self._scorer
 
+    def localizer(self, sigma: float | None = None, stride: int | None = None):
+        """A :class:`cbigan.localization.Localizer` of the run's model at the run's lambda."""
+        from .localization import DEFAULT_SIGMA, Localizer
+
+        stride = None if self.cfg.kind == "object" else stride
+        if stride is not None and not 1 <= stride <= self.cfg.patch_size:
+            raise PlotError(f"--stride must be between 1 and the patch size {self.cfg.patch_size}")
+        if sigma is not None and not sigma >= 0:
+            raise PlotError(f"--sigma must be >= 0, got {sigma:g}")
+        return Localizer(self.scorer.model, self.cfg, sigma=DEFAULT_SIGMA if sigma is None else sigma,
+                         stride=stride, lam=self.lam)
+
     def test_set(self):
         if self._test is None:
             from .data import load_test_set
@@ -362,6 +379,77 @@ def recon_data(run_dirs: list, n_rows: int | None = None, data_dir: str | None =
     return rows, labels, title, note
 
 
+def original_mask(image_path, defect_type: str, shape_hw) -> np.ndarray | None:
+    """The ground-truth mask of a test image at its original size (all zero for good ones), or None."""
+    from .data import load_mask
+
+    path = Path(image_path)
+    gt = path.parent.parent.parent / "ground_truth"
+    if not gt.is_dir():
+        return None
+    if defect_type == GOOD:
+        return np.zeros(shape_hw, np.uint8)
+    mask_path = gt / defect_type / f"{path.stem}_mask.png"
+    return load_mask(mask_path) if mask_path.is_file() else None
+
+
+def maps_data(run_dir, n_rows: int | None = None, data_dir: str | None = None, sigma: float | None = None,
+              stride: int | None = None, original_size: bool = False):
+    """The rows of :func:`cbigan.figures.maps_figure`, with a title and a note.
+
+    Images as in the recon grid (most and least anomalous of every type, by the stored scores when
+    there are some); maps at the model resolution, or resized back to every image's original size.
+    """
+    from .data import load_image
+    from .localization import to_original_size
+
+    run = Run(run_dir, data_dir)
+    test = run.test_set()
+    loc = run.localizer(sigma, stride)
+    keys = [image_key(p, t) for p, t in zip(test.paths, test.defect_types)]
+    scores = run.scores_for(keys)
+    if scores is None:
+        scores = loc.run(test.images).scores.image_scores(run.lam)
+    picked = select_examples(test.defect_types, scores, n_rows)
+    out = loc.run(test.images[picked])
+    maps, image_scores = out.maps(run.lam), out.scores.image_scores(run.lam)
+    rows = []
+    for k, i in enumerate(picked):
+        mask = test.masks[i] if test.masks is not None and test.has_mask[i] else None
+        image, amap = test.images[i], maps[k]
+        if original_size:
+            image = load_image(test.paths[i])
+            amap = to_original_size(amap, image.shape[:2])
+            mask = original_mask(test.paths[i], test.defect_types[i], image.shape[:2])
+        anomalous = None if run.threshold is None else bool(image_scores[k] > run.threshold)
+        rows.append(MapRow(image, amap, test.defect_types[i], Path(test.paths[i]).name,
+                           float(image_scores[k]), mask, anomalous))
+    cfg = run.cfg
+    n_def = sum(r.defect_type != GOOD for r in rows)
+    size = "original image sizes" if original_size else f"{cfg.image_size}x{cfg.image_size} (model resolution)"
+    title = (f"{cfg.category} / {run.name}: anomaly maps of {len(rows)} test images ({len(rows) - n_def} good, "
+             f"{n_def} defective), {size}")
+    pixel = _pixel_summary(run, loc.sigma, loc.stride)
+    note = (f"map = (1−λ)·mean_c|x − G(E(x))| + λ·mean_c|f_D(x) − f_D(G(E(x)))|, λ = {run.lam:g}; Gaussian "
+            f"sigma {loc.sigma:g} px" + (f", patch stride {loc.stride}" if cfg.kind == "texture" else "")
+            + "; one colour scale for all maps; red/cyan outline: ground-truth defect" + pixel)
+    return rows, title, note
+
+
+def _pixel_summary(run: Run, sigma: float, stride: int) -> str:
+    """'; test pixel auROC ... AUPRO ...' from evaluation.json when it used the same maps."""
+    try:
+        s = json.loads((run.dir / "evaluation.json").read_text())
+        p = s.get("pixel") or {}
+        if s.get("pixel_auroc") is None or not math.isclose(float(p["sigma"]), sigma) \
+                or (run.cfg.kind == "texture" and int(p["stride"]) != int(stride)):
+            return ""
+        return (f"; whole test set (evaluate.py): pixel auROC {s['pixel_auroc']:.3f}, "
+                f"AUPRO@0.3 {s['aupro']:.3f}" if s.get("aupro") is not None else "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def _same_test_set(run: Run, ref: Run):
     """Reuse the reference run's loaded test set when it is the same data at the same size."""
     a, b = run.cfg, ref.cfg
@@ -462,6 +550,15 @@ def cmd_hist(args) -> list[Path]:
     return save_figure(fig, args.out or default_out(args.runs, "hist"), args.dpi, args.pdf, args.command)
 
 
+def cmd_maps(args) -> list[Path]:
+    if args.rows is not None and args.rows < 1:
+        raise PlotError("--rows must be at least 1")
+    rows, title, note = maps_data(args.run, args.rows, args.data_dir, args.sigma, args.stride,
+                                  args.original_size)
+    fig = maps_figure(rows, title=title, note=note)
+    return save_figure(fig, args.out or default_out([args.run], "maps"), args.dpi, args.pdf, args.command)
+
+
 def cmd_gif(args) -> list[Path]:
     out = make_preview_gif(args.run, max_frames=args.max_frames)
     if out is None:
@@ -503,6 +600,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--by-type", action="store_true", help="stack defective images by defect type")
         common(p)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("maps", help="anomaly maps over test images, with the ground-truth outline")
+    p.add_argument("run", help="run folder runs/<category>/<run>")
+    p.add_argument("--rows", type=int, metavar="N", help="number of images (default: most and least anomalous of "
+                                            "good and of each defect type)")
+    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the maps in pixels (default 4; 0: none)")
+    p.add_argument("--stride", type=int, help="textures: patch stride of the maps (default: the patch size)")
+    p.add_argument("--original-size", action="store_true",
+                   help="show every image at its original size, its map resized back to it")
+    common(p)
+    p.set_defaults(func=cmd_maps)
 
     p = sub.add_parser("gif", help="animated GIF of a run's training previews (<run>/previews.gif)")
     p.add_argument("run", help="run folder runs/<category>/<run>")

@@ -11,6 +11,11 @@ A category a row lacks is left empty; means are then taken over the categories p
 table says so (``(k/n)`` beside the mean in the printed and Markdown tables, ``n_textures`` and
 ``n_objects`` columns and a ``note`` in the CSV).
 
+Beyond the paper: when evaluated runs have pixel-level metrics (categories with ground-truth masks, see
+:mod:`cbigan.pixel_metrics`), two more tables are written, pixel auROC and AUPRO, with no published rows;
+categories outside MVTec AD (e.g. ``magnetic_tile``) are extra columns there, right of the means (which
+stay over MVTec AD categories only), and columns no run has are left out of the printed/Markdown tables.
+
 This module needs only pandas: no TensorFlow import.
 """
 
@@ -49,6 +54,15 @@ TABLES = {
                         "Table II: maximum balanced accuracy (TPR + TNR) / 2 over thresholds"),
     "table3": TableSpec("table3", "auroc", "table3_auroc", "Table III: area under the ROC curve (auROC)"),
 }
+#: Localization tables (beyond the paper: no published rows), written when runs have pixel metrics.
+PIXEL_TABLES = {
+    "pixel_auroc": TableSpec("pixel_auroc", "pixel_auroc", "pixel_auroc",
+                             "Pixel-level auROC (beyond the paper)"),
+    "aupro": TableSpec("aupro", "aupro", "aupro",
+                       "AUPRO: per-region overlap up to FPR 0.3, normalised (beyond the paper)"),
+}
+#: Non-value columns of a built table.
+META_COLUMNS = ("method", "source", "group", "n_textures", "n_objects", "note", "runs")
 
 
 # ---------------------------------------------------------------------------------- collecting runs
@@ -85,10 +99,14 @@ def collect_evaluations(roots) -> pd.DataFrame:
                 "max_balanced_accuracy": s.get("max_balanced_accuracy"),
                 "select_on_test": bool(s.get("select_on_test", False)),
                 "score_lambda": s.get("score_lambda"),
+                "pixel_auroc": s.get("pixel_auroc"),
+                "aupro": s.get("aupro"),
+                "pixel_sigma": (s.get("pixel") or {}).get("sigma"),
+                "pixel_stride": (s.get("pixel") or {}).get("stride"),
                 "mtime": path.stat().st_mtime,
             })
     cols = ["method", "category", "run", "run_dir", "evaluated_at", "auroc", "max_balanced_accuracy",
-            "select_on_test", "score_lambda", "mtime"]
+            "select_on_test", "score_lambda", "pixel_auroc", "aupro", "pixel_sigma", "pixel_stride", "mtime"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -125,17 +143,22 @@ def _means_note(nt: int, no: int) -> str:
             f"{no}/{len(OBJECTS)} objects, {nt + no}/{len(CATEGORY_COLUMNS)} overall")
 
 
-def our_rows(evals: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per method label: the newest evaluated run of every category, means over present ones."""
-    cols = ["method", "source", "group", *COLUMNS, "n_textures", "n_objects", "note", "runs"]
-    ev = newest(evals[evals["category"].isin(CATEGORY_COLUMNS)]) if not evals.empty else evals
+def our_rows(evals: pd.DataFrame, metric: str, extra_categories=()) -> pd.DataFrame:
+    """One row per method label: the newest evaluated run of every category, means over present ones.
+
+    ``extra_categories`` (not MVTec AD) become columns after the paper's, outside the means.
+    """
+    extra = [c for c in extra_categories if c not in CATEGORY_COLUMNS]
+    cats = CATEGORY_COLUMNS + extra
+    cols = ["method", "source", "group", *COLUMNS, *extra, "n_textures", "n_objects", "note", "runs"]
+    ev = newest(evals[evals["category"].isin(cats)]) if not evals.empty else evals
     if ev.empty:
         return pd.DataFrame(columns=cols)
     wide = ev.pivot(index="method", columns="category", values=metric)
-    wide = wide.reindex(columns=CATEGORY_COLUMNS).astype(float)
+    wide = wide.reindex(columns=cats).astype(float)
     order = list(dict.fromkeys(ev.sort_values("evaluated_at")["method"]))
     wide = add_means(wide.reindex(order))
-    runs = ev.assign(_cat=pd.Categorical(ev["category"], CATEGORY_COLUMNS, ordered=True)) \
+    runs = ev.assign(_cat=pd.Categorical(ev["category"], cats, ordered=True)) \
         .sort_values("_cat").groupby("method", sort=False)
     wide["runs"] = [", ".join(f"{r.category}: {r.run_dir}" for r in runs.get_group(m).itertuples())
                     for m in wide.index]
@@ -161,9 +184,30 @@ def load_published(spec: TableSpec, published_dir: str | Path = PUBLISHED_DIR) -
     return df
 
 
+def pixel_table(evals: pd.DataFrame, spec: TableSpec | str) -> pd.DataFrame:
+    """A localization table: per method, the newest run of every category that has the pixel metric.
+
+    The paper's columns, then any other category (e.g. ``magnetic_tile``); no published rows.
+    """
+    spec = PIXEL_TABLES[spec] if isinstance(spec, str) else spec
+    if evals.empty or spec.metric not in evals.columns:
+        return our_rows(evals.iloc[0:0], spec.metric)
+    ev = evals[pd.to_numeric(evals[spec.metric], errors="coerce").notna()]
+    extra = sorted(set(ev["category"]) - set(CATEGORY_COLUMNS))
+    return our_rows(ev, spec.metric, extra)
+
+
+def has_pixel_metrics(evals: pd.DataFrame) -> bool:
+    return not evals.empty and any(
+        c in evals.columns and pd.to_numeric(evals[c], errors="coerce").notna().any()
+        for c in ("pixel_auroc", "aupro"))
+
+
 def build_table(evals: pd.DataFrame, spec: TableSpec | str, published_dir: str | Path | None = PUBLISHED_DIR,
                 ) -> pd.DataFrame:
     """Our rows first, then the published ones; the paper's column order."""
+    if isinstance(spec, str) and spec in PIXEL_TABLES:
+        return pixel_table(evals, spec)
     spec = TABLES[spec] if isinstance(spec, str) else spec
     ours = our_rows(evals, spec.metric)
     parts = [ours]
@@ -191,15 +235,32 @@ def _cell(row, col: str, ours: bool) -> str:
     return text
 
 
-def display_frame(table: pd.DataFrame) -> pd.DataFrame:
+def value_columns(table: pd.DataFrame, compact: bool = False) -> list[str]:
+    """The paper's columns, then any extra category; ``compact``: only those some row has a value in
+    (a group mean only when one of its categories is there)."""
+    extra = [c for c in table.columns if c not in COLUMNS and c not in META_COLUMNS]
+    cols = COLUMNS + extra
+    if not compact:
+        return cols
+    present = {c for c in cols if c in table.columns
+               and pd.to_numeric(table[c], errors="coerce").notna().any()}
+    keep = [c for c in CATEGORY_COLUMNS + extra if c in present]
+    means = {"textures_mean": any(c in present for c in TEXTURES),
+             "objects_mean": any(c in present for c in OBJECTS),
+             "overall_mean": any(c in present for c in CATEGORY_COLUMNS)}
+    return [c for c in cols if c in keep or means.get(c, False)]
+
+
+def display_frame(table: pd.DataFrame, compact: bool = False) -> pd.DataFrame:
     """Strings for printing: method, source, then the paper's columns; empty for missing."""
+    cols = value_columns(table, compact)
     rows = []
     for _, row in table.iterrows():
         ours = row["source"] == "this repository"
         out = {"method": row["method"], "source": "ours" if ours else "paper"}
-        out.update({HEADERS.get(c, c): _cell(row, c, ours) for c in COLUMNS})
+        out.update({HEADERS.get(c, c): _cell(row, c, ours) for c in cols})
         rows.append(out)
-    return pd.DataFrame(rows, columns=["method", "source", *[HEADERS.get(c, c) for c in COLUMNS]])
+    return pd.DataFrame(rows, columns=["method", "source", *[HEADERS.get(c, c) for c in cols]])
 
 
 def footnotes(table: pd.DataFrame) -> list[str]:
@@ -220,26 +281,26 @@ def footnotes(table: pd.DataFrame) -> list[str]:
     return notes
 
 
-def to_markdown(table: pd.DataFrame, title: str = "") -> str:
-    """A GitHub Markdown table (no extra dependency) with its footnotes."""
-    disp = display_frame(table)
+def to_markdown(table: pd.DataFrame, title: str = "", compact: bool = False, notes=()) -> str:
+    """A GitHub Markdown table (no extra dependency) with its footnotes (and ``notes`` after them)."""
+    disp = display_frame(table, compact)
     lines = [f"### {title}", ""] if title else []
     header = list(disp.columns)
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|")
     for _, r in disp.iterrows():
         lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in r.tolist()) + " |")
-    notes = footnotes(table)
+    notes = footnotes(table) + list(notes)
     if notes:
         lines.append("")
         lines.extend(f"- {n}" for n in notes)
     return "\n".join(lines) + "\n"
 
 
-def to_text(table: pd.DataFrame, title: str = "") -> str:
-    disp = display_frame(table)
+def to_text(table: pd.DataFrame, title: str = "", compact: bool = False, notes=()) -> str:
+    disp = display_frame(table, compact)
     body = disp.to_string(index=False) if len(disp) else "(no rows)"
-    notes = footnotes(table)
+    notes = footnotes(table) + list(notes)
     return "\n".join(([title] if title else []) + [body] + [f"  * {n}" for n in notes]) + "\n"
 
 
@@ -262,7 +323,31 @@ def write_tables(roots, out_dir: str | Path = "results", published_dir: str | Pa
     other = sorted(set(evals["category"]) - set(CATEGORY_COLUMNS))
     if other:
         texts.append(f"not in the paper's tables (not MVTec AD categories): {', '.join(other)}\n")
+    if has_pixel_metrics(evals):
+        for spec in PIXEL_TABLES.values():
+            table = pixel_table(evals, spec)
+            if table.empty:
+                continue
+            notes = [pixel_note(evals, spec.metric)]
+            csv_path, md_path = out_dir / f"{spec.stem}.csv", out_dir / f"{spec.stem}.md"
+            table.to_csv(csv_path, index=False, float_format="%.4f")
+            md_path.write_text(to_markdown(table, spec.title, compact=True, notes=notes))
+            written += [csv_path, md_path]
+            texts.append(to_text(table, spec.title, compact=True, notes=notes))
     return {"text": "\n".join(texts), "files": written, "evaluations": evals}
+
+
+def pixel_note(evals: pd.DataFrame, metric: str) -> str:
+    """How the maps of a pixel table were made (the smoothing and strides of its runs)."""
+    ev = evals[pd.to_numeric(evals[metric], errors="coerce").notna()]
+    sig = sorted({f"{float(v):g}" for v in ev["pixel_sigma"].dropna()})
+    strides = sorted({int(v) for v in ev["pixel_stride"].dropna()})
+    return ("Pixel metrics at the model resolution (masks resized with nearest neighbour); anomaly map "
+            "(1-λ)|x-G(E(x))| + λ|f_D(x)-f_D(G(E(x)))| (channel means)"
+            + (f", Gaussian sigma {', '.join(sig)} px" if sig else "")
+            + (f", texture patch stride {', '.join(map(str, strides))}" if strides else "")
+            + ". AUPRO: MVTec AD definition, integrated to FPR 0.3 and divided by 0.3. No published rows: "
+              "the paper reports image-level metrics only.")
 
 
 # ---------------------------------------------------------------------------------- comparison

@@ -159,6 +159,29 @@ def test_recon_texture_stitches_patches(tex_run, tmp_path):
     png(out, figures.recon_size(2, 1))
 
 
+def test_maps_rows_and_figure(obj_run, tex_run, tmp_path):
+    """Anomaly maps over images: the localization maps of the picked images, at the model resolution
+    or at every image's original size, with the masks."""
+    from cbigan.localization import Localizer
+
+    rows, title, note = plots.maps_data(obj_run, n_rows=4, sigma=0)
+    assert len(rows) == 4 and "anomaly maps" in title and "sigma 0" in note
+    assert all(r.amap.shape == (64, 64) and r.image.shape == (64, 64, 3) for r in rows)
+    assert [r.mask is not None and r.mask.any() for r in rows] == [r.defect_type != "good" for r in rows]
+    run = plots.Run(obj_run)
+    maps = Localizer(run.scorer.model, run.cfg, sigma=0, lam=run.lam).maps(np.stack([r.image for r in rows]))
+    np.testing.assert_allclose(np.stack([r.amap for r in rows]), maps, rtol=1e-5, atol=1e-6)
+    fig = figures.maps_figure(rows, title=title, note=note)
+    assert len(fig.axes) == 4 * 3 + 1  # input, map, overlay per row + colour bar
+    matplotlib.pyplot.close(fig)
+
+    out = tmp_path / "maps.png"
+    assert plots.main(["maps", str(tex_run), "--rows", "2", "--stride", "32", "--original-size",
+                       "--out", str(out), "--dpi", str(DPI)]) == 0
+    png(out, figures.maps_size(2))
+    assert plots.main(["maps", str(tex_run), "--stride", "100"]) == 2
+
+
 def test_roc_and_hist_of_several_categories(obj_run, tex_run, tmp_path):
     (tex_run / "threshold.json").write_text(json.dumps({"threshold": 1.0, "score_lambda": 0.1}))
     roc, hist = tmp_path / "roc.png", tmp_path / "hist.png"

@@ -157,3 +157,29 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     (run / "model.weights.h5").write_bytes(b"")
     assert evaluate.main(["--compare", str(run), str(run)]) == 1
     assert "not evaluated yet" in capsys.readouterr().err
+
+
+def test_pixel_tables_when_runs_have_pixel_metrics(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for cat, run, pa, ap in (("leather", "r", 0.91, 0.62), ("magnetic_tile", "m", 0.80, 0.41)):
+        d = fake_eval(runs, cat, run, 0.8, 0.8)
+        s = json.loads((d / "evaluation.json").read_text())
+        s.update(pixel_auroc=pa, aupro=ap, pixel={"sigma": 4.0, "stride": 32})
+        (d / "evaluation.json").write_text(json.dumps(s))
+    fake_eval(runs, "bottle", "no_masks", 0.7, 0.7)   # image metrics only: not in the pixel tables
+    out = tmp_path / "results"
+    res = write_tables([runs], out)
+    names = sorted(p.name for p in res["files"])
+    assert "aupro.md" in names and "pixel_auroc.csv" in names and len(names) == 8
+    csv = pd.read_csv(out / "aupro.csv")
+    assert csv.loc[0, "leather"] == 0.62 and csv.loc[0, "magnetic_tile"] == 0.41
+    assert np.isnan(csv.loc[0, "bottle"]) and csv.loc[0, "textures_mean"] == 0.62
+    md = (out / "pixel_auroc.md").read_text()
+    header = md.splitlines()[2]
+    assert header == "| method | source | leather | textures mean | overall mean | magnetic_tile |"
+    assert "| CBiGAN (paper) | ours | 0.910 | 0.910 (1/5) | 0.910 (1/15) | 0.800 |" in md
+    assert "sigma 4 px" in md and "stride 32" in md and "No published rows" in md
+    # Tables II/III are unchanged by it
+    t3 = pd.read_csv(out / "table3_auroc.csv")
+    assert list(t3.columns[3:3 + len(COLUMNS)]) == PAPER_COLUMNS and "magnetic_tile" not in t3.columns
+    assert "Pixel-level auROC" in res["text"] and "AUPRO" in res["text"]

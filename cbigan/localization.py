@@ -1,0 +1,336 @@
+"""Pixel-level anomaly maps at the input's own resolution, in the TensorFlow graph.
+
+The map of an image is, per pixel,
+
+    M = (1 - lambda) * mean_c |x - G(E(x))|  +  lambda * mean_c |f_D(x, E(x)) - f_D(G(E(x)), E(x))|
+
+the same two parts as the image score ``A = (1 - lambda) L_R + lambda L_fD`` (:mod:`cbigan.scoring`), but
+averaged over channels instead of summed over the whole patch. The default feature layer
+(``critic_features``, the critic's first 3x3 convolution) keeps the full resolution; a coarser layer is
+resized (bilinear) to the patch size, and a flat one (e.g. a dense layer) contributes a constant per patch.
+
+* Objects are one patch: the map has the model's image size (128 by default).
+* Textures are cut into ``patch_size`` patches and the per-patch maps are stitched back into the
+  ``image_size`` map (512 by default). With ``stride < patch_size`` the patches overlap and every pixel is
+  the mean of the maps of all patches that cover it, which removes the block seams. The positions are
+  ``0, stride, 2 stride, ...``, plus ``image_size - patch_size`` and the multiples of ``patch_size`` (so the
+  non-overlapping scoring patches are always among them: one network pass gives the image scores of the
+  paper's protocol *and* the maps). ``stride = patch_size`` gives exactly the plain stitched maps.
+* Optional Gaussian smoothing, in the graph (separable convolution, reflected borders as
+  ``scipy.ndimage.gaussian_filter``'s default ``mode="reflect"``, kernel truncated at 4 sigma).
+  ``sigma`` is in pixels of the model-resolution map; default :data:`DEFAULT_SIGMA` = 4 (as commonly
+  used on MVTec AD anomaly maps); 0 turns it off.
+
+"The input's own resolution" is the resized model resolution: ``image_size`` x ``image_size``; the
+ground-truth masks are resized to it (nearest) by :func:`cbigan.data.load_test_set`, and the pixel metrics
+(:mod:`cbigan.pixel_metrics`) are computed there. :func:`resize_maps` / :func:`to_original_size` bring a map
+back to an image's original size (bilinear) for predictions and figures.
+
+:func:`localize` is the one implementation: evaluation (:class:`Localizer`), the figures
+(``python -m cbigan.plots maps``) and the exported SavedModel's ``anomaly_map`` use it. It calls
+:func:`cbigan.scoring.score_patches` once on all patches, so the image scores and the maps come from the
+same network pass.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from .config import Config
+from .data import from_patches, to_model_range
+from .scoring import Scores, score_patches
+
+#: Default standard deviation (pixels of the model-resolution map) of the Gaussian smoothing.
+DEFAULT_SIGMA = 4.0
+#: The kernel reaches ``TRUNCATE * sigma`` pixels to each side (scipy's default).
+TRUNCATE = 4.0
+
+
+# ---------------------------------------------------------------------------------- patch geometry
+def patch_positions(size: int, patch: int, stride: int | None = None) -> np.ndarray:
+    """Top-left offsets (along one axis) of the patches of a ``size`` image: see the module docstring."""
+    size, patch = int(size), int(patch)
+    stride = patch if stride is None else int(stride)
+    if patch > size:
+        raise ValueError(f"patch size {patch} is larger than the image size {size}")
+    if not 1 <= stride <= patch:
+        raise ValueError(f"stride must be between 1 and the patch size {patch}, got {stride}")
+    pos = set(range(0, size - patch + 1, stride)) | {size - patch}
+    if size % patch == 0:
+        pos |= set(range(0, size - patch + 1, patch))
+    return np.array(sorted(pos), np.int32)
+
+
+def _grid_subset(pos: np.ndarray, size: int, patch: int) -> np.ndarray:
+    """Flat (row-major) indices, among the ``len(pos)**2`` patches, of the non-overlapping grid."""
+    where = {int(p): i for i, p in enumerate(pos)}
+    grid = [where[p] for p in range(0, size - patch + 1, patch)]
+    k = len(pos)
+    return np.array([r * k + c for r in grid for c in grid], np.int32)
+
+
+def extract_patches(x, pos: np.ndarray, patch: int):
+    """[N, S, S, C] -> [N * K*K, p, p, C]: the patches at ``pos`` x ``pos``, row-major, image by image.
+
+    Two gathers, no loop: for ``pos = 0, p, 2p...`` it is :func:`cbigan.data.to_patches`.
+    """
+    k, p = len(pos), int(patch)
+    idx = tf.constant((pos[:, None] + np.arange(p)[None, :]).astype(np.int32))  # [K, p]
+    rows = tf.gather(x, idx, axis=1)                     # [N, K, p, S, C]
+    cells = tf.gather(rows, idx, axis=3)                 # [N, K, p, K, p, C]
+    cells = tf.transpose(cells, (0, 1, 3, 2, 4, 5))      # [N, K, K, p, p, C]
+    c = tf.shape(x)[3]
+    return tf.reshape(cells, tf.stack([-1, p, p, c]))
+
+
+def stitch(maps, pos: np.ndarray, patch: int, size: int):
+    """Per-patch maps [N * K*K, p, p] (row-major, as :func:`extract_patches`) -> [N, S, S].
+
+    Every pixel is the mean over the patches that cover it (an overlap-add by ``scatter_nd`` and a
+    constant count map). Non-overlapping positions give :func:`cbigan.data.from_patches` exactly.
+    """
+    k, p, s = len(pos), int(patch), int(size)
+    if k * p == s and np.array_equal(pos, np.arange(k) * p):
+        return from_patches(maps, k)                     # plain tiling: no sum, no division
+    yy = pos[:, None] + np.arange(p)[None, :]            # [K, p] absolute rows (and columns)
+    iy = np.broadcast_to(yy[:, None, :, None], (k, k, p, p))
+    ix = np.broadcast_to(yy[None, :, None, :], (k, k, p, p))
+    indices = np.stack([iy, ix], -1).reshape(-1, 2).astype(np.int32)   # [K*K*p*p, 2]
+    counts = np.zeros((s, s), np.float32)
+    np.add.at(counts, (indices[:, 0], indices[:, 1]), 1.0)
+    m = tf.reshape(maps, tf.stack([-1, k * k * p * p]))                 # [N, K*K*p*p]
+    summed = tf.scatter_nd(tf.constant(indices), tf.transpose(m), tf.stack([s, s, tf.shape(m)[0]]))
+    return tf.transpose(summed, (2, 0, 1)) / tf.constant(counts)[None]
+
+
+# ---------------------------------------------------------------------------------- smoothing, resizing
+def gaussian_kernel(sigma: float, truncate: float = TRUNCATE, max_radius: int | None = None) -> np.ndarray:
+    """Normalised 1-D Gaussian of radius ``int(truncate * sigma + 0.5)`` (scipy's), at most ``max_radius``."""
+    radius = int(truncate * float(sigma) + 0.5)
+    if max_radius is not None:
+        radius = min(radius, int(max_radius))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def gaussian_blur(maps, sigma: float, truncate: float = TRUNCATE):
+    """Gaussian smoothing of maps [N, H, W] (static H, W) in the graph; ``sigma <= 0``: unchanged.
+
+    Separable convolution on borders reflected as ``scipy.ndimage.gaussian_filter(mode="reflect")``
+    (``tf.pad`` ``SYMMETRIC``); the kernel is cut at ``truncate * sigma`` or at the map's side.
+    """
+    if sigma is None or float(sigma) <= 0:
+        return maps
+    h, w = maps.shape[1], maps.shape[2]
+    if h is None or w is None:
+        raise ValueError("gaussian_blur needs maps of a static height and width")
+    k = gaussian_kernel(sigma, truncate, max_radius=min(h, w))
+    r = (len(k) - 1) // 2
+    x = tf.pad(maps[..., None], [[0, 0], [r, r], [r, r], [0, 0]], mode="SYMMETRIC")
+    x = tf.nn.conv2d(x, tf.constant(k.reshape(-1, 1, 1, 1)), strides=1, padding="VALID")
+    x = tf.nn.conv2d(x, tf.constant(k.reshape(1, -1, 1, 1)), strides=1, padding="VALID")
+    return x[..., 0]
+
+
+def resize_maps(maps, size_hw):
+    """Maps [N, S, S] (or one [S, S]) -> the size ``(height, width)``, bilinear; a tensor."""
+    maps = tf.convert_to_tensor(maps, tf.float32)
+    one = maps.shape.rank == 2
+    x = maps[None] if one else maps
+    x = tf.image.resize(x[..., None], tuple(int(v) for v in size_hw), method="bilinear")[..., 0]
+    return x[0] if one else x
+
+
+def to_original_size(amap, size_hw) -> np.ndarray:
+    """One model-resolution map [S, S] -> a numpy map of an image's original ``(height, width)``."""
+    return np.asarray(resize_maps(np.asarray(amap, np.float32), size_hw))
+
+
+# ---------------------------------------------------------------------------------- the maps
+_IMAGE_ONLY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _image_only_features(features):
+    """``features`` as a model of the image alone when its output does not depend on z, else None.
+
+    The default layer (the critic's first convolution) sees only the image, so the feature part of the
+    map needs no latent code; other layers get z from ``score_patches``' outputs or from the encoder.
+    """
+    try:
+        return _IMAGE_ONLY[features]
+    except (KeyError, TypeError):
+        pass
+    import keras
+
+    model = None
+    inputs = getattr(features, "inputs", None)
+    if inputs is not None and len(inputs) == 2:
+        try:
+            model = keras.Model(inputs[0], features.outputs[0], name="image_feature_extractor")
+        except (ValueError, TypeError):
+            model = None
+    try:
+        _IMAGE_ONLY[features] = model
+    except TypeError:
+        pass
+    return model
+
+
+def feature_map(features, x, recon, z=None, encoder=None):
+    """Channel mean of |f_D(x, z) - f_D(G(E(x)), z)| for patches [B, p, p, 3], resized to [B, p, p]."""
+    image_only = _image_only_features(features)
+    if image_only is not None:
+        f_x, f_r = image_only(x, training=False), image_only(recon, training=False)
+    else:
+        if z is None:
+            z = encoder(x, training=False)
+        f_x, f_r = features([x, z], training=False), features([recon, z], training=False)
+    d = tf.abs(f_x - f_r)
+    p_h, p_w = x.shape[1], x.shape[2]
+    if d.shape.rank == 4:
+        d = tf.reduce_mean(d, axis=-1)
+        if d.shape[1] != p_h or d.shape[2] != p_w:
+            d = tf.image.resize(d[..., None], (p_h, p_w), method="bilinear")[..., 0]
+        return d
+    d = tf.reduce_mean(tf.reshape(d, (tf.shape(d)[0], -1)), axis=1)   # flat layer: one value a patch
+    return tf.tile(d[:, None, None], [1, p_h, p_w])
+
+
+def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
+             sigma: float = DEFAULT_SIGMA, stride: int | None = None):
+    """Score parts and anomaly maps of full images ``x`` in [-1, 1], [N, S, S, 3] (static S).
+
+    Returns a dict of tensors:
+
+    * ``l_r``, ``l_fd`` [N, P]: the image-score parts of the P non-overlapping patches (row-major; P = 1
+      for objects), as :class:`cbigan.scoring.Scorer` gives them;
+    * ``map_r``, ``map_fd`` [N, S, S]: the two parts of the map (stitched, averaged, smoothed); any lambda
+      is their linear combination (smoothing and averaging are linear);
+    * ``anomaly_map`` [N, S, S]: ``(1 - lam) map_r + lam map_fd``;
+    * ``reconstruction`` [N, S, S, 3]: G(E(x)) of the non-overlapping patches, stitched, in [-1, 1].
+    """
+    size = x.shape[1]
+    if size is None or x.shape[2] != size:
+        raise ValueError(f"localize needs square images of a static size, got shape {x.shape}")
+    size, patch = int(size), int(patch)
+    pos = patch_positions(size, patch, stride)
+    k = len(pos)
+    sub = _grid_subset(pos, size, patch)
+    full = len(sub) == k * k
+    grid = size // patch
+    patches = x if k == 1 else extract_patches(x, pos, patch)
+    out = score_patches(encoder, generator, features, patches)
+    recon = out["reconstruction"]
+    fd = out.get("feature_diff")
+    if fd is None:
+        fd = feature_map(features, patches, recon, out.get("z"), encoder)
+    map_r = stitch(out["diff"], pos, patch, size)
+    map_fd = stitch(fd, pos, patch, size)
+    map_r, map_fd = gaussian_blur(map_r, sigma), gaussian_blur(map_fd, sigma)
+
+    def grid_only(t, per_patch: list):
+        """[N * K*K, ...] -> [N, P, ...]: the non-overlapping patches only."""
+        t = tf.reshape(t, [-1, k * k] + per_patch)
+        return t if full else tf.gather(t, tf.constant(sub), axis=1)
+
+    l_r, l_fd = grid_only(out["l_r"], []), grid_only(out["l_fd"], [])
+    rec = tf.reshape(grid_only(recon, [patch, patch, 3]), (-1, patch, patch, 3))
+    rec = from_patches(rec, grid)
+    lam = float(lam)
+    return {"l_r": l_r, "l_fd": l_fd, "map_r": map_r, "map_fd": map_fd,
+            "anomaly_map": (1.0 - lam) * map_r + lam * map_fd, "reconstruction": rec}
+
+
+def combine_maps(map_r, map_fd, lam: float) -> np.ndarray:
+    """The anomaly maps at ``lam`` from the two stored parts (numpy)."""
+    return ((1.0 - lam) * np.asarray(map_r, np.float32) + lam * np.asarray(map_fd, np.float32)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------- batched use
+@dataclass
+class LocalizedSet:
+    """Score parts and the two map parts of N images."""
+
+    l_r: np.ndarray       # [N, P]
+    l_fd: np.ndarray      # [N, P]
+    map_r: np.ndarray     # [N, S, S] float32
+    map_fd: np.ndarray    # [N, S, S] float32
+
+    @property
+    def scores(self) -> Scores:
+        return Scores(self.l_r, self.l_fd)
+
+    def maps(self, lam: float) -> np.ndarray:
+        return combine_maps(self.map_r, self.map_fd, lam)
+
+
+class Localizer:
+    """Maps (and the image-score parts) of resized uint8 images with a trained model's EMA networks."""
+
+    def __init__(self, model, cfg: Config, *, sigma: float = DEFAULT_SIGMA, stride: int | None = None,
+                 lam: float | None = None, patches_per_call: int = 256):
+        from .networks import feature_extractor
+
+        self.cfg = cfg.resolved()
+        self.model = model
+        self.sigma = float(sigma)
+        if self.sigma < 0 or not math.isfinite(self.sigma):
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        self.stride = self.cfg.patch_size if stride is None else int(stride)
+        self.lam = float(self.cfg.score_lambda if lam is None else lam)
+        self.positions = patch_positions(self.cfg.image_size, self.cfg.patch_size, self.stride)
+        self.features = feature_extractor(model.critic, self.cfg.feature_layer)
+        self.patches_per_call = patches_per_call
+        size = self.cfg.image_size
+        self._fn = tf.function(self._localize, reduce_retracing=True,
+                               input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+
+    @property
+    def patches_per_image(self) -> int:
+        """Network inputs per image (overlapping patches included)."""
+        return len(self.positions) ** 2
+
+    @property
+    def images_per_call(self) -> int:
+        return max(1, self.patches_per_call // self.patches_per_image)
+
+    def _localize(self, images_uint8):
+        m = self.model
+        return localize(m.ema_encoder, m.ema_generator, self.features, to_model_range(images_uint8),
+                        patch=self.cfg.patch_size, lam=self.lam, sigma=self.sigma, stride=self.stride)
+
+    def raw(self, images_uint8) -> dict:
+        """All outputs of :func:`localize` (tensors) for a batch of resized uint8 images."""
+        return self._fn(tf.convert_to_tensor(np.asarray(images_uint8), tf.uint8))
+
+    def run(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "maps") -> LocalizedSet:
+        """Score parts and map parts of many images, in chunks (tqdm bar with ``progress``)."""
+        from tqdm import tqdm
+
+        grid = (self.cfg.image_size // self.cfg.patch_size) ** 2
+        size = self.cfg.image_size
+        parts = {k: [] for k in ("l_r", "l_fd", "map_r", "map_fd")}
+        step = self.images_per_call
+        with tqdm(total=len(images_uint8), desc=desc, unit="img", leave=False,
+                  disable=not progress or len(images_uint8) < 2) as bar:
+            for i in range(0, len(images_uint8), step):
+                out = self.raw(images_uint8[i:i + step])
+                for key in parts:
+                    parts[key].append(out[key].numpy())
+                bar.update(len(parts["l_r"][-1]))
+        if not parts["l_r"]:
+            return LocalizedSet(np.zeros((0, grid)), np.zeros((0, grid)),
+                                np.zeros((0, size, size), np.float32), np.zeros((0, size, size), np.float32))
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        return LocalizedSet(cat["l_r"].reshape(-1, grid), cat["l_fd"].reshape(-1, grid),
+                            cat["map_r"].astype(np.float32), cat["map_fd"].astype(np.float32))
+
+    def maps(self, images_uint8: np.ndarray, lam: float | None = None) -> np.ndarray:
+        """Anomaly maps [N, S, S] at ``lam`` (default: the localizer's)."""
+        return self.run(images_uint8).maps(self.lam if lam is None else lam)
