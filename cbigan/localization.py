@@ -97,15 +97,18 @@ def stitch(maps, pos: np.ndarray, patch: int, size: int):
     k, p, s = len(pos), int(patch), int(size)
     if k * p == s and np.array_equal(pos, np.arange(k) * p):
         return from_patches(maps, k)                     # plain tiling: no sum, no division
-    yy = pos[:, None] + np.arange(p)[None, :]            # [K, p] absolute rows (and columns)
-    iy = np.broadcast_to(yy[:, None, :, None], (k, k, p, p))
-    ix = np.broadcast_to(yy[None, :, None, :], (k, k, p, p))
-    indices = np.stack([iy, ix], -1).reshape(-1, 2).astype(np.int32)   # [K*K*p*p, 2]
-    counts = np.zeros((s, s), np.float32)
-    np.add.at(counts, (indices[:, 0], indices[:, 1]), 1.0)
-    m = tf.reshape(maps, tf.stack([-1, k * k * p * p]))                 # [N, K*K*p*p]
-    summed = tf.scatter_nd(tf.constant(indices), tf.transpose(m), tf.stack([s, s, tf.shape(m)[0]]))
-    return tf.transpose(summed, (2, 0, 1)) / tf.constant(counts)[None]
+    # the coverage is separable: count(y, x) = (patches over row y) * (patches over column x)
+    cover = np.zeros(s, np.float32)
+    for y0 in pos:
+        cover[y0:y0 + p] += 1.0
+    # absolute (row, column) of every pixel of every patch, built in the graph (small constants only)
+    rows = tf.constant(pos)[:, None] + tf.range(p)[None, :]                       # [K, p]
+    iy = tf.broadcast_to(rows[:, None, :, None], (k, k, p, p))
+    ix = tf.broadcast_to(rows[None, :, None, :], (k, k, p, p))
+    indices = tf.reshape(tf.stack([iy, ix], -1), (-1, 2))                         # [K*K*p*p, 2]
+    m = tf.reshape(maps, tf.stack([-1, k * k * p * p]))                            # [N, K*K*p*p]
+    summed = tf.scatter_nd(indices, tf.transpose(m), tf.stack([s, s, tf.shape(m)[0]]))
+    return tf.transpose(summed, (2, 0, 1)) / tf.constant(cover[:, None] * cover[None, :])[None]
 
 
 # ---------------------------------------------------------------------------------- smoothing, resizing
