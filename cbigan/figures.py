@@ -487,12 +487,13 @@ class MapRow:
 
 
 MAP_COLUMNS = ("input", "anomaly map", "map over input")
+MAPS_BOTTOM = 0.62   # room for a three-line note under the grid
 
 
 def maps_size(n_rows: int) -> tuple[float, float]:
     """(width, height) in inches of :func:`maps_figure` with ``n_rows`` images."""
     width = LEFT + 3 * PANEL + 2 * GROUP_GAP + COLORBAR
-    height = HEADER + n_rows * (PANEL + PANEL_TITLE) + BOTTOM
+    height = HEADER + n_rows * (PANEL + PANEL_TITLE) + MAPS_BOTTOM
     return width, height
 
 
@@ -504,7 +505,7 @@ def map_range(maps, lo: float = 1.0, hi: float = 99.5) -> tuple[float, float]:
 
 
 def maps_figure(rows: list[MapRow], title: str = "", note: str = "", vrange: tuple | None = None,
-                colorbar_label: str = "anomaly map (1−λ)·|x − G(E(x))| + λ·|f_D(x) − f_D(G(E(x)))|"):
+                colorbar_label: str = "anomaly map value\n(see the note below)"):
     """Anomaly maps over images: input (red: ground-truth outline) | map (cyan outline) | overlay.
 
     One row per test image; every map shares one colour scale (``vrange``, default the 1st to 99.5th
@@ -518,7 +519,7 @@ def maps_figure(rows: list[MapRow], title: str = "", note: str = "", vrange: tup
     cmap = plt.get_cmap(DIFF_CMAP)
 
     def axes_at(col: int, row: int):
-        y = BOTTOM + (len(rows) - 1 - row) * (PANEL + PANEL_TITLE)
+        y = MAPS_BOTTOM + (len(rows) - 1 - row) * (PANEL + PANEL_TITLE)
         return fig.add_axes((xs[col] / width, y / height, PANEL / width, PANEL / height))
 
     handle = None
@@ -545,7 +546,7 @@ def maps_figure(rows: list[MapRow], title: str = "", note: str = "", vrange: tup
         _outline(ax, row.mask, MASK_ON_INPUT)
         _bare(ax)
 
-    top = (BOTTOM + len(rows) * (PANEL + PANEL_TITLE)) / height
+    top = (MAPS_BOTTOM + len(rows) * (PANEL + PANEL_TITLE)) / height
     for x, name in zip(xs, MAP_COLUMNS):
         fig.text((x + PANEL / 2) / width, top + 0.06 / height, name, ha="center", va="bottom", fontsize=9)
     if title:
@@ -556,10 +557,10 @@ def maps_figure(rows: list[MapRow], title: str = "", note: str = "", vrange: tup
     if handle is not None:
         rows_spanned = min(len(rows), 2)
         cb_h = rows_spanned * (PANEL + PANEL_TITLE) - PANEL_TITLE
-        y0 = BOTTOM + (len(rows) - rows_spanned) * (PANEL + PANEL_TITLE)
+        y0 = MAPS_BOTTOM + (len(rows) - rows_spanned) * (PANEL + PANEL_TITLE)
         x0 = xs[-1] + PANEL + 0.12
         cax = fig.add_axes((x0 / width, y0 / height, 0.12 / width, cb_h / height))
         cb = fig.colorbar(handle, cax=cax)
         cb.ax.tick_params(labelsize=7)
-        cb.set_label(textwrap.fill(colorbar_label, 28), fontsize=6)
+        cb.set_label(colorbar_label, fontsize=7)
     return fig

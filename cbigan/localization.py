@@ -16,7 +16,7 @@ resized (bilinear) to the patch size, and a flat one (e.g. a dense layer) contri
   ``0, stride, 2 stride, ...``, plus ``image_size - patch_size`` and the multiples of ``patch_size`` (so the
   non-overlapping scoring patches are always among them: one network pass gives the image scores of the
   paper's protocol *and* the maps). ``stride = patch_size`` gives exactly the plain stitched maps.
-* Optional Gaussian smoothing, in the graph (separable convolution, reflected borders as
+* Optional Gaussian smoothing, in the graph (separable, as two matrix products; reflected borders as
   ``scipy.ndimage.gaussian_filter``'s default ``mode="reflect"``, kernel truncated at 4 sigma).
   ``sigma`` is in pixels of the model-resolution map; default :data:`DEFAULT_SIGMA` = 4 (as commonly
   used on MVTec AD anomaly maps); 0 turns it off.
@@ -112,33 +112,45 @@ def stitch(maps, pos: np.ndarray, patch: int, size: int):
 
 
 # ---------------------------------------------------------------------------------- smoothing, resizing
-def gaussian_kernel(sigma: float, truncate: float = TRUNCATE, max_radius: int | None = None) -> np.ndarray:
-    """Normalised 1-D Gaussian of radius ``int(truncate * sigma + 0.5)`` (scipy's), at most ``max_radius``."""
+def gaussian_kernel(sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
+    """Normalised 1-D Gaussian of radius ``int(truncate * sigma + 0.5)`` (scipy's rule)."""
     radius = int(truncate * float(sigma) + 0.5)
-    if max_radius is not None:
-        radius = min(radius, int(max_radius))
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-0.5 * (x / float(sigma)) ** 2)
-    return (k / k.sum()).astype(np.float32)
+    return k / k.sum()
+
+
+def blur_matrix(size: int, sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
+    """[size, size] matrix B of the 1-D Gaussian filter with reflected borders: ``B @ v`` filters v.
+
+    Borders as ``scipy.ndimage.gaussian_filter1d(mode="reflect")`` (d c b a | a b c d | d c b a), for
+    any sigma (the reflection repeats when the kernel is longer than the side).
+    """
+    k = gaussian_kernel(sigma, truncate)
+    r = (len(k) - 1) // 2
+    src = np.arange(size)[:, None] + np.arange(-r, r + 1)[None, :]      # [size, 2r+1] input index
+    src = np.mod(src, 2 * size)
+    src = np.where(src >= size, 2 * size - 1 - src, src)
+    b = np.zeros((size, size), np.float64)
+    np.add.at(b, (np.repeat(np.arange(size), len(k)), src.ravel()), np.tile(k, size))
+    return b.astype(np.float32)
 
 
 def gaussian_blur(maps, sigma: float, truncate: float = TRUNCATE):
     """Gaussian smoothing of maps [N, H, W] (static H, W) in the graph; ``sigma <= 0``: unchanged.
 
-    Separable convolution on borders reflected as ``scipy.ndimage.gaussian_filter(mode="reflect")``
-    (``tf.pad`` ``SYMMETRIC``); the kernel is cut at ``truncate * sigma`` or at the map's side.
+    Separable, as two matrix products with :func:`blur_matrix` (``B_h @ M @ B_w^T``): the same result
+    as ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=4)`` and, on CPU, about 20 times
+    faster than a one-channel convolution.
     """
     if sigma is None or float(sigma) <= 0:
         return maps
     h, w = maps.shape[1], maps.shape[2]
     if h is None or w is None:
         raise ValueError("gaussian_blur needs maps of a static height and width")
-    k = gaussian_kernel(sigma, truncate, max_radius=min(h, w))
-    r = (len(k) - 1) // 2
-    x = tf.pad(maps[..., None], [[0, 0], [r, r], [r, r], [0, 0]], mode="SYMMETRIC")
-    x = tf.nn.conv2d(x, tf.constant(k.reshape(-1, 1, 1, 1)), strides=1, padding="VALID")
-    x = tf.nn.conv2d(x, tf.constant(k.reshape(1, -1, 1, 1)), strides=1, padding="VALID")
-    return x[..., 0]
+    b_h = tf.constant(blur_matrix(h, sigma, truncate))
+    b_w = b_h if w == h else tf.constant(blur_matrix(w, sigma, truncate))
+    return tf.matmul(tf.matmul(b_h, maps), b_w, transpose_b=True)
 
 
 def resize_maps(maps, size_hw):
