@@ -102,7 +102,7 @@ def collect_evaluations(roots) -> pd.DataFrame:
                 "pixel_auroc": s.get("pixel_auroc"),
                 "aupro": s.get("aupro"),
                 "pixel_sigma": (s.get("pixel") or {}).get("sigma"),
-                "pixel_stride": (s.get("pixel") or {}).get("stride"),
+                "pixel_stride": (s.get("pixel") or {}).get("stride") if s.get("kind") == "texture" else None,
                 "mtime": path.stat().st_mtime,
             })
     cols = ["method", "category", "run", "run_dir", "evaluated_at", "auroc", "max_balanced_accuracy",

@@ -161,10 +161,11 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
 
 def test_pixel_tables_when_runs_have_pixel_metrics(tmp_path, capsys):
     runs = tmp_path / "runs"
-    for cat, run, pa, ap in (("leather", "r", 0.91, 0.62), ("magnetic_tile", "m", 0.80, 0.41)):
+    for cat, run, pa, ap, kind, stride in (("leather", "r", 0.91, 0.62, "texture", 32),
+                                           ("magnetic_tile", "m", 0.80, 0.41, "object", 128)):
         d = fake_eval(runs, cat, run, 0.8, 0.8)
         s = json.loads((d / "evaluation.json").read_text())
-        s.update(pixel_auroc=pa, aupro=ap, pixel={"sigma": 4.0, "stride": 32})
+        s.update(pixel_auroc=pa, aupro=ap, kind=kind, pixel={"sigma": 4.0, "stride": stride})
         (d / "evaluation.json").write_text(json.dumps(s))
     fake_eval(runs, "bottle", "no_masks", 0.7, 0.7)   # image metrics only: not in the pixel tables
     out = tmp_path / "results"
@@ -178,7 +179,7 @@ def test_pixel_tables_when_runs_have_pixel_metrics(tmp_path, capsys):
     header = md.splitlines()[2]
     assert header == "| method | source | leather | textures mean | overall mean | magnetic_tile |"
     assert "| CBiGAN (paper) | ours | 0.910 | 0.910 (1/5) | 0.910 (1/15) | 0.800 |" in md
-    assert "sigma 4 px" in md and "stride 32" in md and "No published rows" in md
+    assert "sigma 4 px" in md and "stride 32." in md and "No published rows" in md  # objects: no stride
     # Tables II/III are unchanged by it
     t3 = pd.read_csv(out / "table3_auroc.csv")
     assert list(t3.columns[3:3 + len(COLUMNS)]) == PAPER_COLUMNS and "magnetic_tile" not in t3.columns
