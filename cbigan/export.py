@@ -15,8 +15,8 @@ features. Signatures (see ``docs/serving.md``):
 * ``serving_bytes``: ``image_bytes`` string ``[N]``, encoded PNG/JPEG/BMP/GIF files.
 
 Every signature runs the category's own preprocessing in the graph (:func:`cbigan.data.resize_uint8`,
-:func:`cbigan.data.to_model_range`, :func:`cbigan.data.to_patches` for textures) and the single scoring
-implementation :func:`cbigan.scoring.score_patches`, and returns ``score`` [N], ``is_anomaly`` [N]
+:func:`cbigan.data.to_model_range`) and the scoring/map implementation shared with evaluation
+(:func:`cbigan.localization.localize` over :func:`cbigan.scoring.score_patches`), and returns ``score`` [N], ``is_anomaly`` [N]
 (``score > threshold``), ``threshold`` [N], ``anomaly_map`` [N, S, S] and ``reconstruction``
 [N, S, S, 3] (S = the model's image size; texture patches stitched back). A run without a calibrated
 threshold exports ``threshold = NaN`` and ``is_anomaly = False`` everywhere.
@@ -36,9 +36,9 @@ from pathlib import Path
 import tensorflow as tf
 
 from .config import Config
-from .data import DataError, from_patches, resize_uint8, to_model_range, to_patches
+from .data import DataError, resize_uint8, to_model_range
 from .networks import feature_extractor
-from .scoring import score_patches
+from .localization import DEFAULT_SIGMA, localize
 
 METADATA = "cbigan.json"
 EXPORT_FORMAT = 1
@@ -92,26 +92,26 @@ class ServingGraph:
                                  input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
 
     def score_resized(self, images_uint8):
-        """Outputs for a batch already resized to [N, S, S, 3] uint8."""
+        """Outputs for a batch already resized to [N, S, S, 3] uint8.
+
+        Scores and maps come from :func:`cbigan.localization.localize`, the implementation evaluation
+        and figures use, so served and in-framework results agree.
+        """
         cfg = self.cfg
-        x = to_model_range(images_uint8)
-        if cfg.kind == "texture":
-            x = to_patches(x, cfg.patch_size)
-        out = score_patches(self.encoder, self.generator, self.features, x)
         lam = float(cfg.score_lambda)
-        patch_scores = (1.0 - lam) * out["l_r"] + lam * out["l_fd"]
-        score = tf.reduce_max(tf.reshape(patch_scores, (-1, self.grid * self.grid)), axis=1)
-        amap, recon = out["diff"], out["reconstruction"]
-        if cfg.kind == "texture":
-            amap, recon = from_patches(amap, self.grid), from_patches(recon, self.grid)
+        out = localize(self.encoder, self.generator, self.features, to_model_range(images_uint8),
+                       patch=cfg.patch_size, lam=lam,
+                       sigma=float(cfg.extra.get("map_sigma", DEFAULT_SIGMA)),
+                       stride=cfg.extra.get("map_stride"))  # None: the patch size
+        score = tf.reduce_max((1.0 - lam) * out["l_r"] + lam * out["l_fd"], axis=1)
         thr = tf.constant(math.nan if self.threshold is None else self.threshold, tf.float32)
         n = tf.shape(score)[0]
         return {
             "score": score,
             "is_anomaly": tf.greater(score, thr),
             "threshold": tf.fill([n], thr),
-            "anomaly_map": tf.ensure_shape(amap, [None, cfg.image_size, cfg.image_size]),
-            "reconstruction": tf.ensure_shape((recon + 1.0) * 127.5,
+            "anomaly_map": tf.ensure_shape(out["anomaly_map"], [None, cfg.image_size, cfg.image_size]),
+            "reconstruction": tf.ensure_shape((out["reconstruction"] + 1.0) * 127.5,
                                               [None, cfg.image_size, cfg.image_size, 3]),
         }
 

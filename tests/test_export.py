@@ -196,18 +196,17 @@ def test_parity_fresh_process(runs):
 
 
 def test_outputs_match_python_graph(runs, loaded):
-    """anomaly_map and reconstruction of the export are the stitched per-patch outputs of score_patches."""
-    from cbigan.data import from_patches, load_image, load_test_set
-    from cbigan.scoring import Scorer
+    """anomaly_map and reconstruction of the export are those of the evaluation's Localizer."""
+    from cbigan.data import load_image, load_test_set
+    from cbigan.localization import Localizer
 
     _, _, cfg, model = runs["tex"]
     test = load_test_set(cfg)
     raw = np.stack([load_image(p) for p in test.paths[:2]])
     out = loaded["tex"](raw)
-    ref = Scorer(model, cfg).raw(test.images[:2])
-    grid = cfg.image_size // cfg.patch_size
-    np.testing.assert_allclose(out["anomaly_map"], from_patches(ref["diff"], grid).numpy(), atol=1e-4)
-    recon = (from_patches(ref["reconstruction"], grid).numpy() + 1.0) * 127.5
+    ref = Localizer(model, cfg).raw(test.images[:2])
+    np.testing.assert_allclose(out["anomaly_map"], ref["anomaly_map"].numpy(), atol=1e-4)
+    recon = (ref["reconstruction"].numpy() + 1.0) * 127.5
     np.testing.assert_allclose(out["reconstruction"], recon, atol=1e-2)
 
 
