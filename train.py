@@ -1,6 +1,9 @@
 """Train CBiGAN on one MVTec AD category: ``python train.py --category grid``.
 
 Thin CLI over :mod:`cbigan.training`; every flag maps to a field of :class:`cbigan.config.Config`.
+``--category all`` (the 15 MVTec AD categories) or ``--category a,b,c`` trains several categories, one
+after another or ``--jobs N`` at once, then evaluates them and builds the tables (:mod:`cbigan.multirun`).
+``--distribute mirrored|multiworker`` trains one category on several GPUs or hosts (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -8,15 +11,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
-from cbigan.config import PRESETS, Config, apply_preset
+from cbigan.config import DISTRIBUTE, PRESETS, Config, apply_preset
 
 
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     d = Config()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--category", default=d.category, help="MVTec AD category or any folder name under --data-dir")
+    p.add_argument("--category", default=d.category,
+                   help="MVTec AD category or any folder name under --data-dir; 'all' (the 15 MVTec AD "
+                        "categories) or a comma-separated list trains each and builds the tables")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="several categories: how many train at once, as separate processes (each pinned "
+                        "to its own GPU when there are GPUs)")
+    p.add_argument("--no-table", dest="table", action="store_false",
+                   help="several categories: do not evaluate the runs and build the tables at the end")
+    p.add_argument("--evaluate", action="store_true",
+                   help="after training, evaluate the run as 'python evaluate.py RUN' does (same process)")
+    p.add_argument("--distribute", choices=DISTRIBUTE, default=None,
+                   help="one category on several devices: 'mirrored' = all GPUs of this host, "
+                        "'multiworker' = several hosts configured by TF_CONFIG (docs/distributed.md); "
+                        "--batch-size stays the global batch")
     p.add_argument("--data-dir", default=d.data_dir, help="folder holding <category>/train/good, test/...")
     p.add_argument("--output-dir", default=d.output_dir, help="runs go to OUTPUT_DIR/<category>/<run>")
     p.add_argument("--run-name", default=None, help="run folder name (default: preset, alpha, seed, time)")
@@ -44,7 +61,8 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=None, help="number of batches (paper code: 1,200,000)")
     g.add_argument("--minutes", type=float, default=None, help="wall-clock budget; stops at steps or minutes")
-    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="global batch per step (split evenly over the replicas with --distribute)")
     g.add_argument("--alpha", type=float, default=None, help="consistency weight: 0 = EGBAD, 1 = autoencoder")
     g.add_argument("--d-iter", type=int, default=None, help="critic-only batches per E+G batch")
     g.add_argument("--gp-weight", type=float, default=None)
@@ -72,14 +90,18 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
 
 
 def main(argv=None) -> int:
-    from cbigan.callbacks import NonFiniteLossError
-    from cbigan.data import DataError
+    from cbigan import multirun
 
     try:
         cfg, args = parse_args(argv)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if multirun.is_multi(args.category) or args.jobs != 1:  # no TensorFlow in this process
+        return multirun.main(cfg, args, sys.argv[1:] if argv is None else list(argv))
+    from cbigan.callbacks import NonFiniteLossError
+    from cbigan.data import DataError
+    from cbigan.distribute import DistributeError, writes_run_folder
     from cbigan.export import ExportError
     from cbigan.training import TrainingInterrupted, train
 
@@ -88,14 +110,21 @@ def main(argv=None) -> int:
 
         tf.config.experimental.enable_op_determinism()
     try:
-        train(cfg, download=args.download, skip_bad_images=args.skip_bad_images, verbose=0 if args.quiet else 1,
-              fresh=args.fresh, export=args.export, export_dir=args.export_dir, model_name=args.model_name)
-    except (DataError, NonFiniteLossError, ExportError) as e:
+        run_dir = train(cfg, download=args.download, skip_bad_images=args.skip_bad_images,
+                        verbose=0 if args.quiet else 1, fresh=args.fresh, export=args.export,
+                        export_dir=args.export_dir, model_name=args.model_name)
+    except (DataError, NonFiniteLossError, ExportError, DistributeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return 128 + e.signum
+    if args.evaluate and writes_run_folder(cfg.distribute):  # other workers have no run folder
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import evaluate  # the evaluate.py next to this file
+
+        print(f"{multirun.EVALUATING} {run_dir}", flush=True)  # the launcher's logs look for this line
+        return evaluate.main([str(run_dir)] + (["--quiet"] if args.quiet else []))
     return 0
 
 

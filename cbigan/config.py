@@ -16,6 +16,8 @@ TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush",
            "transistor", "zipper")
 CATEGORIES = TEXTURES + OBJECTS
+#: ``--distribute`` choices (see :mod:`cbigan.distribute`); ``batch_size`` is always the global batch.
+DISTRIBUTE = ("none", "mirrored", "multiworker")
 #: Objects whose orientation does not tell a defect: trained with +-45 degree rotations (Sec. V-B).
 ROTATED_OBJECTS = ("bottle", "hazelnut", "metal_nut", "screw")
 
@@ -56,6 +58,7 @@ class Config:
     ema_every: int = 10
     ema_warmup: bool = True
     seed: int = 42
+    distribute: str = "none"           # "none", "mirrored" (this host's GPUs), "multiworker" (TF_CONFIG)
     # scoring and bookkeeping
     score_lambda: float = 0.1
     threshold_percentile: float = 99.0
@@ -89,6 +92,8 @@ class Config:
             raise ValueError(f"alpha must be in [0, 1], got {c.alpha}")
         if c.d_iter < 0:
             raise ValueError(f"d_iter must be >= 0, got {c.d_iter}")
+        if c.distribute not in DISTRIBUTE:
+            raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {c.distribute!r}")
         c.betas_d, c.betas_eg = tuple(c.betas_d), tuple(c.betas_eg)
         return c
 
@@ -103,6 +108,11 @@ class Config:
         cfg = cls(**{k: v for k, v in data.items() if k in known})
         cfg.extra.update(extra)
         return cfg.resolved()
+
+
+def default_run_name(cfg: Config) -> str:
+    """Stable for a given command line, so running the same command again resumes the same run."""
+    return f"{cfg.preset}-alpha{cfg.alpha:g}-seed{cfg.seed}"
 
 
 def method_name(alpha: float) -> str:

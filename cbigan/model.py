@@ -14,9 +14,20 @@ step computes only what its branch needs: the critic sees real, generated and in
 one call, and the E+G step has no gradient penalty. An exponential moving average (EMA) of E and G,
 with the warm-up ``decay_n = min(decay, (1 + n) / (10 + n))``, is kept in ``ema_encoder`` and
 ``ema_generator``: those are the networks that are evaluated, saved and exported.
+
+Under a ``tf.distribute`` strategy (``--distribute``, built inside ``strategy.scope()``) every replica
+computes the means of its share of the global batch; the losses used for gradients are divided by the
+number of replicas, so the all-reduced (summed) gradients are the gradients of the global-batch means,
+while the logged metrics (Keras sums totals and counts over replicas) are the global means. The prior
+codes are drawn for the whole global batch and each replica takes its slice, so N replicas see exactly
+what one device sees. An optimizer update is a cross-replica synchronisation, which may not sit inside
+``tf.cond``: there the critic / E+G branch is chosen on the host, between two traced step functions
+(:meth:`make_train_function`), instead of in the graph.
 """
 
 from __future__ import annotations
+
+import functools
 
 import keras
 import tensorflow as tf
@@ -25,6 +36,14 @@ from .config import Config
 from .networks import build_critic, build_encoder, build_generator
 
 LOSS_NAMES = ("loss_d", "gp", "d_real", "d_fake", "loss_eg", "loss_c", "loss_rx", "loss_rz", "loss_total")
+
+
+def _replicas() -> tuple[int, tf.Tensor | int]:
+    """(replicas in sync, this replica's id) in the current replica context; (1, 0) outside a strategy."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return 1, 0
+    return ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
 
 
 def _l1_per_sample(a, b):
@@ -57,6 +76,8 @@ class CBiGAN(keras.Model):
         self.ema_decay = float(ema_decay)
         self.ema_every = int(ema_every)
         self.ema_warmup = bool(ema_warmup)
+        # built inside a strategy scope: train with host-side branch selection (see the module docstring)
+        self.distributed = tf.distribute.has_strategy()
         self.train_counter = keras.Variable(0, dtype="int64", trainable=False, name="train_counter")
         self.ema_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_updates")
         self.seed = tf.constant(int(seed), tf.int64)
@@ -70,6 +91,10 @@ class CBiGAN(keras.Model):
         # Optimizer slots must exist before the first step: they cannot be created inside tf.cond.
         self.d_optimizer.build(self.critic.trainable_variables)
         self.eg_optimizer.build(self.eg_variables)
+        if self.optimizer is not None and not self.optimizer.built:
+            # Keras's own optimizer is unused: built empty, so that fit under a strategy does not give
+            # it slots for every weight (which would also go into the checkpoints)
+            self.optimizer.build([])
 
     @property
     def eg_variables(self):
@@ -146,15 +171,26 @@ class CBiGAN(keras.Model):
         """
         batch = tf.shape(x)[0]
         step = tf.cast(self.train_counter.value, tf.int64)
-        z = tf.random.stateless_normal((batch, self.latent_dim), seed=tf.stack([self.seed, 2 * step]))
-        eps = tf.random.stateless_uniform((batch, 1), seed=tf.stack([self.seed, 2 * step + 1]))
+        n, replica = _replicas()  # with N replicas: draw for the global batch, keep this replica's slice
+        total = batch if n == 1 else n * batch
+        z = tf.random.stateless_normal((total, self.latent_dim), seed=tf.stack([self.seed, 2 * step]))
+        eps = tf.random.stateless_uniform((total, 1), seed=tf.stack([self.seed, 2 * step + 1]))
+        if n > 1:
+            z, eps = z[replica * batch:(replica + 1) * batch], eps[replica * batch:(replica + 1) * batch]
         return z, eps
+
+    @staticmethod
+    def _for_gradients(loss):
+        """The loss to differentiate: the replicas' gradients are summed, so each takes 1/N of its mean."""
+        n, _ = _replicas()
+        return loss if n == 1 else loss / n
 
     def critic_step(self, x):
         z, eps = self._sample(x)
         with tf.GradientTape() as tape:
             losses = self.critic_losses(x, z, eps)
-        grads = tape.gradient(losses["loss_d"], self.critic.trainable_variables)
+            loss = self._for_gradients(losses["loss_d"])
+        grads = tape.gradient(loss, self.critic.trainable_variables)
         self.d_optimizer.apply_gradients(zip(grads, self.critic.trainable_variables))
         for k, v in losses.items():
             self.trackers[k].update_state(v)
@@ -164,7 +200,8 @@ class CBiGAN(keras.Model):
         z, _ = self._sample(x)
         with tf.GradientTape() as tape:
             losses = self.eg_losses(x, z)
-        grads = tape.gradient(losses["loss_total"], self.eg_variables)
+            loss = self._for_gradients(losses["loss_total"])
+        grads = tape.gradient(loss, self.eg_variables)
         self.eg_optimizer.apply_gradients(zip(grads, self.eg_variables))
         for k, v in losses.items():
             self.trackers[k].update_state(v)
@@ -188,15 +225,49 @@ class CBiGAN(keras.Model):
         self.ema_encoder.set_weights(self.encoder.get_weights())
         self.ema_generator.set_weights(self.generator.get_weights())
 
-    def train_step(self, x):
-        step = self.train_counter.value
-        if self.d_iter == 0:
-            self.eg_step(x)
-        else:
+    def train_step(self, x, critic=None):
+        """One batch. ``critic`` None: the branch is chosen in the graph; True / False: forced (host)."""
+        step = tf.identity(self.train_counter.value)  # read now, not after the increment below
+        if critic is None and self.d_iter == 0:
+            critic = False
+        if critic is None:
             tf.cond(self.is_critic_step(step), lambda: self.critic_step(x), lambda: self.eg_step(x))
+        else:
+            self.critic_step(x) if critic else self.eg_step(x)
+        # the counter and the EMA are updated on each replica's copy alike (no aggregation, no sync)
         self.train_counter.assign_add(1)
         tf.cond(tf.math.floormod(step + 1, self.ema_every) == 0, self.update_ema, lambda: tf.constant(False))
         return {name: t.result() for name, t in self.trackers.items()}
+
+    def make_train_function(self, force=False):
+        """Single device: Keras's own (the branch is in the graph). Under a strategy: the host reads the
+        step counter before each batch and runs the traced critic or E+G step on every replica; the
+        logged values are the mean over replicas of their running means, i.e. the global means."""
+        if not self.distributed:
+            return super().make_train_function(force)
+        if self.train_function is not None and not force:
+            return self.train_function
+        if self.steps_per_execution != 1:
+            raise ValueError("distributed CBiGAN training needs steps_per_execution=1")
+        strategy = self.distribute_strategy
+
+        def traced(critic):
+            @tf.function
+            def one_step(iterator):
+                logs = strategy.run(functools.partial(self.train_step, critic=critic),
+                                    args=(iterator.get_next(),))
+                return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
+
+            return one_step
+
+        functions = {True: traced(True), False: traced(False)}  # each traced on its first call
+
+        def train_function(iterator):
+            step = int(keras.ops.convert_to_numpy(self.train_counter))
+            return functions[self.d_iter > 0 and step % (self.d_iter + 1) < self.d_iter](iterator)
+
+        self.train_function = train_function
+        return train_function
 
 
 def build_model(cfg: Config) -> CBiGAN:

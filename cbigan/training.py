@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ import keras
 import numpy as np
 
 from . import callbacks as cb
-from .config import Config
+from . import distribute as dist
+from .config import Config, default_run_name
 from .data import (DataError, download_category, load_test_set, load_train_set, to_model_range,
                    to_patches, train_dataset)
 from .metrics import MetricError, image_metrics
@@ -37,11 +39,7 @@ from .scoring import Scorer
 from .threshold import calibrate_threshold, write_threshold
 
 WEIGHTS = "model.weights.h5"
-
-
-def default_run_name(cfg: Config) -> str:
-    """Stable for a given command line, so running the same command again resumes the same run."""
-    return f"{cfg.preset}-alpha{cfg.alpha:g}-seed{cfg.seed}"
+BACKUP = "backup/checkpoint.weights.h5"
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> None:
@@ -122,7 +120,7 @@ class RunEvaluator:
 
 #: Config fields that may differ when a run is resumed (budget and bookkeeping, not the model).
 RESUMABLE_CHANGES = {"steps", "minutes", "run_name", "output_dir", "data_dir", "eval_every", "log_every",
-                     "preview_every", "extra"}
+                     "preview_every", "extra", "distribute"}
 MIN_FREE_BYTES = 200 * 2**20
 
 
@@ -202,26 +200,48 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
 
     The same call on the same run folder resumes from the last backup (``<run>/backup/``), continuing
     the CSV logs; ``fresh=True`` starts over. SIGINT/SIGTERM save a backup and raise
-    :class:`TrainingInterrupted`.
+    :class:`TrainingInterrupted`. With ``cfg.distribute`` (:mod:`cbigan.distribute`) only the chief
+    writes the run folder, locks it and exports; other workers write to a temporary folder that is
+    removed at the end, and return the chief's run folder.
     """
     cfg = cfg.resolved()
-    if download:
-        download_category(cfg.category, cfg.data_dir)
-    train_set = load_train_set(cfg, skip_bad=skip_bad_images)
-    if train_set.skipped:
-        print(f"skipped {len(train_set.skipped)} unreadable image(s): "
-              + ", ".join(str(p) for p in train_set.skipped))
-    try:
-        test_set = load_test_set(cfg, skip_bad=skip_bad_images)
-    except DataError as e:
-        print(f"note: no test-set monitoring ({e})")
-        test_set = None
+    strategy = dist.make_strategy(cfg.distribute)  # first: MultiWorkerMirroredStrategy precedes any op
+    chief = dist.writes_run_folder(cfg.distribute)
+    if strategy is not None:
+        dist.check_batch_size(strategy, cfg.batch_size)
+        print(f"distributed: {dist.describe(strategy)}; global batch {cfg.batch_size}"
+              + ("" if chief else "; not the chief: writes nothing to the run folder"))
     if cfg.run_name is None:
         cfg = dataclasses.replace(cfg, run_name=default_run_name(cfg))
-    run_dir = prepare_run_dir(cfg)
-    lock = RunLock(run_dir)
+    run_dir, lock, error, test_set = None, None, None, None
+    try:  # every worker gets here, or none trains: a lone failure would leave the others waiting
+        if download:
+            download_category(cfg.category, cfg.data_dir)
+        train_set = load_train_set(cfg, skip_bad=skip_bad_images)
+        if train_set.skipped:
+            print(f"skipped {len(train_set.skipped)} unreadable image(s): "
+                  + ", ".join(str(p) for p in train_set.skipped))
+        if chief:
+            try:
+                test_set = load_test_set(cfg, skip_bad=skip_bad_images)
+            except DataError as e:
+                print(f"note: no test-set monitoring ({e})")
+            run_dir = prepare_run_dir(cfg)
+            lock = RunLock(run_dir)
+            if fresh:
+                clear_run(run_dir)
+            elif (run_dir / BACKUP).is_file():
+                check_resumable(run_dir, cfg)
+        else:
+            run_dir = Path(tempfile.mkdtemp(prefix=f"cbigan-{dist.task()[0]}{dist.task()[1]}-"))
+    except DataError as e:
+        error = e
     try:
-        model, threshold = _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh)
+        if not dist.all_ok(strategy, error is None):
+            raise error or DataError("another worker could not start (see its output); stopped")
+        model, threshold = _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy, chief)
+        if not chief:
+            return Path(cfg.output_dir) / cfg.category / cfg.run_name
         if export:
             from .export import export_model
 
@@ -230,61 +250,77 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
             print(f"exported SavedModel {path} (serve it: docs/serving.md)")
         return run_dir
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+        if not chief and run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh):
-    """The training proper, under the run lock; returns the final model and its threshold record."""
-    backup = run_dir / "backup" / "checkpoint.weights.h5"
-    if fresh:
-        clear_run(run_dir)
-    model = build_model(cfg)
+def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chief=True):
+    """The training proper, under the run lock; returns the final model and its threshold record.
+
+    Non-chief workers (``chief`` False) get a temporary ``run_dir``: they train and save backups like
+    the chief (the calls that synchronise must match) but skip evaluation and everything after ``fit``.
+    """
+    backup = run_dir / BACKUP
+    with dist.scope(strategy):
+        model = build_model(cfg)
     if backup.is_file():
-        check_resumable(run_dir, cfg)
         model.load_weights(backup)
-        start = cb.model_step(model)
+    # multi-worker: every worker continues from the chief's state (a no-op otherwise)
+    dist.broadcast_from_chief(strategy, model.variables + model.d_optimizer.variables
+                              + model.eg_optimizer.variables)
+    start = cb.model_step(model)
+    if start and chief:
         for log in ("train_log.csv", "eval_log.csv"):
             cb.truncate_csv(run_dir / log, start)
         print(f"resuming {run_dir} from step {start} (pass --fresh to start over)")
-    else:
-        start = 0
+    elif chief:
         for stale in ("train_log.csv", "eval_log.csv", "summary.json", WEIGHTS):
             (run_dir / stale).unlink(missing_ok=True)
     cfg.to_json(run_dir / "config.json")
-    print(f"training {cfg.category} ({cfg.kind}, {len(train_set.images)} train / "
-          f"{len(train_set.val_images)} held-out images) -> {run_dir}")
+    if chief:
+        print(f"training {cfg.category} ({cfg.kind}, {len(train_set.images)} train / "
+              f"{len(train_set.val_images)} held-out images) -> {run_dir}")
 
     def save_backup(step):
         backup.parent.mkdir(exist_ok=True)
         save_weights_atomic(model, backup)
 
     evaluator = RunEvaluator(model, cfg, run_dir, test_set, train_set.val_images)
-    budget = cb.StepBudget(cfg.steps, cfg.minutes)
+    multiworker = dist.is_multiworker(strategy)
+    budget = cb.StepBudget(cfg.steps, None if multiworker else cfg.minutes)
     guard = cb.NaNGuard()
     checkpointer = cb.Checkpointer(cfg.log_every, save_backup, guard)
     # logs before the backup: a kill between the two leaves rows the resumed run rewrites, never a gap
-    callbacks = [
-        guard, budget,
-        cb.StepCSVLogger(run_dir / "train_log.csv", cfg.batch_size),
-        cb.PeriodicCallback(cfg.eval_every, evaluator.evaluate),
-        cb.PeriodicCallback(cfg.preview_every, evaluator.preview),
-        checkpointer,
-    ]
+    callbacks = [guard, budget, cb.StepCSVLogger(run_dir / "train_log.csv", cfg.batch_size)]
+    if chief:
+        callbacks += [cb.PeriodicCallback(cfg.eval_every, evaluator.evaluate),
+                      cb.PeriodicCallback(cfg.preview_every, evaluator.preview)]
+    stopper = checkpointer  # what SIGINT/SIGTERM tell to stop
+    if multiworker:
+        stopper = SyncedStop(strategy, cfg.minutes, checkpointer)
+        callbacks.append(stopper)
+    callbacks.append(checkpointer)
     remaining = max(0, cfg.steps - start)
     per_epoch = max(1, min(cfg.log_every, remaining))
     t0 = time.monotonic()
     if remaining:
-        with _stop_on_signals(checkpointer):
-            model.fit(train_dataset(train_set.images, cfg, start_step=start), steps_per_epoch=per_epoch,
-                      epochs=-(-remaining // per_epoch), callbacks=callbacks, verbose=verbose, shuffle=False)
+        data = train_dataset(train_set.images, cfg, start_step=start)
+        if strategy is not None:
+            data = dist.distribute_options(data)
+        with _stop_on_signals(stopper):
+            model.fit(data, steps_per_epoch=per_epoch, epochs=-(-remaining // per_epoch), callbacks=callbacks,
+                      verbose=verbose if chief else 0, shuffle=False)
     wall = time.monotonic() - t0
     if guard.error:
         raise cb.NonFiniteLossError(guard.error)
     if checkpointer.signal is not None:
         name = signal.Signals(checkpointer.signal).name
+        where = backup.parent if chief else "the chief's run folder"
         raise TrainingInterrupted(checkpointer.signal,
                                   f"{name}: stopped at step {cb.model_step(model)}, checkpoint saved in "
-                                  f"{backup.parent}; run the same command again to resume")
+                                  f"{where}; run the same command again to resume")
 
     selected = "final EMA weights"
     if cfg.select_on_test and evaluator.best is not None:
@@ -292,13 +328,17 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh):
         model.set_weights(weights)
         selected = f"best test auROC {auroc:.4f} at step {step} (--select-on-test: test labels used)"
     save_weights_atomic(model, run_dir / WEIGHTS)
+    if not chief:
+        return model, None
     threshold = calibrate_threshold(model, cfg, train_set.val_images)
     write_threshold(run_dir, threshold)
     print(f"threshold: {threshold['threshold']} ({threshold['rule']})")
+    stopped = budget.reason or getattr(stopper, "reason", None) or "fit ended"
     summary = {"steps": cb.model_step(model), "wall_seconds": round(wall, 1), "resumed_from_step": start,
                "threshold": threshold["threshold"], "threshold_rule": threshold["rule"],
-               "stopped_because": budget.reason or "fit ended", "model": selected,
-               "selected_on_test": bool(cfg.select_on_test), "last_eval": evaluator.last}
+               "stopped_because": stopped, "model": selected,
+               "selected_on_test": bool(cfg.select_on_test), "last_eval": evaluator.last,
+               "distribute": dist.describe(strategy)}
     write_json_atomic(run_dir / "summary.json", summary)
     make_preview_gif(run_dir)  # previews.gif: the evolution of the previews
     print(f"done: {summary['steps']} steps in {wall / 60:.1f} min ({summary['stopped_because']}); "
@@ -306,9 +346,42 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, fresh):
     return model, threshold
 
 
+class SyncedStop(keras.callbacks.Callback):
+    """Multi-worker only: stop every worker at the same step, at the end of a ``fit`` epoch (every
+    ``--log-every`` steps), once any worker's wall-clock budget is spent or any got SIGINT/SIGTERM.
+
+    A worker that stopped alone would leave the others waiting forever at the next all-reduce, so this
+    agreement replaces the per-batch time budget and signal stop there.
+    """
+
+    def __init__(self, strategy, minutes: float | None, checkpointer: cb.Checkpointer):
+        super().__init__()
+        self.strategy, self.minutes, self.checkpointer = strategy, minutes, checkpointer
+        self.start = None
+        self.reason = None
+        self.signal = None
+
+    def request_stop(self, signum: int) -> None:  # from the signal handler
+        self.signal = signum
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        late = self.minutes is not None and time.monotonic() - self.start > 60.0 * self.minutes
+        n_late, n_signalled = dist.sum_over_workers(self.strategy, [late, self.signal is not None])
+        if n_signalled:
+            self.checkpointer.request_stop(self.signal or signal.SIGTERM)
+            self.model.stop_training = True
+        elif n_late:
+            self.reason = f"time budget of {self.minutes:g} min spent"
+            self.model.stop_training = True
+
+
 @contextlib.contextmanager
 def _stop_on_signals(checkpointer):
-    """Turn SIGINT/SIGTERM into a clean stop at the next batch (main thread only)."""
+    """Turn SIGINT/SIGTERM into a clean stop at the next batch, or with several workers at the next
+    agreed point (main thread only); ``checkpointer`` is whatever has ``request_stop(signum)``."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
