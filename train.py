@@ -79,6 +79,10 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     g.add_argument("--eval-every", type=int, default=None)
     g.add_argument("--log-every", type=int, default=None)
     g.add_argument("--preview-every", type=int, default=None)
+    g.add_argument("--select", choices=["synthetic", "final"], default=None,
+                   help="which snapshot is the model, without test labels: 'synthetic' = the evaluation "
+                        "(every --eval-every steps) that best separates held-out normal images from "
+                        "synthetic-defect copies of them; 'final' = the last weights (default: synthetic)")
     g.add_argument("--select-on-test", action="store_true", default=None,
                    help="keep the checkpoint with the best TEST auROC (the original's rule; leaks test labels)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -66,6 +66,7 @@ class Config:
     log_every: int = 100
     preview_every: int = 1000
     select_on_test: bool = False
+    select: str = "synthetic"          # label-free snapshot choice (cbigan/selection.py): synthetic, final
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "Config":
@@ -90,6 +91,8 @@ class Config:
             raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")
         if not 0 <= c.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {c.alpha}")
+        if c.select not in ("synthetic", "final"):
+            raise ValueError(f"select must be 'synthetic' or 'final', got {c.select!r}")
         if c.d_iter < 0:
             raise ValueError(f"d_iter must be >= 0, got {c.d_iter}")
         if c.distribute not in DISTRIBUTE:

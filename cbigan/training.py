@@ -36,10 +36,13 @@ from .metrics import MetricError, image_metrics
 from .model import CBiGAN, build_model
 from .plots import make_preview_gif, save_preview
 from .scoring import Scorer
+from .selection import SnapshotSelector
 from .threshold import calibrate_threshold, write_threshold
 
 WEIGHTS = "model.weights.h5"
 BACKUP = "backup/checkpoint.weights.h5"
+SELECTED = "backup/selected.weights.h5"   # the snapshot the label-free rule prefers so far
+SELECTED_INFO = "backup/selected.json"
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> None:
@@ -72,19 +75,39 @@ def load_run(run_dir: str | Path) -> tuple[Config, CBiGAN]:
 class RunEvaluator:
     """Test-set monitoring and previews during training (uses the EMA networks, like every output)."""
 
-    def __init__(self, model, cfg: Config, run_dir: Path, test_set, val_images):
+    def __init__(self, model, cfg: Config, run_dir: Path, test_set, val_images, start_step: int = 0):
         self.model, self.cfg, self.run_dir = model, cfg, run_dir
         self.test_set, self.val_images = test_set, val_images
         self.scorer = Scorer(model, cfg)
         self.best = None  # (auroc, step, weights) for --select-on-test
         self.t0 = time.monotonic()
         self.last = {}
+        self.selector = SnapshotSelector(
+            val_images, lambda imgs: self.scorer.score(imgs).image_scores(cfg.score_lambda),
+            self._save_selected, rule="final" if cfg.select_on_test else cfg.select, seed=cfg.seed,
+            best=self._previous_selection(start_step))
+
+    def _previous_selection(self, start_step: int):
+        """On resume: the snapshot chosen before the interruption, if it precedes the resumed step
+        (a later one is re-judged when the deterministic replay reaches it)."""
+        info = self.run_dir / SELECTED_INFO
+        if start_step and info.is_file() and (self.run_dir / SELECTED).is_file():
+            best = json.loads(info.read_text())
+            if best.get("step", start_step + 1) <= start_step:
+                return best
+        return None
+
+    def _save_selected(self, step: int) -> None:
+        (self.run_dir / SELECTED).parent.mkdir(exist_ok=True)
+        save_weights_atomic(self.model, self.run_dir / SELECTED)
+        write_json_atomic(self.run_dir / SELECTED_INFO, self.selector.best)
 
     def evaluate(self, step: int) -> dict:
         row = {"step": step, "seconds": round(time.monotonic() - self.t0, 1)}
         if len(self.val_images):
             val = self.scorer.score(self.val_images).image_scores(self.cfg.score_lambda)
             row["val_score_mean"] = float(np.mean(val))
+            row.update(self.selector.observe(step, val))
         if self.test_set is not None:
             scores = self.scorer.score(self.test_set.images).image_scores(self.cfg.score_lambda)
             try:
@@ -120,7 +143,7 @@ class RunEvaluator:
 
 #: Config fields that may differ when a run is resumed (budget and bookkeeping, not the model).
 RESUMABLE_CHANGES = {"steps", "minutes", "run_name", "output_dir", "data_dir", "eval_every", "log_every",
-                     "preview_every", "extra", "distribute"}
+                     "preview_every", "extra", "distribute", "select"}
 MIN_FREE_BYTES = 200 * 2**20
 
 
@@ -287,7 +310,7 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
         backup.parent.mkdir(exist_ok=True)
         save_weights_atomic(model, backup)
 
-    evaluator = RunEvaluator(model, cfg, run_dir, test_set, train_set.val_images)
+    evaluator = RunEvaluator(model, cfg, run_dir, test_set, train_set.val_images, start_step=start)
     multiworker = dist.is_multiworker(strategy)
     budget = cb.StepBudget(cfg.steps, None if multiworker else cfg.minutes)
     guard = cb.NaNGuard()
@@ -322,11 +345,18 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
                                   f"{name}: stopped at step {cb.model_step(model)}, checkpoint saved in "
                                   f"{where}; run the same command again to resume")
 
-    selected = "final EMA weights"
+    final_step = cb.model_step(model)  # loading a snapshot below also restores its step counter
+    selected, selected_step = "final EMA weights", final_step
     if cfg.select_on_test and evaluator.best is not None:
         auroc, step, weights = evaluator.best
         model.set_weights(weights)
-        selected = f"best test auROC {auroc:.4f} at step {step} (--select-on-test: test labels used)"
+        selected, selected_step = (f"best test auROC {auroc:.4f} at step {step} (--select-on-test: test "
+                                   f"labels used)"), step
+    elif chief and evaluator.selector.active and evaluator.selector.best is not None:
+        best = evaluator.selector.best
+        if best["step"] != selected_step:
+            model.load_weights(run_dir / SELECTED)
+        selected, selected_step = evaluator.selector.describe(), best["step"]
     save_weights_atomic(model, run_dir / WEIGHTS)
     if not chief:
         return model, None
@@ -334,9 +364,9 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
     write_threshold(run_dir, threshold)
     print(f"threshold: {threshold['threshold']} ({threshold['rule']})")
     stopped = budget.reason or getattr(stopper, "reason", None) or "fit ended"
-    summary = {"steps": cb.model_step(model), "wall_seconds": round(wall, 1), "resumed_from_step": start,
+    summary = {"steps": final_step, "wall_seconds": round(wall, 1), "resumed_from_step": start,
                "threshold": threshold["threshold"], "threshold_rule": threshold["rule"],
-               "stopped_because": stopped, "model": selected,
+               "stopped_because": stopped, "model": selected, "selected_step": selected_step,
                "selected_on_test": bool(cfg.select_on_test), "last_eval": evaluator.last,
                "distribute": dist.describe(strategy)}
     write_json_atomic(run_dir / "summary.json", summary)

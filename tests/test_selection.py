@@ -1,0 +1,102 @@
+"""Label-free model selection: synthetic defects, the separation statistic, snapshot choice in a run."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cbigan.config import Config
+from cbigan.selection import SnapshotSelector, separation_auroc, synthetic_defects
+from cbigan.training import SELECTED, load_run, train
+
+
+def _images(n=5, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_synthetic_defects_are_deterministic_local_and_bounded():
+    imgs = _images()
+    a, b = synthetic_defects(imgs, seed=3), synthetic_defects(imgs, seed=3)
+    assert a.shape == (10, 32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, synthetic_defects(imgs, seed=4))
+    for k, copy in enumerate(a):
+        changed = np.argwhere((copy != imgs[k % 5]).any(axis=-1))
+        assert len(changed) > 0, k
+        h = changed[:, 0].max() - changed[:, 0].min() + 1
+        w = changed[:, 1].max() - changed[:, 1].min() + 1
+        assert 2 <= h <= int(0.2 * 32) and 2 <= w <= int(0.2 * 32), (k, h, w)  # one bounded patch
+
+
+def test_synthetic_defects_reject_float_images():
+    with pytest.raises(ValueError, match="uint8"):
+        synthetic_defects(np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_separation_auroc():
+    assert separation_auroc([0, 1, 2], [3, 4, 5, 6]) == 1.0
+    assert separation_auroc([3, 4, 5, 6], [0, 1, 2]) == 0.0
+    assert separation_auroc([1, 1], [1, 1]) == 0.5
+
+
+def test_selector_keeps_the_best_snapshot_and_prefers_later_ties():
+    imgs = _images()
+    defects = synthetic_defects(imgs, seed=0)
+    state = {"quality": 0.0}
+    defect_ids = {d.tobytes() for d in defects}
+
+    def score(batch):  # defect copies score higher by a noisy margin that grows with 'quality'
+        rng = np.random.default_rng(len(batch))
+        is_defect = np.array([im.tobytes() in defect_ids for im in batch], float)
+        return is_defect * state["quality"] + rng.normal(0, 1, len(batch))
+
+    saved = []
+    sel = SnapshotSelector(imgs, score, saved.append, seed=0)
+    for step, q in [(10, 0.0), (20, 5.0), (30, 1.0), (40, 5.0), (50, 0.5)]:
+        state["quality"] = q
+        row = sel.observe(step)
+        assert 0 <= row["val_synthetic_auroc"] <= 1
+    assert sel.best["step"] == 40 and sel.best["value"] == 1.0
+    assert saved == [10, 20, 40]
+    assert "step 40" in sel.describe() and "no test labels" in sel.describe()
+
+
+def test_selector_inactive_without_held_out_images_or_with_rule_final():
+    for sel in (SnapshotSelector(np.zeros((0, 8, 8, 3), np.uint8), None, None),
+                SnapshotSelector(_images(), None, None, rule="final")):
+        assert sel.observe(5) == {} and sel.describe() == "final EMA weights"
+    with pytest.raises(ValueError, match="selection rule"):
+        SnapshotSelector(_images(), None, None, rule="best")
+
+
+def test_training_selects_a_snapshot_without_test_labels(synthetic_root, tmp_path):
+    cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="s",
+                 image_size=64, patch_size=64, steps=8, batch_size=4, width=2, latent_dim=16,
+                 d_iter=1, log_every=2, eval_every=2, preview_every=100, val_split=0.25, seed=1)
+    run = train(cfg, verbose=0, export=False)
+    ev = pd.read_csv(run / "eval_log.csv")
+    assert list(ev["step"]) == [2, 4, 6, 8] and ev["val_synthetic_auroc"].between(0, 1).all()
+    summary = json.loads((run / "summary.json").read_text())
+    best = ev["step"][ev["val_synthetic_auroc"] == ev["val_synthetic_auroc"].max()].max()
+    assert summary["selected_step"] == best and summary["steps"] == 8
+    assert "synthetic-defect auROC" in summary["model"]
+    info = json.loads((run / "backup" / "selected.json").read_text())
+    assert info["step"] == best
+    # the saved model is that snapshot: its step counter and weights match the selected file
+    _, model = load_run(run)
+    assert int(model.train_counter.numpy()) == best
+    _, selected = load_run(run)
+    selected.load_weights(run / SELECTED)
+    for a, b in zip(model.ema_generator.get_weights(), selected.ema_generator.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_select_final_keeps_the_last_weights(synthetic_root, tmp_path):
+    cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="f",
+                 image_size=64, patch_size=64, steps=4, batch_size=4, width=2, latent_dim=16,
+                 log_every=2, eval_every=2, preview_every=100, select="final")
+    run = train(cfg, verbose=0, export=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["model"] == "final EMA weights" and summary["selected_step"] == 4
+    assert not (run / SELECTED).exists()
