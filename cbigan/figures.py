@@ -166,20 +166,26 @@ def recon_figure(rows: list[ReconRow], run_labels: list[str], title: str = "",
                  ha="center", va="bottom", fontsize=9.5, fontweight="bold")
     if title:
         fig.text(0.5, 1 - 0.06 / height, title, ha="center", va="top", fontsize=11)
+    _footnote_and_colorbar(fig, note, image_handle, len(rows), xs, width, height, BOTTOM,
+                           "mean |x − G(E(x))| over RGB\n(pixels in [−1, 1])")
+    return fig
+
+
+def _footnote_and_colorbar(fig, note, handle, n_rows, xs, width, height, bottom, label):
+    """Grey footnote along the bottom, and a colour bar right of the last column spanning <= 2 rows
+    (sizes in inches, the panel grid of :func:`recon_figure` and :func:`maps_figure`)."""
     if note:
         note = textwrap.fill(note, width=max(40, int((width - 2 * LEFT) * 17)))
         fig.text(LEFT / width, 0.03 / height, note, ha="left", va="bottom", fontsize=7, color="0.35")
-
-    if image_handle is not None:
-        rows_spanned = min(len(rows), 2)
+    if handle is not None:
+        rows_spanned = min(n_rows, 2)
         cb_h = rows_spanned * (PANEL + PANEL_TITLE) - PANEL_TITLE
-        y0 = BOTTOM + (len(rows) - rows_spanned) * (PANEL + PANEL_TITLE)
+        y0 = bottom + (n_rows - rows_spanned) * (PANEL + PANEL_TITLE)
         x0 = xs[-1] + PANEL + 0.12
         cax = fig.add_axes((x0 / width, y0 / height, 0.12 / width, cb_h / height))
-        cb = fig.colorbar(image_handle, cax=cax)
+        cb = fig.colorbar(handle, cax=cax)
         cb.ax.tick_params(labelsize=7)
-        cb.set_label("mean |x − G(E(x))| over RGB\n(pixels in [−1, 1])", fontsize=7)
-    return fig
+        cb.set_label(label, fontsize=7)
 
 
 # ---------------------------------------------------------------------------------- curves
@@ -551,16 +557,5 @@ def maps_figure(rows: list[MapRow], title: str = "", note: str = "", vrange: tup
         fig.text((x + PANEL / 2) / width, top + 0.06 / height, name, ha="center", va="bottom", fontsize=9)
     if title:
         fig.text(0.5, 1 - 0.06 / height, textwrap.fill(title, 90), ha="center", va="top", fontsize=10)
-    if note:
-        note = textwrap.fill(note, width=max(40, int((width - 2 * LEFT) * 17)))
-        fig.text(LEFT / width, 0.03 / height, note, ha="left", va="bottom", fontsize=7, color="0.35")
-    if handle is not None:
-        rows_spanned = min(len(rows), 2)
-        cb_h = rows_spanned * (PANEL + PANEL_TITLE) - PANEL_TITLE
-        y0 = MAPS_BOTTOM + (len(rows) - rows_spanned) * (PANEL + PANEL_TITLE)
-        x0 = xs[-1] + PANEL + 0.12
-        cax = fig.add_axes((x0 / width, y0 / height, 0.12 / width, cb_h / height))
-        cb = fig.colorbar(handle, cax=cax)
-        cb.ax.tick_params(labelsize=7)
-        cb.set_label(colorbar_label, fontsize=7)
+    _footnote_and_colorbar(fig, note, handle, len(rows), xs, width, height, MAPS_BOTTOM, colorbar_label)
     return fig

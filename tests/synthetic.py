@@ -70,3 +70,18 @@ def make_category(root: Path, name: str = "synthetic", kind: str = "object", siz
         if masks:
             Image.fromarray(mask).save(cat / f"ground_truth/red_square/{i:03d}_mask.png")
     return cat
+
+
+def make_untrained_run(root, tmp, category, **kw) -> dict:
+    """A run folder (config.json + model.weights.h5) of an untrained model, for scoring tests."""
+    from cbigan.config import Config
+    from cbigan.model import build_model
+    from cbigan.training import save_weights_atomic
+
+    cfg = Config(category=category, data_dir=str(root), output_dir=str(tmp), run_name="r", **kw).resolved()
+    run = Path(tmp) / category / "r"
+    run.mkdir(parents=True)
+    cfg.to_json(run / "config.json")
+    model = build_model(cfg)
+    save_weights_atomic(model, run / "model.weights.h5")
+    return {"run": run, "cfg": cfg, "model": model}

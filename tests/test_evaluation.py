@@ -15,23 +15,14 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cbigan.config import Config
+from synthetic import make_untrained_run
 from cbigan.metrics import at_threshold, max_balanced_accuracy
 
 LAMBDAS = [0.0, 0.1, 0.5, 1.0]
 
 
 def make_run(root, tmp, category, **kw):
-    from cbigan.model import build_model
-    from cbigan.training import save_weights_atomic
-
-    cfg = Config(category=category, data_dir=str(root), output_dir=str(tmp), run_name="r", batch_size=4,
-                 **kw).resolved()
-    run = tmp / category / "r"
-    run.mkdir(parents=True)
-    cfg.to_json(run / "config.json")
-    model = build_model(cfg)
-    save_weights_atomic(model, run / "model.weights.h5")
-    return {"run": run, "cfg": cfg, "model": model}
+    return make_untrained_run(root, tmp, category, batch_size=4, **kw)
 
 
 @pytest.fixture(scope="module")

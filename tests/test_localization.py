@@ -15,19 +15,11 @@ from scipy.ndimage import gaussian_filter
 from sklearn.metrics import roc_auc_score
 
 from cbigan.config import Config
+from synthetic import make_untrained_run
 
 
 def make_run(root, tmp, category, **kw):
-    from cbigan.model import build_model
-    from cbigan.training import save_weights_atomic
-
-    cfg = Config(category=category, data_dir=str(root), output_dir=str(tmp), run_name="r", **kw).resolved()
-    run = tmp / category / "r"
-    run.mkdir(parents=True)
-    cfg.to_json(run / "config.json")
-    model = build_model(cfg)
-    save_weights_atomic(model, run / "model.weights.h5")
-    return {"run": run, "cfg": cfg, "model": model}
+    return make_untrained_run(root, tmp, category, **kw)
 
 
 @pytest.fixture(scope="module")

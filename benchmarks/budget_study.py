@@ -1,0 +1,170 @@
+"""Short-budget study: several training recipes x seeds, each for a fixed wall-clock budget.
+
+    python benchmarks/budget_study.py --data-dir ../shared/data/mvtec_ad --category bottle \
+        --minutes 15 --arms fast,paper,egbad,autoencoder --seeds 1,2,3 --parallel 2
+
+Each run is ``train.py --minutes M`` followed by ``evaluate.py`` on the model the run chose without
+test labels (``--select synthetic``, the default). With ``--parallel 2`` two runs share the machine,
+each pinned to its own CPU core (``taskset``) with one TensorFlow thread, so every run gets the same
+compute whatever runs beside it. Writes, under ``--results``:
+
+* ``runs.csv``: one row per run (arm, seed, steps, wall time, selected step, auROC and max balanced
+  accuracy of the chosen model, plus for reference the last snapshot's and the best snapshot's test
+  auROC from the monitoring log, which no rule here may use);
+* ``summary.csv`` / ``summary.md``: median and range per arm;
+* ``<arm>-seed<s>/``: each run's config, logs, metrics and summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Arm name -> train.py flags. EGBAD and the autoencoder use the fast recipe with alpha 0 / 1, so the
+#: three methods differ only in alpha; "paper" is the paper's recipe unchanged.
+ARMS = {
+    "fast": ["--preset", "fast"],
+    "paper": ["--preset", "paper"],
+    "egbad": ["--preset", "fast", "--alpha", "0"],
+    "autoencoder": ["--preset", "fast", "--alpha", "1"],
+}
+KEEP = ("config.json", "train_log.csv", "eval_log.csv", "metrics.csv", "summary.json", "threshold.json")
+
+
+def run_one(category: str, arm: str, seed: int, slot: int, args) -> dict:
+    name = f"{arm}-seed{seed}"
+    data_dir = args.data_dir
+    if "/" in category:  # a category folder elsewhere: DATA_DIR/CATEGORY
+        data_dir, category = str(Path(category).parent), Path(category).name
+    run_dir = Path(args.output_dir) / category / name
+    env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    pin = ["taskset", "-c", str(slot)] if args.parallel > 1 and shutil.which("taskset") else []
+    train = pin + [sys.executable, str(ROOT / "train.py"), "--category", category, "--data-dir",
+                   data_dir, "--output-dir", args.output_dir, "--run-name", name, "--seed", str(seed),
+                   "--minutes", str(args.minutes), "--steps", "10000000", "--eval-every", str(args.eval_every),
+                   "--log-every", str(args.eval_every), "--preview-every", "100000000", "--no-export",
+                   "--quiet", "--fresh"] + ARMS[arm] + args.extra
+    log = Path(args.output_dir) / f"{category}-{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with open(log, "w") as f:
+        f.write(" ".join(train) + "\n")
+        f.flush()
+        subprocess.run(train, stdout=f, stderr=subprocess.STDOUT, env=env, check=True, cwd=ROOT)
+        if args.evaluate:
+            subprocess.run(pin + [sys.executable, str(ROOT / "evaluate.py"), str(run_dir)], stdout=f,
+                           stderr=subprocess.STDOUT, env=env, check=True, cwd=ROOT)
+    total = time.monotonic() - t0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ev = pd.read_csv(run_dir / "eval_log.csv")
+    # the chosen model's test metrics: evaluate.py's, or the monitoring row of the selected step (the
+    # same scorer and lambda, computed during training)
+    if args.evaluate:
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        chosen = metrics[metrics["chosen"]].iloc[0]
+        auroc, mba = chosen["auroc"], chosen["max_balanced_accuracy"]
+    else:
+        chosen = ev[ev["step"] == summary["selected_step"]].iloc[-1]
+        auroc, mba = chosen["test_auroc"], chosen["test_max_balanced_accuracy"]
+    row = {"category": category, "arm": arm, "seed": seed, "steps": summary["steps"],
+           "train_seconds": summary["wall_seconds"],
+           "total_seconds": round(total, 1), "selected_step": summary["selected_step"],
+           "auroc": round(float(auroc), 4), "max_balanced_accuracy": round(float(mba), 4),
+           "last_snapshot_test_auroc": round(float(ev["test_auroc"].iloc[-1]), 4),
+           "best_snapshot_test_auroc": round(float(ev["test_auroc"].max()), 4),
+           "command": " ".join(train[len(pin):])}
+    dest = Path(args.results) / f"{category}-{name}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in KEEP:
+        if (run_dir / f).is_file():
+            shutil.copy2(run_dir / f, dest / f)
+    print(f"{category}/{name}: {row['steps']} steps, auROC {row['auroc']} (selected step {row['selected_step']}; "
+          f"last snapshot {row['last_snapshot_test_auroc']})", flush=True)
+    return row
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    g = runs.groupby(["category", "arm"], sort=False)
+    out = pd.DataFrame({
+        "runs": g.size(),
+        "steps_median": g["steps"].median(),
+        "auroc_median": g["auroc"].median(), "auroc_min": g["auroc"].min(), "auroc_max": g["auroc"].max(),
+        "auroc_range": g["auroc"].max() - g["auroc"].min(),
+        "mba_median": g["max_balanced_accuracy"].median(),
+        "last_snapshot_auroc_median": g["last_snapshot_test_auroc"].median(),
+    })
+    return out.round(4).reset_index()
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="../shared/data/mvtec_ad")
+    p.add_argument("--category", default="bottle")
+    p.add_argument("--minutes", type=float, default=15.0)
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--parallel", type=int, default=2, help="runs at once, one CPU core each")
+    p.add_argument("--eval-every", type=int, default=50, help="snapshot / monitoring interval (all arms)")
+    p.add_argument("--also", action="append", default=[], metavar="CATEGORY:ARM:SEED",
+                   help="one more run (queued first), e.g. ../shared/data/magnetic_tile:fast:1")
+    p.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                   help="take the chosen model's test metrics from its monitoring row instead of "
+                        "running evaluate.py (same scorer; saves a process start per run)")
+    p.add_argument("--output-dir", default="runs/budget")
+    p.add_argument("--results", default="results/budget")
+    p.add_argument("extra", nargs="*", help="more train.py flags for every run (after --)")
+    args = p.parse_args(argv)
+    jobs = [(c, a, int(s)) for c, a, s in (j.split(":") for j in args.also)]
+    jobs += [(args.category, a, int(s)) for s in args.seeds.split(",") for a in args.arms.split(",")]
+    unknown = {a for _, a, _ in jobs} - set(ARMS)
+    if unknown:
+        p.error(f"unknown arm(s) {sorted(unknown)}; choose from {list(ARMS)}")
+    free = list(range(args.parallel))
+    rows = []
+
+    def work(job):
+        slot = free.pop()
+        try:
+            return run_one(*job, slot, args)
+        except subprocess.CalledProcessError as e:
+            print(f"{job[0]}/{job[1]}-seed{job[2]} failed ({e}); see its log", file=sys.stderr, flush=True)
+            return None
+        finally:
+            free.append(slot)
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        for row in pool.map(work, jobs):
+            if row is not None:
+                rows.append(row)
+                runs = pd.DataFrame(rows)
+                Path(args.results).mkdir(parents=True, exist_ok=True)
+                runs.to_csv(Path(args.results) / "runs.csv", index=False)
+    if not rows:
+        return 1
+    summary = summarize(pd.DataFrame(rows))
+    summary.to_csv(Path(args.results) / "summary.csv", index=False)
+    (Path(args.results) / "summary.md").write_text(markdown(summary))
+    print(summary.to_string(index=False))
+    return 0 if len(rows) == len(jobs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
