@@ -1,0 +1,37 @@
+"""Named presets: the paper preset is the paper; the fast preset stays CBiGAN; explicit flags win."""
+
+import pytest
+
+from cbigan.config import PRESETS, Config, apply_preset, method_name
+from train import parse_args
+
+
+def test_paper_preset_is_the_paper():
+    cfg = apply_preset(Config(category="bottle"), "paper").resolved()
+    assert (cfg.d_iter, cfg.alpha, cfg.lr_d, cfg.lr_eg, cfg.batch_size) == (5, 1e-4, 1e-4, 1e-4, 32)
+    assert (cfg.ema_decay, cfg.ema_every, cfg.image_size, cfg.rotation) == (0.999, 10, 128, 45.0)
+
+
+def test_fast_preset_stays_cbigan_and_only_changes_objects_data():
+    obj = apply_preset(Config(category="bottle"), "fast").resolved()
+    assert method_name(obj.alpha) == "CBiGAN" and 0 < obj.alpha < 1 and obj.d_iter >= 1
+    assert (obj.image_size, obj.patch_size, obj.rotation) == (64, 64, 0.0)
+    tex = apply_preset(Config(category="grid"), "fast").resolved()
+    assert (tex.image_size, tex.patch_size, tex.rotation) == (512, 64, 45.0)  # textures keep theirs
+    assert tex.d_iter == obj.d_iter and tex.lr_eg == obj.lr_eg
+
+
+def test_cli_flags_override_the_preset():
+    cfg, _ = parse_args(["--category", "bottle", "--preset", "fast", "--alpha", "0", "--image-size", "128",
+                         "--rotation", "45"])
+    assert cfg.preset == "fast" and cfg.alpha == 0 and cfg.image_size == 128 and cfg.rotation == 45
+    assert cfg.d_iter == PRESETS["fast"]["d_iter"] and cfg.batch_size == PRESETS["fast"]["batch_size"]
+    cfg, _ = parse_args(["--category", "bottle"])
+    assert cfg.preset == "paper" and cfg.image_size == 128
+
+
+def test_unknown_preset_and_bad_select_are_refused():
+    with pytest.raises(ValueError, match="unknown preset"):
+        apply_preset(Config(), "turbo")
+    with pytest.raises(ValueError, match="select"):
+        Config(select="best").resolved()
