@@ -1,13 +1,13 @@
-from cbigan.config import CATEGORIES, Config
+from cbigan.config import CATEGORIES, Config, apply_preset
 from cbigan.reproduce import main, plan
 
 
 def test_plan_covers_every_category_and_method_with_the_right_alpha():
     cfgs = plan(["bottle", "grid"], ["cbigan", "egbad", "autoencoder"], None, None, Config())
     assert [(c.category, c.run_name, c.alpha) for c in cfgs] == [
-        ("bottle", "reproduce-cbigan", 1e-4), ("bottle", "reproduce-egbad", 0.0),
-        ("bottle", "reproduce-autoencoder", 1.0), ("grid", "reproduce-cbigan", 1e-4),
-        ("grid", "reproduce-egbad", 0.0), ("grid", "reproduce-autoencoder", 1.0)]
+        ("bottle", "reproduce-paper-cbigan", 1e-4), ("bottle", "reproduce-paper-egbad", 0.0),
+        ("bottle", "reproduce-paper-autoencoder", 1.0), ("grid", "reproduce-paper-cbigan", 1e-4),
+        ("grid", "reproduce-paper-egbad", 0.0), ("grid", "reproduce-paper-autoencoder", 1.0)]
     assert all(c.steps == 1_200_000 and c.minutes is None for c in cfgs)  # the paper's setting by default
     assert cfgs[3].kind == "texture" and cfgs[3].patch_size == 64
 
@@ -22,3 +22,11 @@ def test_budget_is_split_evenly_and_steps_override():
 def test_unknown_method_is_refused(capsys):
     assert main(["--methods", "cbigan,gan"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_fast_preset_keeps_its_settings_and_only_alpha_changes():
+    cfgs = plan(["bottle"], ["cbigan", "egbad", "autoencoder"], None, 45.0, apply_preset(Config(), "fast"))
+    assert [c.run_name for c in cfgs] == ["reproduce-fast-cbigan", "reproduce-fast-egbad",
+                                          "reproduce-fast-autoencoder"]
+    assert [c.alpha for c in cfgs] == [0.5, 0.0, 1.0]
+    assert all(c.d_iter == 1 and c.image_size == 64 and c.minutes == 15.0 for c in cfgs)
