@@ -133,7 +133,8 @@ def load_resized(paths, size: int, desc: str = "images", skip_bad: bool = False)
 
     out, bad = [], []
     # no bar for a few files, nor when the output is not a terminal (log files of background runs)
-    for p in tqdm(paths, desc=f"loading {desc}", unit="img", leave=False, disable=True if len(paths) < 50 else None):
+    for p in tqdm(paths, desc=f"loading {desc}", unit="img", leave=False,
+                  disable=True if len(paths) < 50 else None):
         try:
             a = load_image(p)
         except DataError as e:
