@@ -104,6 +104,23 @@ def _outline(ax, mask, color):
         cs.set_path_effects([patheffects.withStroke(linewidth=2.2, foreground="black", alpha=0.6)])
 
 
+def _panel_grid(fig, xs, width, height, bottom, n_rows):
+    """``axes_at(col, row)``: a square panel at column x ``xs[col]``, rows from the top (inches)."""
+    def axes_at(col: int, row: int):
+        y = bottom + (n_rows - 1 - row) * (PANEL + PANEL_TITLE)
+        return fig.add_axes((xs[col] / width, y / height, PANEL / width, PANEL / height))
+
+    return axes_at
+
+
+def _input_panel(ax, row):
+    """The input image with its ground-truth outline, titled with its type and name."""
+    ax.imshow(row.image)
+    _outline(ax, row.mask, MASK_ON_INPUT)
+    _bare(ax)
+    ax.set_title(_short(f"{row.defect_type} · {row.name}", 30), fontsize=8)
+
+
 def recon_figure(rows: list[ReconRow], run_labels: list[str], title: str = "",
                  diff_max: float | None = None, note: str = ""):
     """The grid of the paper's Figs. 4 and 5: input | reconstruction, difference (per run).
@@ -123,17 +140,10 @@ def recon_figure(rows: list[ReconRow], run_labels: list[str], title: str = "",
     diff_max = max(diff_max, 1e-6)
     xs = _column_x(n_runs)
 
-    def axes_at(col: int, row: int):
-        y = BOTTOM + (len(rows) - 1 - row) * (PANEL + PANEL_TITLE)
-        return fig.add_axes((xs[col] / width, y / height, PANEL / width, PANEL / height))
-
+    axes_at = _panel_grid(fig, xs, width, height, BOTTOM, len(rows))
     image_handle = None
     for r, row in enumerate(rows):
-        ax = axes_at(0, r)
-        ax.imshow(row.image)
-        _outline(ax, row.mask, MASK_ON_INPUT)
-        _bare(ax)
-        ax.set_title(_short(f"{row.defect_type} · {row.name}", 30), fontsize=8)
+        _input_panel(axes_at(0, r), row)
         for k, panel in enumerate(row.panels):
             ax = axes_at(1 + 2 * k, r)
             ax.imshow(to_display(panel.reconstruction))
@@ -524,17 +534,10 @@ def maps_figure(rows: list[MapRow], title: str = "", note: str = "", vrange: tup
     xs = [LEFT + k * (PANEL + GROUP_GAP) for k in range(3)]
     cmap = plt.get_cmap(DIFF_CMAP)
 
-    def axes_at(col: int, row: int):
-        y = MAPS_BOTTOM + (len(rows) - 1 - row) * (PANEL + PANEL_TITLE)
-        return fig.add_axes((xs[col] / width, y / height, PANEL / width, PANEL / height))
-
+    axes_at = _panel_grid(fig, xs, width, height, MAPS_BOTTOM, len(rows))
     handle = None
     for r, row in enumerate(rows):
-        ax = axes_at(0, r)
-        ax.imshow(row.image)
-        _outline(ax, row.mask, MASK_ON_INPUT)
-        _bare(ax)
-        ax.set_title(_short(f"{row.defect_type} · {row.name}", 30), fontsize=8)
+        _input_panel(axes_at(0, r), row)
         ax = axes_at(1, r)
         handle = ax.imshow(row.amap, cmap=DIFF_CMAP, vmin=vmin, vmax=vmax)
         _outline(ax, row.mask, MASK_ON_DIFF)
