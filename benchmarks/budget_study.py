@@ -12,7 +12,10 @@ compute whatever runs beside it. Writes, under ``--results``:
   accuracy of the chosen model, plus for reference the last snapshot's and the best snapshot's test
   auROC from the monitoring log, which no rule here may use);
 * ``summary.csv`` / ``summary.md``: median and range per arm;
-* ``<arm>-seed<s>/``: each run's config, logs, metrics and summary.
+* ``<category>-<arm>-seed<s>/``: each run's config, logs, metrics and summary;
+* ``study.png``: test auROC over steps per arm and seed (monitoring), the label-free choice marked.
+
+``--plot-only`` redraws ``study.png`` from those files.
 """
 
 from __future__ import annotations
@@ -108,6 +111,36 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return out.round(4).reset_index()
 
 
+def plot_study(results: Path) -> Path:
+    """One panel per (category, arm): test auROC over steps for each seed, the selected step marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = pd.read_csv(results / "runs.csv")
+    groups = list(runs.groupby(["category", "arm"], sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.4), sharey=True, squeeze=False)
+    for ax, ((category, arm), rows) in zip(axes[0], groups):
+        for r in rows.itertuples():
+            ev = pd.read_csv(results / f"{category}-{arm}-seed{r.seed}" / "eval_log.csv")
+            line, = ax.plot(ev["step"], ev["test_auroc"], lw=1.2, label=f"seed {r.seed}")
+            ax.plot([r.selected_step], [r.auroc], "o", color=line.get_color(), ms=7, mfc="none", mew=1.8)
+        ax.axhline(0.5, color="0.7", lw=0.8, ls=":")
+        ax.set_title(f"{category}: {arm}", fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("test auROC (monitoring)")
+    fig.suptitle("circle: the snapshot chosen without test labels (synthetic defects on held-out "
+                 "normal images)", fontsize=9)
+    fig.tight_layout()
+    out = results / "study.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 def markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in table.itertuples(index=False)]
@@ -130,8 +163,12 @@ def main(argv=None) -> int:
                         "running evaluate.py (same scorer; saves a process start per run)")
     p.add_argument("--output-dir", default="runs/budget")
     p.add_argument("--results", default="results/budget")
+    p.add_argument("--plot-only", action="store_true", help="only redraw study.png from --results")
     p.add_argument("extra", nargs="*", help="more train.py flags for every run (after --)")
     args = p.parse_args(argv)
+    if args.plot_only:
+        print(plot_study(Path(args.results)))
+        return 0
     jobs = [(c, a, int(s)) for c, a, s in (j.split(":") for j in args.also)]
     jobs += [(args.category, a, int(s)) for s in args.seeds.split(",") for a in args.arms.split(",")]
     unknown = {a for _, a, _ in jobs} - set(ARMS)
@@ -163,6 +200,7 @@ def main(argv=None) -> int:
     summary.to_csv(Path(args.results) / "summary.csv", index=False)
     (Path(args.results) / "summary.md").write_text(markdown(summary))
     print(summary.to_string(index=False))
+    plot_study(Path(args.results))
     return 0 if len(rows) == len(jobs) else 1
 
 
