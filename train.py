@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from cbigan.config import DISTRIBUTE, PRESETS, Config, apply_preset
+from cbigan.config import DISTRIBUTE, PRESETS, SELECTION_RULES, Config, apply_preset
 
 
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
@@ -79,7 +79,7 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     g.add_argument("--eval-every", type=int, default=None)
     g.add_argument("--log-every", type=int, default=None)
     g.add_argument("--preview-every", type=int, default=None)
-    g.add_argument("--select", choices=["synthetic", "final"], default=None,
+    g.add_argument("--select", choices=SELECTION_RULES, default=None,
                    help="which snapshot is the model, without test labels: 'synthetic' = the evaluation "
                         "(every --eval-every steps) that best separates held-out normal images from "
                         "synthetic-defect copies of them; 'final' = the last weights (default: synthetic)")

@@ -18,6 +18,8 @@ OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw
 CATEGORIES = TEXTURES + OBJECTS
 #: ``--distribute`` choices (see :mod:`cbigan.distribute`); ``batch_size`` is always the global batch.
 DISTRIBUTE = ("none", "mirrored", "multiworker")
+#: ``--select`` rules: which snapshot is the model, without test labels (see :mod:`cbigan.selection`).
+SELECTION_RULES = ("synthetic", "final")
 #: Objects whose orientation does not tell a defect: trained with +-45 degree rotations (Sec. V-B).
 ROTATED_OBJECTS = ("bottle", "hazelnut", "metal_nut", "screw")
 
@@ -94,8 +96,8 @@ class Config:
             raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")
         if not 0 <= c.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {c.alpha}")
-        if c.select not in ("synthetic", "final"):
-            raise ValueError(f"select must be 'synthetic' or 'final', got {c.select!r}")
+        if c.select not in SELECTION_RULES:
+            raise ValueError(f"select must be one of {', '.join(SELECTION_RULES)}, got {c.select!r}")
         if c.d_iter < 0:
             raise ValueError(f"d_iter must be >= 0, got {c.d_iter}")
         if c.distribute not in DISTRIBUTE:

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import SELECTION_RULES as RULES
 from .metrics import MetricError, auroc
-
-RULES = ("synthetic", "final")
 
 
 def synthetic_defects(images: np.ndarray, seed: int = 0, min_frac: float = 0.08,
