@@ -12,16 +12,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
-OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush",
-           "transistor", "zipper")
+# the MVTec AD category lists live with the input kinds (cbigan/kinds.py)
+from .anomaly_score import IMAGE_SCORE_RULES
+from .kinds import OBJECTS, ROTATED_OBJECTS, TEXTURES, default_kind, kind_of  # noqa: F401  (re-exported)
+
 CATEGORIES = TEXTURES + OBJECTS
 #: ``--distribute`` choices (see :mod:`cbigan.distribute`); ``batch_size`` is always the global batch.
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 #: ``--select`` rules: which snapshot is the model, without test labels (see :mod:`cbigan.selection`).
 SELECTION_RULES = ("synthetic", "final")
-#: Objects whose orientation does not tell a defect: trained with +-45 degree rotations (Sec. V-B).
-ROTATED_OBJECTS = ("bottle", "hazelnut", "metal_nut", "screw")
+#: ``--normalize`` choices (:func:`cbigan.imageops.to_model_range`): ``per_image`` standardizes every
+#: image per channel, so a global brightness or contrast change does not change the score.
+NORMALIZATIONS = ("none", "per_image")
 
 
 @dataclass
@@ -34,11 +36,13 @@ class Config:
     run_name: str | None = None
     preset: str = "paper"
     # data
-    kind: str | None = None            # "object" or "texture"; None: from the category name
+    kind: str | None = None            # a cbigan.kinds.KINDS name: "object", "texture"; None: from the category
     image_size: int | None = None      # side after resizing: 128 objects, 512 textures
     patch_size: int | None = None      # network input: 128 objects, 64 textures
     rotation: float | None = None      # max degrees: objects +-rotation, textures 0..rotation
+    scale: float = 1.0                 # tiles: one scale factor for every image (1.0: native resolution)
     val_split: float = 0.1             # share of train/good held out (threshold, model selection)
+    normalize: str = "none"            # input normalization: "none" (paper) or "per_image" (lighting drift)
     # networks
     latent_dim: int = 64
     width: int = 3
@@ -61,8 +65,11 @@ class Config:
     ema_warmup: bool = True
     seed: int = 42
     distribute: str = "none"           # "none", "mirrored" (this host's GPUs), "multiworker" (TF_CONFIG)
+    intra_op_threads: int | None = None  # TF intra-op threads, 0 = TF's default; None: chosen at train start
     # scoring and bookkeeping
     score_lambda: float = 0.1
+    image_score: str = "paper"         # image score rule (cbigan/anomaly_score.py): paper, map_max, map_topk
+    score_topk: float = 0.01           # map_topk: share of the map's pixels averaged
     threshold_percentile: float = 99.0
     eval_every: int = 1000
     log_every: int = 100
@@ -75,38 +82,35 @@ class Config:
         """Fill the category-dependent fields left as None."""
         c = dataclasses.replace(self)
         if c.kind is None:
-            c.kind = "texture" if c.category in TEXTURES else "object"
-        if c.kind not in ("object", "texture"):
-            raise ValueError(f"kind must be 'object' or 'texture', got {c.kind!r}")
+            c.kind = default_kind(c.category)
+        kind = kind_of(c)  # the input kind (cbigan/kinds.py): ValueError for an unknown name
         for name, value in PRESET_DATA.get(c.preset, {}).get(c.kind, {}).items():
             if getattr(c, name) is None:
                 setattr(c, name, value)
-        if c.image_size is None:
-            c.image_size = 512 if c.kind == "texture" else 128
-        if c.patch_size is None:
-            c.patch_size = 64 if c.kind == "texture" else c.image_size
-        if c.rotation is None:
-            c.rotation = 45.0 if (c.kind == "texture" or c.category in ROTATED_OBJECTS) else 0.0
-        if c.kind == "object" and c.patch_size != c.image_size:
-            raise ValueError("objects are scored whole: patch_size must equal image_size")
-        if c.kind == "texture" and c.image_size % c.patch_size:
-            raise ValueError(f"texture image_size {c.image_size} is not a multiple of patch_size "
-                             f"{c.patch_size}")
+        for name, value in kind.defaults(c.category, image_size=c.image_size).items():
+            if getattr(c, name) is None:
+                setattr(c, name, value)
+        kind.validate(c)
         if not 0 <= c.val_split < 1:
             raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")
         if not 0 <= c.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {c.alpha}")
         if c.select not in SELECTION_RULES:
             raise ValueError(f"select must be one of {', '.join(SELECTION_RULES)}, got {c.select!r}")
+        if c.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {c.normalize!r}")
+        if c.image_score not in IMAGE_SCORE_RULES:
+            raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORE_RULES)}, got {c.image_score!r}")
+        if not 0 < c.score_topk <= 1:
+            raise ValueError(f"score_topk must be in (0, 1], got {c.score_topk}")
         if c.d_iter < 0:
             raise ValueError(f"d_iter must be >= 0, got {c.d_iter}")
+        if c.intra_op_threads is not None and c.intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be >= 0 (0: TensorFlow's default), got {c.intra_op_threads}")
         if c.distribute not in DISTRIBUTE:
             raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {c.distribute!r}")
         c.betas_d, c.betas_eg = tuple(c.betas_d), tuple(c.betas_eg)
         return c
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Config":

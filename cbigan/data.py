@@ -1,31 +1,39 @@
 """MVTec AD layout reader and tf.data pipelines.
 
 A category folder holds ``train/good``, ``test/<good|defect>`` and optionally
-``ground_truth/<defect>/<name>_mask.png``. Images are decoded with Pillow (PNG, JPEG, BMP, TIFF; RGB,
-grayscale, palette, RGBA, CMYK, 16-bit), resized once with :func:`resize_uint8` (the same op the
-exported SavedModel runs) and kept in memory as uint8; augmentation runs batched in the graph.
+``ground_truth/<defect>/<name>_mask.png`` (names, hidden files, the good folder's letter case and the
+other accepted mask names: :mod:`cbigan.layout`). Images are decoded with Pillow (PNG, JPEG, BMP, TIFF;
+RGB, grayscale, palette, RGBA, CMYK, 16-bit: :func:`to_rgb_array`), resized once with :func:`resize_uint8` (the same op the
+exported SavedModel runs) and kept in memory as uint8; augmentation (the input kind's,
+:mod:`cbigan.kinds`) runs batched in the graph. Patch tiling and the rotation ops live in
+:mod:`cbigan.imageops` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import shutil
+import struct
 import tarfile
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .config import Config
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-GOOD = "good"
+from .errors import DataError
+from .imageops import (from_patches, rotate_objects, rotated_texture_crops,  # noqa: F401  (re-exported)
+                       resize_uint8, to_model_range, to_patches)
+from .kinds import kind_of
+from .layout import (GOOD, GROUND_TRUTH, IMAGE_EXTENSIONS, TEST, TRAIN,  # noqa: F401  (re-exported)
+                     MaskFinder, category_dir, check_good_test_folder, good_folder, has_ground_truth,
+                     list_images, mask_path, test_image_paths)
 
 #: The official MVTec AD archive (all 15 categories) and its SHA-256; ``--download`` extracts one
 #: category from it. Override with CBIGAN_MVTEC_URL / CBIGAN_MVTEC_SHA256 (e.g. a mirror).
@@ -34,44 +42,109 @@ MVTEC_URL = ("https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f2
 MVTEC_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 
 
-class DataError(RuntimeError):
-    """A problem with the user's data, with a one-line message that says what to do."""
-
-
 # ---------------------------------------------------------------------------------- files
-def category_dir(data_dir: str | Path, category: str) -> Path:
-    """The folder of ``category``; raises a one-line :class:`DataError` when it is missing."""
-    root = Path(data_dir).expanduser() / category
-    if not (root / "train" / GOOD).is_dir():
-        raise DataError(
-            f"no training images for category '{category}': {root / 'train' / GOOD} does not exist; "
-            f"put the MVTec AD folder there (https://www.mvtec.com/company/research/datasets/mvtec-ad), "
-            f"pass --data-dir DIR, or add --download")
-    return root
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: A 16-bit image whose values all lie below this uses under 1/16 of the 16-bit range (12-bit data?).
+LOW_RANGE_16BIT = 4096
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def _reason(e: BaseException) -> str:
+    return f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode any supported image file to uint8 RGB (H, W, 3); :class:`DataError` names a bad file."""
+def load_image(path: str | Path, low_range: list | None = None) -> np.ndarray:
+    """Decode any supported image file to uint8 RGB (H, W, 3); :class:`DataError` names a bad file.
+
+    Every failure while decoding this one file (Pillow raises OSError, ValueError, EOFError,
+    struct.error, zlib.error, DecompressionBombError, RuntimeError, ... depending on the damage) is
+    a :class:`DataError` naming it, so callers can list or skip it. 16-bit grayscale: see
+    :func:`gray16_top`; one whose values use under 1/16 of the range without an sBIT chunk is
+    appended to ``low_range`` when given, else warned about.
+    """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
-            return to_rgb_array(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read image {path}: {e.__class__.__name__}: {e}; "
-                        f"replace or remove the file") from None
+            sbit = png_significant_bits(path) if im.format == "PNG" and im.mode.startswith("I;16") else None
+            rgb = to_rgb_array(im, sbit)
+            low = (im.mode.startswith("I;16") and gray16_top(np.asarray(im), sbit) == 65535
+                   and int(np.asarray(im).max(initial=0)) < LOW_RANGE_16BIT)
+    except Exception as e:  # noqa: BLE001  (any decoder failure is this file's, see the docstring)
+        raise DataError(f"cannot read image {path}: {_reason(e)}; replace or remove the file") from None
+    if low:
+        if low_range is not None:
+            low_range.append(path)
+        else:
+            warnings.warn(low_range_message([path]), stacklevel=2)
+    return rgb
 
 
-def to_rgb_array(im: Image.Image) -> np.ndarray:
-    """Pillow image of any mode -> uint8 RGB array. 16-bit and float images are rescaled to 8 bit."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+def low_range_message(paths) -> str:
+    names = ", ".join(str(p) for p in list(paths)[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return (f"{len(paths)} 16-bit image(s) use under 1/16 of the 16-bit range (every value below "
+            f"{LOW_RANGE_16BIT}; 12-bit camera data?) and have no PNG sBIT chunk declaring their bits, so "
+            f"they are scaled by 65535 and keep at most 16 gray levels: {names}; save them with an sBIT "
+            f"chunk (e.g. 12 bits) or rescaled to the full 16-bit range")
+
+
+def png_significant_bits(path: str | Path) -> int | None:
+    """The significant bits of the first (gray) sample declared by a PNG's ``sBIT`` chunk, or None
+    (no chunk, or not a PNG). The chunk precedes ``PLTE`` and ``IDAT``; Pillow does not expose it."""
+    with open(path, "rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            n, kind = struct.unpack(">I4s", head)
+            if kind == b"sBIT":
+                data = f.read(1)
+                return data[0] if data else None
+            if kind in (b"PLTE", b"IDAT", b"IEND"):
+                return None
+            f.seek(n + 4, os.SEEK_CUR)
+
+
+def gray16_top(a: np.ndarray, significant_bits: int | None) -> int:
+    """The 16-bit gray value that becomes 255: 65535, or ``2**s - 1`` for data stored in the low ``s``
+    bits.
+
+    A PNG ``sBIT`` chunk of ``s`` < 16 bits with every value at most ``2**s - 1`` and not all of them
+    multiples of ``2**(16 - s)`` is data in the low bits (a Mono12 camera writes 0..4095): it is
+    scaled by ``2**s - 1`` so its gray levels survive. Data already scaled to 16 bits, as the PNG
+    specification asks (values shifted to the top bits), and files without sBIT use 65535. The export's
+    ``serving_bytes`` applies the same rule in its graph (:func:`cbigan.export.decode_image_bytes`).
+    """
+    s = significant_bits
+    if s is None or not 1 <= s < 16 or a.size == 0:
+        return 65535
+    top = (1 << s) - 1
+    a = np.asarray(a)
+    if int(a.max()) <= top and np.any(a & ((1 << (16 - s)) - 1)):
+        return top
+    return 65535
+
+
+def scale_to_uint8(a: np.ndarray, top: int) -> np.ndarray:
+    """``round(a * 255 / top)`` (halves up) in integers, clipped to 0..255: the 16-bit -> 8-bit rule,
+    computed identically in the export's graph."""
+    a = np.asarray(a, np.int64)
+    return np.clip((2 * 255 * a + top) // (2 * top), 0, 255).astype(np.uint8)
+
+
+def to_rgb_array(im: Image.Image, significant_bits: int | None = None) -> np.ndarray:
+    """Pillow image of any mode -> uint8 RGB array. 16-bit and float images are rescaled to 8 bit.
+
+    16-bit grayscale: :func:`gray16_top` with the PNG's declared ``significant_bits``, rounded to the
+    nearest 8-bit level. 16-bit colour PNGs keep Pillow's reading (the high byte of each sample).
+    """
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.uint16)
+        return np.repeat(scale_to_uint8(a, gray16_top(a, significant_bits))[..., None], 3, axis=2)
+    if im.mode in ("I", "F"):
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        top = 65535.0 if a.max() > 255 else 255.0
         a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
     if im.mode == "P":
@@ -82,70 +155,59 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
 
 
 def load_mask(path: Path) -> np.ndarray:
-    """Binary mask (H, W) uint8 in {0, 1}."""
+    """Binary mask (H, W) uint8 in {0, 1}: every non-zero pixel is a defect, so 0/255, 0/1 and
+    class-id masks (1..k) all work. Palette masks are read by index (class ids), colour masks by any
+    non-zero channel; an alpha channel is ignored."""
     try:
         with Image.open(path) as im:
-            return (np.asarray(im.convert("L")) > 127).astype(np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read mask {path}: {e}; replace or remove the file") from None
+            im.load()
+            mode = im.mode
+            a = np.asarray(im)
+    except Exception as e:  # noqa: BLE001  (any decoder failure is this file's)
+        raise DataError(f"cannot read mask {path}: {_reason(e)}; replace or remove the file") from None
+    if a.ndim == 3:
+        if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+            a = a[..., :-1]
+        a = a.any(axis=2)
+    return (a != 0).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------- preprocessing
-def resize_uint8(images, size: int):
-    """Resize a uint8 (or 0..255 float) batch [N, H, W, 3] to [N, size, size, 3] uint8.
+def load_resized(paths, size, desc: str = "images", skip_bad: bool = False, regions: list | None = None):
+    """Decode and resize every file; all unreadable files are listed in one error (or skipped).
 
-    Bilinear with antialiasing, then rounded: the single resize used for training, evaluation and
-    inside the exported SavedModel, so in-framework and served scores agree.
-    """
-    x = tf.cast(images, tf.float32)
-    x = tf.image.resize(x, (size, size), method="bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
-
-
-def to_model_range(images_uint8):
-    """uint8 pixels -> float32 in [-1, 1]."""
-    return tf.cast(images_uint8, tf.float32) / 127.5 - 1.0
-
-
-def to_patches(images, patch: int):
-    """[N, S, S, C] -> [N * (S/patch)^2, patch, patch, C], row-major patches of each image in turn."""
-    n, s, c = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[3]
-    g = s // patch
-    x = tf.reshape(images, (n, g, patch, g, patch, c))
-    x = tf.transpose(x, (0, 1, 3, 2, 4, 5))
-    return tf.reshape(x, (n * g * g, patch, patch, c))
-
-
-def from_patches(patches, grid: int):
-    """Inverse of :func:`to_patches` for patches [N * grid^2, p, p, ...] -> [N, grid*p, grid*p, ...]."""
-    shape = tf.shape(patches)
-    p = shape[1]
-    rest = shape[3:]
-    x = tf.reshape(patches, tf.concat([[-1, grid, grid, p, p], rest], 0))
-    perm = tf.concat([[0, 1, 3, 2, 4], tf.range(5, 5 + tf.size(rest))], 0)
-    x = tf.transpose(x, perm)
-    return tf.reshape(x, tf.concat([[-1, grid * p, grid * p], rest], 0))
-
-
-def load_resized(paths, size: int, desc: str = "images", skip_bad: bool = False):
-    """Decode and resize every file; all unreadable files are listed in one error (or skipped)."""
+    ``size``: a side (square resize, :func:`resize_uint8`) or a :class:`Config`, whose input kind fits
+    the images (:meth:`cbigan.kinds.InputKind.fit`: a square resize, or tiles on a canvas).
+    ``regions``: a list that receives, per image kept, the ``(h, w)`` of the model-size image that
+    holds the image (the whole of it but for tiles)."""
     from tqdm import tqdm
 
-    out, bad = [], []
+    out, bad, low_range = [], [], []
     # no bar for a few files, nor when the output is not a terminal (log files of background runs)
     for p in tqdm(paths, desc=f"loading {desc}", unit="img", leave=False,
                   disable=True if len(paths) < 50 else None):
         try:
-            a = load_image(p)
+            a = load_image(p, low_range)
         except DataError as e:
             bad.append((Path(p), str(e)))
             continue
-        out.append(resize_uint8(a[None], size)[0].numpy())
+        if isinstance(size, Config):
+            fitted, hw = kind_of(size).fit(a[None], size)
+            out.append(np.asarray(fitted)[0])
+            if regions is not None:
+                regions.append((int(hw[0]), int(hw[1])))
+        else:
+            out.append(resize_uint8(a[None], size)[0].numpy())
+            if regions is not None:
+                regions.append((int(size), int(size)))
+    if low_range:
+        warnings.warn(low_range_message(low_range), stacklevel=2)
     if bad and not skip_bad:
         names = ", ".join(str(p) for p, _ in bad)
         raise DataError(f"{len(bad)} unreadable image(s): {names}; remove or replace them "
                         f"(or pass --skip-bad-images)")
-    images = np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+    side = size.image_size if isinstance(size, Config) else size
+    images = np.stack(out) if out else np.zeros((0, side, side, 3), np.uint8)
     return images, [p for p, _ in bad]
 
 
@@ -157,6 +219,11 @@ class TrainSet:
     val_images: np.ndarray    # held-out train/good images (threshold, model selection)
     val_paths: list
     skipped: list
+
+    @property
+    def n_images(self) -> int:
+        """Images found in train/good: trained on, held out and skipped as unreadable."""
+        return len(self.paths) + len(self.val_paths) + len(self.skipped)
 
 
 def split_train_val(paths: list, val_split: float, seed: int):
@@ -175,15 +242,16 @@ def split_train_val(paths: list, val_split: float, seed: int):
 def load_train_set(cfg: Config, skip_bad: bool = False) -> TrainSet:
     cfg = cfg.resolved()
     root = category_dir(cfg.data_dir, cfg.category)
-    paths = list_images(root / "train" / GOOD)
+    good = good_folder(root / TRAIN)
+    paths = list_images(good)
     if not paths:
-        raise DataError(f"no images in {root / 'train' / GOOD}; expected PNG/JPEG/BMP files there")
+        raise DataError(f"no images in {good}; expected PNG/JPEG/BMP files there")
     train_paths, val_paths = split_train_val(paths, cfg.val_split, cfg.seed)
-    images, bad1 = load_resized(train_paths, cfg.image_size, "train images", skip_bad)
-    val_images, bad2 = load_resized(val_paths, cfg.image_size, "held-out images", skip_bad)
+    images, bad1 = load_resized(train_paths, cfg, "train images", skip_bad)
+    val_images, bad2 = load_resized(val_paths, cfg, "held-out images", skip_bad)
     bad = set(bad1 + bad2)
     if len(images) == 0:
-        raise DataError(f"no readable training images in {root / 'train' / GOOD}")
+        raise DataError(f"no readable training images in {good}")
     return TrainSet(images, [p for p in train_paths if p not in bad], val_images,
                     [p for p in val_paths if p not in bad], sorted(bad))
 
@@ -196,6 +264,8 @@ class TestSet:
     paths: list
     masks: np.ndarray | None  # [N, S, S] uint8 in {0, 1}; None when the category has no ground truth
     has_mask: np.ndarray      # [N] bool: a mask file existed (good images count as having an empty one)
+    skipped: list = field(default_factory=list)  # unreadable test images left out (skip_bad)
+    regions: np.ndarray | None = None  # [N, 2] (h, w): the part of each model-size image that is the image
 
     def __len__(self):
         return len(self.labels)
@@ -204,110 +274,72 @@ class TestSet:
 def load_test_set(cfg: Config, skip_bad: bool = False) -> TestSet:
     cfg = cfg.resolved()
     root = category_dir(cfg.data_dir, cfg.category)
-    test_root = root / "test"
-    if not test_root.is_dir():
+    test_root = root / TEST
+    found = test_image_paths(cfg.data_dir, cfg.category)
+    if found is None:
         raise DataError(f"no test folder {test_root}; the MVTec layout needs test/good and test/<defect>")
-    paths, types = [], []
-    for sub in sorted(d for d in test_root.iterdir() if d.is_dir()):
-        for p in list_images(sub):
-            paths.append(p)
-            types.append(sub.name)
+    paths, types = found
     if not paths:
         raise DataError(f"no test images under {test_root}")
-    images, bad = load_resized(paths, cfg.image_size, "test images", skip_bad)
+    check_good_test_folder(cfg.data_dir, cfg.category)  # else every image would be labelled defective
+    regions = []
+    images, bad = load_resized(paths, cfg, "test images", skip_bad, regions)
     keep = [i for i, p in enumerate(paths) if p not in set(bad)]
     paths = [paths[i] for i in keep]
     types = [types[i] for i in keep]
     labels = np.array([0 if t == GOOD else 1 for t in types], np.int64)
-    gt_root = root / "ground_truth"
     masks, has_mask = None, np.array([t == GOOD for t in types])
-    if gt_root.is_dir():
+    if has_ground_truth(cfg.data_dir, cfg.category):
+        finder = MaskFinder(root / GROUND_TRUTH)
         masks = np.zeros((len(paths), cfg.image_size, cfg.image_size), np.uint8)
+        missing, empty = {}, []
         for i, (p, t) in enumerate(zip(paths, types)):
             if t == GOOD:
                 continue
-            mp = gt_root / t / f"{p.stem}_mask.png"
-            if not mp.is_file():
+            mp = finder.find(p, t)
+            if mp is None:
+                missing.setdefault(t, []).append(p)
                 continue
             m = load_mask(mp)
             h, w = load_image_size(p)
             if m.shape != (h, w):
                 raise DataError(f"mask {mp} is {m.shape[1]}x{m.shape[0]} but its image {p} is "
                                 f"{w}x{h}; masks must have their image's size")
-            masks[i] = tf.image.resize(m[..., None].astype(np.float32), (cfg.image_size,) * 2,
-                                       method="nearest")[..., 0].numpy().astype(np.uint8)
+            if not m.any():
+                empty.append(mp)
+            masks[i] = np.asarray(kind_of(cfg).fit_mask(m, cfg))
             has_mask[i] = True
-    return TestSet(images, labels, types, paths, masks, has_mask)
+        warn_missing_masks(finder, missing)
+        if empty:
+            warnings.warn(f"{len(empty)} mask file(s) have no defect pixel (every non-zero pixel is a defect, "
+                          f"these are all zero): {', '.join(str(p) for p in empty)}; their images add only "
+                          f"normal pixels to the pixel metrics", stacklevel=2)
+    return TestSet(images, labels, types, paths, masks, has_mask, sorted(bad), np.array(regions, np.int32))
+
+
+def warn_missing_masks(finder: MaskFinder, missing: dict) -> None:
+    """One warning per defect type naming its images without a mask, the names looked for, and the
+    files of ``ground_truth/<type>`` that matched no image."""
+    for t, images in missing.items():
+        folder = finder.folder(t)
+        where = str(folder) if folder is not None else f"{finder.root / t} (no such folder)"
+        looked = "; ".join(f"{Path(p).name}: {MaskFinder.looked_for(p)}" for p in images)
+        others = ", ".join(p.name for p in finder.unmatched(t)) or "none"
+        warnings.warn(f"{len(images)} defective test image(s) of type '{t}' have no mask in {where} "
+                      f"(looked for {looked}; any image extension, any letter case); files there that "
+                      f"match no image: {others}; these images are left out of the pixel metrics",
+                      stacklevel=3)
 
 
 def load_image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:
-        return im.size[1], im.size[0]
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception as e:  # noqa: BLE001  (any decoder failure is this file's)
+        raise DataError(f"cannot read image {path}: {_reason(e)}; replace or remove the file") from None
 
 
-# ---------------------------------------------------------------------------------- augmentation
-def _rotation_matrix_transforms(angles, centers, out_size: int):
-    """Projective transforms (output -> input coords) for rotated crops centred at ``centers``."""
-    cos, sin = tf.cos(angles), tf.sin(angles)
-    half = (out_size - 1) / 2.0
-    cx, cy = centers[:, 0], centers[:, 1]
-    # input = R (output - half) + center
-    a0, a1 = cos, -sin
-    b0, b1 = sin, cos
-    a2 = cx - a0 * half - a1 * half
-    b2 = cy - b0 * half - b1 * half
-    zeros = tf.zeros_like(cos)
-    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-
-
-def rotated_texture_crops(images, patch: int, max_degrees: float, seed):
-    """Random ``patch`` crops of each image, rotated by U(0, max_degrees) **degrees**.
-
-    The crop centre is drawn so that the rotated square lies inside the image: no empty corner.
-    ``seed`` is a stateless seed (shape [2]): the same seed gives the same crops.
-    """
-    images = tf.cast(images, tf.float32)
-    n = tf.shape(images)[0]
-    size = tf.cast(tf.shape(images)[1], tf.float32)
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
-    angles = tf.random.stateless_uniform((n,), seeds[0], 0.0, max_degrees) * (math.pi / 180.0)
-    half_extent = (patch / 2.0) * (tf.abs(tf.cos(angles)) + tf.abs(tf.sin(angles)))
-    lo = half_extent
-    hi = size - half_extent
-    u = tf.random.stateless_uniform((n, 2), seeds[1])
-    centers = lo[:, None] + u * (hi - lo)[:, None] - 0.5
-    transforms = _rotation_matrix_transforms(angles, centers, patch)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.constant([patch, patch]),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")  # never sampled: see centres
-
-
-def rotate_objects(images, max_degrees: float, seed):
-    """Random rotation in [-max_degrees, max_degrees] about the centre, edges filled by nearest."""
-    images = tf.cast(images, tf.float32)
-    n = tf.shape(images)[0]
-    size = tf.cast(tf.shape(images)[1], tf.float32)
-    angles = tf.random.stateless_uniform((n,), tf.cast(seed, tf.int64), -max_degrees, max_degrees)
-    angles = angles * (math.pi / 180.0)
-    c = (size - 1.0) / 2.0
-    centers = tf.fill((n, 2), c)
-    transforms = _rotation_matrix_transforms(angles, centers, int(images.shape[1]))
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
-
-
-def augment_batch(images_uint8, cfg: Config, seed):
-    """The paper's training augmentation for one batch of resized uint8 images -> [-1, 1] floats."""
-    if cfg.kind == "texture":
-        x = rotated_texture_crops(images_uint8, cfg.patch_size, cfg.rotation, seed)
-    elif cfg.rotation > 0:
-        x = rotate_objects(images_uint8, cfg.rotation, seed)
-    else:
-        x = tf.cast(images_uint8, tf.float32)
-    return x / 127.5 - 1.0
-
-
+# ---------------------------------------------------------------------------------- training batches
 def shuffled_indices(step, batch: int, n: int, seed: int):
     """Image indices of batch ``step``: consecutive slices of a fresh permutation per pass over the data.
 
@@ -330,13 +362,14 @@ def train_dataset(images: np.ndarray, cfg: Config, start_step: int = 0) -> tf.da
     random ops, so resuming at a step reproduces the batches an uninterrupted run would have seen.
     """
     cfg = cfg.resolved()
+    augment = kind_of(cfg).augment  # the input kind's training augmentation (cbigan/kinds.py)
     pool = tf.convert_to_tensor(images)
     n = len(images)
 
     def batch_at(step):
         idx = shuffled_indices(step, cfg.batch_size, n, cfg.seed)
         aug_seed = tf.stack([tf.constant(cfg.seed + 7919, tf.int64), step])
-        return augment_batch(tf.gather(pool, idx), cfg, aug_seed)
+        return augment(tf.gather(pool, idx), cfg, aug_seed)
 
     ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
     ds = ds.map(batch_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -356,7 +389,7 @@ def download_category(category: str, data_dir: str | Path, url: str | None = Non
     sha256 = (sha256 or os.environ.get("CBIGAN_MVTEC_SHA256", MVTEC_SHA256)).lower()
     data_dir = Path(data_dir).expanduser()
     target = data_dir / category
-    if (target / "train" / GOOD).is_dir():
+    if (target / TRAIN / GOOD).is_dir():
         return target
     data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / (Path(url.split("?")[0]).name or "mvtec.tar.xz")
@@ -380,7 +413,7 @@ def download_category(category: str, data_dir: str | Path, url: str | None = Non
             if not members:
                 raise DataError(f"the archive {archive} has no folder '{category}'; check the category name")
             tar.extractall(tmp, members=members, filter="data")
-        found = next(p for p in tmp.rglob(category) if (p / "train" / GOOD).is_dir())
+        found = next(p for p in tmp.rglob(category) if (p / TRAIN / GOOD).is_dir())
         os.replace(found, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

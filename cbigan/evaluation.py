@@ -35,10 +35,7 @@ building tables stays fast.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -47,24 +44,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .anomaly_score import DEFAULT_MAP_SIGMA as MAP_SIGMA
+from .anomaly_score import DEFAULT_TOPK, IMAGE_SCORE_RULES, MAP_RULES, PAPER_LAMBDA
 from .config import Config, method_name
+from .errors import EvaluationError
+from .kinds import StrideError, kind_of
+from .layout import GOOD, test_image_paths
+from .layout import has_ground_truth as _has_ground_truth
 from .metrics import MetricError, at_threshold, auroc, f1_max, max_balanced_accuracy
-
-SCORES_CSV = "scores.csv"
-METRICS_CSV = "metrics.csv"
-PARTS_NPZ = "scores_parts.npz"
-PIXEL_NPZ = "pixel_maps.npz"
-EVALUATION_JSON = "evaluation.json"
-THRESHOLD_JSON = "threshold.json"
-CONFIG_JSON = "config.json"
-WEIGHTS = "model.weights.h5"  # the same name as cbigan.training.WEIGHTS (kept here: no TF import)
-PAPER_LAMBDA = 0.1
-GOOD = "good"
-MAP_SIGMA = 4.0  # = cbigan.localization.DEFAULT_SIGMA (kept here: no TF import)
-
-
-class EvaluationError(RuntimeError):
-    """A problem with the user's input (not a run folder, not evaluated yet...), one line long."""
+from .results import ImageResults
+from .runfolder import (
+    EVALUATION_JSON,
+    METRICS_CSV,
+    PARTS_NPZ,
+    PIXEL_NPZ,
+    SCORES_CSV,
+    check_run_dir,
+    read_config,
+    read_evaluation,
+    selected_on_test,
+    weights_fingerprint,
+    write_atomic,
+    write_evaluation,
+)
+from .runfolder import calibrated_threshold as read_threshold
 
 
 # ---------------------------------------------------------------------------------- method labels
@@ -85,278 +88,70 @@ def method_label(cfg: Config, label: str | None = None, score_lambda: float = PA
     return name
 
 
-# ---------------------------------------------------------------------------------- run folders
-def is_run_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / CONFIG_JSON).is_file() and (path / WEIGHTS).is_file()
-
-
-def check_run_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise EvaluationError(f"{path} does not exist; pass a run folder runs/<category>/<run>")
-    if not is_run_dir(path):
-        raise EvaluationError(f"{path} is not a run folder (needs {CONFIG_JSON} and {WEIGHTS}); "
-                              f"pass runs/<category>/<run>")
-    return path
-
-
-def weights_fingerprint(run_dir: Path) -> str:
-    """SHA-256 of the weights and of the model's configuration: stored parts are reused only for them.
-
-    ``extra`` (e.g. the calibrated threshold merged into ``config.json`` later) does not change scores
-    and is left out.
-    """
-    import dataclasses
-
-    h = hashlib.sha256()
-    with open(Path(run_dir) / WEIGHTS, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    try:
-        cfg = dataclasses.asdict(Config.from_json(Path(run_dir) / CONFIG_JSON))
-    except (ValueError, TypeError):
-        cfg = {"unreadable": (Path(run_dir) / CONFIG_JSON).read_text()}
-    cfg.pop("extra", None)
-    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def read_threshold(run_dir: str | Path) -> dict | None:
-    """The calibrated threshold of ``threshold.json``, or None when absent or null."""
-    path = Path(run_dir) / THRESHOLD_JSON
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise EvaluationError(f"cannot read {path}: {e}; fix or delete it") from None
-    if not isinstance(data, dict) or data.get("threshold") is None:
-        return None
-    thr = float(data["threshold"])
-    if not math.isfinite(thr):
-        return None
-    return {"threshold": thr, "score_lambda": float(data.get("score_lambda", PAPER_LAMBDA)),
-            "percentile": data.get("percentile"), "n_val": data.get("n_val"), "rule": data.get("rule")}
-
-
-def selected_on_test(run_dir: Path, cfg: Config) -> bool:
-    """True when the saved model was picked with test labels (``--select-on-test``)."""
-    summary = Path(run_dir) / "summary.json"
-    if summary.is_file():
-        try:
-            if json.loads(summary.read_text()).get("selected_on_test"):
-                return True
-        except (OSError, ValueError):
-            pass
-    return bool(cfg.select_on_test)
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------- scoring
-@dataclass
-class ScoredTestSet:
-    """Per-patch score parts of a test set, with what identifies every row."""
-
-    l_r: np.ndarray            # [N, P]
-    l_fd: np.ndarray           # [N, P]
-    paths: list                # str
-    labels: np.ndarray         # [N] 0 good, 1 defective
-    defect_types: list         # "good" or the defect folder name
-    fingerprint: str = ""
-    seconds: float = float("nan")
-    pixel: "PixelMaps | None" = None   # anomaly maps and masks, when computed (not in PARTS_NPZ)
-
-    def image_scores(self, lam: float) -> np.ndarray:
-        from .scoring import combine  # the one recombination rule, shared with training-time evaluation
-
-        return combine(self.l_r, self.l_fd, lam)
-
-    def argmax_patch(self, lam: float) -> np.ndarray:
-        return ((1.0 - lam) * np.asarray(self.l_r, np.float64)
-                + lam * np.asarray(self.l_fd, np.float64)).argmax(axis=1)
-
-    def save(self, path: Path) -> None:
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, l_r=self.l_r, l_fd=self.l_fd, paths=np.array(self.paths, dtype=str),
-                                    labels=self.labels, defect_types=np.array(self.defect_types, dtype=str),
-                                    fingerprint=np.array(self.fingerprint), seconds=np.array(self.seconds))
-        _write_atomic(Path(path), write)
-
-    @classmethod
-    def load(cls, path: Path) -> "ScoredTestSet":
-        with np.load(path, allow_pickle=False) as z:
-            return cls(z["l_r"], z["l_fd"], z["paths"].tolist(), z["labels"], z["defect_types"].tolist(),
-                       str(z["fingerprint"]), float(z["seconds"]))
-
-
-@dataclass
-class PixelMaps:
-    """The two parts of the anomaly maps of a test set (model resolution) and its ground truth."""
-
-    map_r: np.ndarray          # [N, S, S] float32: smoothed, stitched channel mean of |x - G(E(x))|
-    map_fd: np.ndarray         # [N, S, S] float32: the same of the critic-feature difference
-    masks: np.ndarray          # [N, S, S] uint8 in {0, 1}
-    has_mask: np.ndarray       # [N] bool: good, or defective with a mask file
-    sigma: float
-    stride: int
-    paths: list                # str, as ScoredTestSet.paths
-    fingerprint: str = ""
-
-    def maps(self, lam: float) -> np.ndarray:
-        return ((1.0 - lam) * self.map_r + lam * self.map_fd).astype(np.float32)
-
-    def matches(self, sigma: float, stride: int) -> bool:
-        return math.isclose(self.sigma, sigma) and int(self.stride) == int(stride)
-
-    def save(self, path: Path) -> None:
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, map_r=self.map_r.astype(np.float32), map_fd=self.map_fd.astype(np.float32),
-                         masks=np.packbits(self.masks.astype(bool), axis=-1),
-                         mask_shape=np.array(self.masks.shape), has_mask=self.has_mask.astype(bool),
-                         sigma=np.array(float(self.sigma)), stride=np.array(int(self.stride)),
-                         paths=np.array(self.paths, dtype=str), fingerprint=np.array(self.fingerprint))
-        _write_atomic(Path(path), write)
-
-    @classmethod
-    def load(cls, path: Path) -> "PixelMaps":
-        with np.load(path, allow_pickle=False) as z:
-            shape = tuple(int(v) for v in z["mask_shape"])
-            masks = np.unpackbits(z["masks"], axis=-1, count=shape[-1]).reshape(shape)
-            return cls(z["map_r"], z["map_fd"], masks, z["has_mask"], float(z["sigma"]), int(z["stride"]),
-                       z["paths"].tolist(), str(z["fingerprint"]))
-
-
-def score_images(scorer, images: np.ndarray, progress: bool = True, desc: str = "scoring"):
-    """Per-patch parts of many images through ``scorer.score`` in chunks, with a tqdm progress bar."""
-    from tqdm import tqdm
-
-    from .scoring import Scores
-
-    per_call = max(1, scorer.patches_per_call // scorer.patches_per_image)
-    l_r, l_fd = [], []
-    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress or len(images) < 2,
-              leave=False) as bar:
-        for i in range(0, len(images), per_call):
-            s = scorer.score(images[i:i + per_call])
-            l_r.append(s.l_r)
-            l_fd.append(s.l_fd)
-            bar.update(len(s.l_r))
-    if not l_r:
-        ppi = scorer.patches_per_image
-        return Scores(np.zeros((0, ppi)), np.zeros((0, ppi)))
-    return Scores(np.concatenate(l_r), np.concatenate(l_fd))
-
-
-def score_patch_loop(scorer, images: np.ndarray, images_per_call: int | None = None,
-                     compiled: bool = False):
-    """Reference: the original code's patch loop, for tests and the ``score`` benchmark only.
-
-    As the authors' ``score.py`` did: for each patch position (row-major), one call of the networks on
-    that patch of every image of the batch, eagerly, through :func:`cbigan.scoring.score_patches` and the
-    scorer's own networks. ``images_per_call`` images form a batch (default: all; 1 gives one patch per
-    call); ``compiled=True`` runs each call through one ``tf.function`` instead of eagerly, so that what
-    is left of the difference to :meth:`Scorer.score` is the batching alone.
-    Returns ``(l_r, l_fd)``, each [N, P] float64.
-    """
-    import tensorflow as tf
-
-    from .data import to_model_range
-    from .scoring import score_patches
-
-    cfg, model = scorer.cfg, scorer.model
-    p = cfg.patch_size
-
-    def parts(x):
-        out = score_patches(model.ema_encoder, model.ema_generator, scorer.features, x)
-        return out["l_r"], out["l_fd"]
-
-    if compiled:
-        fn = getattr(scorer, "_patch_loop_fn", None)
-        if fn is None:
-            fn = scorer._patch_loop_fn = tf.function(parts, reduce_retracing=True)
-    else:
-        fn = parts
-    n = len(images)
-    step = n if not images_per_call else max(1, int(images_per_call))
-    l_r, l_fd = [], []
-    for i in range(0, n, step):
-        x = to_model_range(images[i:i + step])
-        cols = [fn(x[:, y:y + p, xx:xx + p, :])
-                for y in range(0, cfg.image_size, p) for xx in range(0, cfg.image_size, p)]
-        l_r.append(np.stack([c[0].numpy() for c in cols], axis=1))
-        l_fd.append(np.stack([c[1].numpy() for c in cols], axis=1))
-    if not l_r:
-        return np.zeros((0, scorer.patches_per_image)), np.zeros((0, scorer.patches_per_image))
-    return np.concatenate(l_r).astype(np.float64), np.concatenate(l_fd).astype(np.float64)
-
-
 def score_test_set(run_dir: str | Path, cfg: Config | None = None, model=None, *, data_dir: str | None = None,
                    skip_bad_images: bool = False, progress: bool = True, pixel: bool = True,
-                   sigma: float = MAP_SIGMA, stride: int | None = None) -> ScoredTestSet:
+                   sigma: float = MAP_SIGMA, stride: int | None = None,
+                   skipped: list | None = None) -> ImageResults:
     """Load the run's model (EMA networks) and its test set, and score every image once.
 
     With ``pixel`` and a test set with ground truth, the same pass computes the anomaly maps
-    (:class:`cbigan.localization.Localizer`) and ``.pixel`` holds them with the masks.
+    (:class:`cbigan.localization.Localizer`) and the result holds them with the masks. ``skipped``: a
+    list that receives the unreadable test images left out (``skip_bad_images``).
     """
     from .data import load_test_set
-    from .scoring import Scorer
-    from .training import load_run
+    from .scoring import Scorer, score_images
+    from .model import load_trained
 
     run_dir = check_run_dir(run_dir)
     if model is None:
         try:
-            cfg, model = load_run(run_dir)
+            cfg, model = load_trained(run_dir)
         except (ValueError, OSError) as e:
             first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
             raise EvaluationError(f"cannot load the model of {run_dir}: {first}") from None
-    cfg = Config.from_json(run_dir / CONFIG_JSON) if cfg is None else cfg.resolved()
+    cfg = read_config(run_dir) if cfg is None else cfg.resolved()
     if data_dir is not None:
         cfg = _with_data_dir(cfg, data_dir)
     test = load_test_set(cfg, skip_bad=skip_bad_images)
+    if skipped is not None:
+        skipped.extend(str(p) for p in test.skipped)
     fingerprint = weights_fingerprint(run_dir)
     paths = [str(p) for p in test.paths]
     pixel_maps = None
     t0 = time.monotonic()
-    if pixel and test.masks is not None:
+    if pixel:
         from .localization import Localizer
 
         stride = resolve_stride(cfg, stride)
         loc = Localizer(model, cfg, sigma=sigma, stride=stride)
         out = loc.run(test.images, progress=progress, desc=f"scoring + maps {cfg.category}")
         l_r, l_fd = out.l_r, out.l_fd
-        pixel_maps = PixelMaps(out.map_r, out.map_fd, test.masks, np.asarray(test.has_mask, bool),
-                               float(sigma), stride, paths, fingerprint)
+        pixel_maps = ImageResults(out.l_r, out.l_fd, map_r=out.map_r, map_fd=out.map_fd, masks=test.masks,
+                                  has_mask=np.asarray(test.has_mask, bool), sigma=float(sigma), stride=stride,
+                                  regions=test.regions)
     else:
         scores = score_images(Scorer(model, cfg), test.images, progress=progress,
                               desc=f"scoring {cfg.category}")
         l_r, l_fd = scores.l_r, scores.l_fd
     seconds = time.monotonic() - t0
-    return ScoredTestSet(l_r, l_fd, paths, np.asarray(test.labels), list(test.defect_types), fingerprint,
-                         seconds, pixel_maps)
+    return ImageResults(l_r, l_fd, paths, np.asarray(test.labels), list(test.defect_types),
+                        fingerprint=fingerprint, seconds=seconds).with_maps(pixel_maps)
 
 
 def resolve_stride(cfg: Config, stride: int | None) -> int:
-    """The map stride of ``cfg``: the patch size by default; objects (one patch) always the patch size."""
+    """The map stride of ``cfg``: the patch size by default and for kinds without one (objects: one
+    patch); :class:`EvaluationError` for a stride outside 1..patch size (:meth:`cbigan.kinds.InputKind.map_stride`)."""
     cfg = cfg.resolved()
-    if stride is None or cfg.kind == "object":
-        return int(cfg.patch_size)
-    stride = int(stride)
-    if not 1 <= stride <= cfg.patch_size:
-        raise EvaluationError(f"--stride must be between 1 and the patch size {cfg.patch_size}, got {stride}")
-    return stride
+    try:
+        return kind_of(cfg).map_stride(cfg, stride)
+    except StrideError as e:
+        raise EvaluationError(str(e)) from None
 
 
 def has_ground_truth(cfg: Config) -> bool:
     """Whether the category folder has a ``ground_truth`` folder (no decoding)."""
-    return (Path(cfg.data_dir).expanduser() / cfg.category / "ground_truth").is_dir()
+    return _has_ground_truth(cfg.data_dir, cfg.category)
 
 
 def _with_data_dir(cfg: Config, data_dir: str) -> Config:
@@ -367,12 +162,8 @@ def _with_data_dir(cfg: Config, data_dir: str) -> Config:
 
 def _current_test_paths(cfg: Config) -> list[str] | None:
     """The test image paths the data folder holds now (no decoding), or None if unreadable."""
-    from .data import list_images
-
-    root = Path(cfg.data_dir).expanduser() / cfg.category / "test"
-    if not root.is_dir():
-        return None
-    return [str(p) for sub in sorted(d for d in root.iterdir() if d.is_dir()) for p in list_images(sub)]
+    found = test_image_paths(cfg.data_dir, cfg.category)
+    return None if found is None else [str(p) for p in found[0]]
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -395,40 +186,50 @@ def lambda_metrics(labels, defect_types, scores) -> dict:
     return row
 
 
-def pixel_selection(scored: ScoredTestSet, warn: bool = True) -> tuple[np.ndarray, int]:
+def pixel_selection(scored: ImageResults, warn: bool = True) -> tuple[np.ndarray, int]:
     """The test images of the pixel metrics and how many defective ones are left out (no mask)."""
     from .pixel_metrics import select_images
 
-    return select_images(scored.labels, scored.pixel.has_mask, warn=warn)
+    return select_images(scored.labels, scored.has_mask, warn=warn)
 
 
-def pixel_row(scored: ScoredTestSet, lam: float, keep: np.ndarray) -> dict:
+def pixel_row(scored: ImageResults, lam: float, keep: np.ndarray) -> dict:
     """``pixel_auroc`` and ``aupro`` of the maps at ``lam`` (NaN when undefined)."""
-    from .pixel_metrics import PixelMetricError, pixel_metrics
+    from .pixel_metrics import PixelMetricError, pixel_metrics, region_masks
 
-    px = scored.pixel
+    px = scored
     maps = px.maps(lam)[keep] if not keep.all() else px.maps(lam)
     masks = px.masks[keep] if not keep.all() else px.masks
+    valid = None
+    if px.regions is not None and np.any(np.asarray(px.regions) != np.asarray(maps.shape[1:])):
+        valid = region_masks(np.asarray(px.regions)[keep], maps.shape[1:])  # tiles: the images' own pixels
     try:
-        m = pixel_metrics(maps, masks)
+        m = pixel_metrics(maps, masks, valid=valid)
     except PixelMetricError as e:
         raise MetricError(f"pixel metrics are undefined: {e}") from None
     return {"pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"], "_pixel": m}
 
 
-def metrics_table(scored: ScoredTestSet, lambdas, chosen: float, threshold: dict | None = None) -> pd.DataFrame:
+def metrics_table(scored: ImageResults, lambdas, chosen: float, threshold: dict | None = None, *,
+                  rule: str = "paper", rules=(), topk: float = DEFAULT_TOPK) -> pd.DataFrame:
     """One row per lambda (sorted), recombined from the stored parts; raises MetricError if undefined.
 
-    With ``scored.pixel`` (anomaly maps) every row also has ``pixel_auroc`` and ``aupro``.
+    The image metrics are those of the image-score ``rule``; every other rule of ``rules`` adds
+    ``auroc[<rule>]``, ``max_balanced_accuracy[<rule>]`` and ``f1_max[<rule>]`` (same pass, same maps).
+    With anomaly maps and masks in ``scored`` every row also has ``pixel_auroc`` and ``aupro``.
     """
     lambdas = sorted({float(x) for x in lambdas} | {float(chosen)}
                      | ({threshold["score_lambda"]} if threshold else set()))
-    keep = pixel_selection(scored)[0] if scored.pixel is not None else None
+    keep = pixel_selection(scored)[0] if scored.has_maps and scored.masks is not None else None
+    others = [r for r in dict.fromkeys(rules) if r != rule]
     rows, details = [], None
     for lam in lambdas:
-        s = scored.image_scores(lam)
+        s = scored.image_scores(lam, rule, topk)
         row = {"lambda": lam, "chosen": bool(math.isclose(lam, chosen))}
         row.update(lambda_metrics(scored.labels, scored.defect_types, s))
+        for other in others:
+            m = lambda_metrics(scored.labels, scored.defect_types, scored.image_scores(lam, other, topk))
+            row.update({f"{k}[{other}]": m[k] for k in ("auroc", "max_balanced_accuracy", "f1_max")})
         if keep is not None:
             px = pixel_row(scored, lam, keep)
             if row["chosen"]:
@@ -446,14 +247,17 @@ def metrics_table(scored: ScoredTestSet, lambdas, chosen: float, threshold: dict
     thr = [c for c in ("threshold", "thr_precision", "thr_recall", "thr_f1", "thr_balanced_accuracy")
            if c in df.columns]
     per_type = sorted(c for c in df.columns if c.startswith("auroc_"))
-    out = df[first + thr + per_type].copy()
+    per_rule = [c for c in df.columns if c.endswith("]")]
+    out = df[first + thr + per_type + per_rule].copy()
     out.attrs["pixel"] = details  # counts behind the chosen lambda's pixel metrics (None: not computed)
     return out
 
 
-def scores_table(scored: ScoredTestSet, lam: float, threshold: dict | None = None) -> pd.DataFrame:
-    """One row per test image at ``lam`` (textures: the parts of the highest-scoring patch)."""
-    idx = scored.argmax_patch(lam)
+def scores_table(scored: ImageResults, lam: float, threshold: dict | None = None, *, rule: str = "paper",
+                 topk: float = DEFAULT_TOPK) -> pd.DataFrame:
+    """One row per test image at ``lam``: its score by ``rule`` (textures: ``l_r``, ``l_fd`` and
+    ``patch`` of the highest-scoring patch)."""
+    idx = scored.best_patch(lam)
     rows = np.arange(len(idx))
     df = pd.DataFrame({
         "path": scored.paths,
@@ -462,7 +266,7 @@ def scores_table(scored: ScoredTestSet, lam: float, threshold: dict | None = Non
         "l_r": np.asarray(scored.l_r, np.float64)[rows, idx],
         "l_fd": np.asarray(scored.l_fd, np.float64)[rows, idx],
         "patch": idx.astype(int),
-        "score": scored.image_scores(lam),
+        "score": scored.image_scores(lam, rule, topk),
     })
     if threshold is not None and math.isclose(threshold["score_lambda"], lam):
         df["anomalous"] = (df["score"] > threshold["threshold"]).astype(int)
@@ -482,7 +286,7 @@ class RunEvaluation:
 def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | None = None,
                  label: str | None = None, data_dir: str | None = None, rescore: bool = False,
                  skip_bad_images: bool = False, progress: bool = True, model=None, pixel: bool = True,
-                 sigma: float | None = None, stride: int | None = None) -> RunEvaluation:
+                 sigma: float | None = None, stride: int | None = None, rules=None) -> RunEvaluation:
     """Score (or reuse the stored parts of) a run's test set and write the evaluation files.
 
     ``lambdas``: the sweep (default: just the chosen lambda). ``score_lambda``: the chosen lambda for
@@ -497,12 +301,14 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
     smoothing ``sigma`` (default :data:`MAP_SIGMA`, 0: none) and texture patch ``stride`` (default: the
     patch size, no overlap); stored maps are reused under the same conditions as the parts and the same
     sigma and stride.
+
+    ``rules``: image-score rules to report beside the run's own (``cfg.image_score``, whose metrics are
+    the main columns); default: every rule of :data:`cbigan.anomaly_score.IMAGE_SCORE_RULES` when the
+    maps are computed anyway (ground truth, or a map rule), else none. Map rules need the maps: asking
+    for one computes them (stored in ``pixel_maps.npz``, without masks when there is no ground truth).
     """
     run_dir = check_run_dir(run_dir)
-    try:
-        cfg = Config.from_json(run_dir / CONFIG_JSON)
-    except (ValueError, TypeError) as e:
-        raise EvaluationError(f"{run_dir / CONFIG_JSON} is not a valid run config: {e}") from None
+    cfg = read_config(run_dir)
     if data_dir is not None:
         cfg = _with_data_dir(cfg, data_dir)
     chosen = float(cfg.score_lambda if score_lambda is None else score_lambda)
@@ -515,20 +321,26 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
     if not (sigma >= 0 and math.isfinite(sigma)):
         raise EvaluationError(f"--sigma must be >= 0, got {sigma:g}")
     stride = resolve_stride(cfg, stride)
-    want_pixel = bool(pixel) and has_ground_truth(cfg)
+    rule = cfg.image_score
+    for r in rules or ():
+        if r not in IMAGE_SCORE_RULES:
+            raise EvaluationError(f"image score rule must be one of {', '.join(IMAGE_SCORE_RULES)}, got {r!r}")
+    need_maps = rule in MAP_RULES or any(r in MAP_RULES for r in rules or ())
+    want_pixel = (bool(pixel) and has_ground_truth(cfg)) or need_maps
+    rules = list(rules) if rules else (list(IMAGE_SCORE_RULES) if want_pixel else [])
 
-    scored, reused = None, False
+    scored, reused, skipped = None, False, []
     parts, pixel_file = run_dir / PARTS_NPZ, run_dir / PIXEL_NPZ
     if parts.is_file() and not rescore and not skip_bad_images:
         try:
-            old = ScoredTestSet.load(parts)
+            old = ImageResults.load_parts(parts)
         except (OSError, ValueError, KeyError):
             old = None
         fingerprint = weights_fingerprint(run_dir)
         if old is not None and old.fingerprint == fingerprint and old.paths == _current_test_paths(cfg):
             if want_pixel:
-                old.pixel = _load_pixel_maps(pixel_file, fingerprint, old.paths, sigma, stride)
-            if old.pixel is not None or not want_pixel:
+                old = old.with_maps(_load_pixel_maps(pixel_file, fingerprint, old.paths, sigma, stride))
+            if old.has_maps or not want_pixel:
                 scored, reused = old, True
     if scored is None:
         from .data import DataError
@@ -536,23 +348,24 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         try:
             scored = score_test_set(run_dir, None if model is None else cfg, model, data_dir=data_dir,
                                     skip_bad_images=skip_bad_images, progress=progress, pixel=want_pixel,
-                                    sigma=sigma, stride=stride)
+                                    sigma=sigma, stride=stride, skipped=skipped)
         except DataError as e:
             raise EvaluationError(str(e)) from None
-        scored.save(parts)
-        if scored.pixel is not None:
-            scored.pixel.save(pixel_file)
+        scored.save_parts(parts)
+        if scored.has_maps:
+            scored.save_maps(pixel_file)
 
-    scores_df = scores_table(scored, chosen, threshold)
-    _write_atomic(run_dir / SCORES_CSV, lambda p: scores_df.to_csv(p, index=False, float_format="%.6g"))
+    scores_df = scores_table(scored, chosen, threshold, rule=rule, topk=cfg.score_topk)
+    write_atomic(run_dir / SCORES_CSV, lambda p: scores_df.to_csv(p, index=False, float_format="%.6g"))
     t0 = time.monotonic()
     try:
-        metrics_df = metrics_table(scored, lambdas, chosen, threshold)
+        metrics_df = metrics_table(scored, lambdas, chosen, threshold, rule=rule, rules=rules,
+                                   topk=cfg.score_topk)
     except MetricError as e:
         raise MetricError(f"metrics of {run_dir} are undefined: {e} (per-image scores are in "
                           f"{run_dir / SCORES_CSV})") from None
     metric_seconds = time.monotonic() - t0
-    _write_atomic(run_dir / METRICS_CSV, lambda p: metrics_df.to_csv(p, index=False, float_format="%.6g"))
+    write_atomic(run_dir / METRICS_CSV, lambda p: metrics_df.to_csv(p, index=False, float_format="%.6g"))
 
     sel = selected_on_test(run_dir, cfg)
     at = metrics_df[metrics_df["chosen"]].iloc[0]
@@ -569,6 +382,8 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         "method_label": method_label(cfg, label, chosen, sel),
         "select_on_test": sel,
         "score_lambda": chosen,
+        "image_score": rule,
+        "image_score_rules": [rule] + [r for r in rules if r != rule],
         "lambdas": sorted(metrics_df["lambda"].tolist()),
         "n_test": n,
         "n_good": int(np.sum(np.asarray(scored.labels) == 0)),
@@ -582,6 +397,7 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         "scoring_seconds": None if reused else round(scored.seconds, 3),
         "images_per_second": None if reused or not scored.seconds else round(n / scored.seconds, 2),
         "reused_scores": reused,
+        "skipped_images": skipped,  # unreadable test images left out (--skip-bad-images)
         "pixel_auroc": None,
         "aupro": None,
         "pixel": None,
@@ -590,7 +406,7 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
     }
     details = metrics_df.attrs.get("pixel")
     if details is not None:
-        px = scored.pixel
+        px = scored
         summary["pixel_auroc"] = _float_or_none(at["pixel_auroc"])
         summary["aupro"] = _float_or_none(at["aupro"])
         summary["pixel"] = {"sigma": px.sigma, "stride": int(px.stride), "resolution": int(px.map_r.shape[-1]),
@@ -603,8 +419,7 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         row = metrics_df[np.isclose(metrics_df["lambda"], threshold["score_lambda"])].iloc[0]
         summary["at_threshold"] = {k: float(row[f"thr_{k}"])
                                    for k in ("precision", "recall", "f1", "balanced_accuracy")}
-    _write_atomic(run_dir / EVALUATION_JSON,
-                  lambda p: Path(p).write_text(json.dumps(summary, indent=2, default=str) + "\n"))
+    write_evaluation(run_dir, summary)
     return RunEvaluation(run_dir, summary, metrics_df, scores_df, reused)
 
 
@@ -618,10 +433,10 @@ def _load_pixel_maps(path: Path, fingerprint: str, paths: list, sigma: float, st
     if not path.is_file():
         return None
     try:
-        px = PixelMaps.load(path)
+        px = ImageResults.load_maps(path)
     except (OSError, ValueError, KeyError):
         return None
-    if px.fingerprint != fingerprint or px.paths != paths or not px.matches(sigma, stride):
+    if px.fingerprint != fingerprint or px.paths != paths or not px.maps_match(sigma, stride):
         return None
     return px
 
@@ -633,12 +448,23 @@ def format_report(ev: RunEvaluation) -> str:
              f"({s['n_good']} good, {s['n_defective']} defective)"
              + (", stored scores reused" if ev.reused_parts else
                 f", scored at {s['images_per_second']} images/s (graph tracing included)")]
+    if s.get("skipped_images"):
+        lines.append(f"skipped {len(s['skipped_images'])} unreadable test image(s) (--skip-bad-images): "
+                     + ", ".join(s["skipped_images"]))
     if s["select_on_test"]:
         lines.append("WARNING: this model was selected with test labels (--select-on-test): its test "
                      "metrics are optimistic")
-    lines.append(f"lambda {s['score_lambda']:g}: auROC {s['auroc']:.4f}  max balanced accuracy "
+    rule = s.get("image_score", "paper")
+    lines.append(f"lambda {s['score_lambda']:g}" + ("" if rule == "paper" else f", image score {rule}")
+                 + f": auROC {s['auroc']:.4f}  max balanced accuracy "
                  f"{s['max_balanced_accuracy']:.4f} (threshold {s['mba_threshold']:.6g})  "
                  f"F1-max {s['f1_max']:.4f}")
+    at = ev.metrics[ev.metrics["chosen"]].iloc[0]
+    others = [c[len("auroc["):-1] for c in ev.metrics.columns if c.startswith("auroc[")]
+    if others:
+        lines.append("other image-score rules (same pass): " + "  ".join(
+            f"{r} auROC {at[f'auroc[{r}]']:.4f} / max bal. acc. {at[f'max_balanced_accuracy[{r}]']:.4f}"
+            for r in others))
     if s.get("pixel"):
         p = s["pixel"]
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -664,14 +490,5 @@ def format_report(ev: RunEvaluation) -> str:
     return "\n".join(lines)
 
 
-def load_evaluation(run_dir: str | Path) -> dict:
-    """``evaluation.json`` of an evaluated run; :class:`EvaluationError` when there is none."""
-    path = Path(run_dir) / EVALUATION_JSON
-    if not path.is_file():
-        if is_run_dir(run_dir):
-            raise EvaluationError(f"{run_dir} is not evaluated yet; run: python evaluate.py {run_dir}")
-        raise EvaluationError(f"{run_dir} is not an evaluated run folder (no {EVALUATION_JSON})")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise EvaluationError(f"cannot read {path}: {e}; evaluate the run again") from None
+#: the evaluation record of a run (kept under its old name for callers)
+load_evaluation = read_evaluation

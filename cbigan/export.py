@@ -12,7 +12,9 @@ features. Signatures (see ``docs/serving.md``):
 
 * ``serving_default``: ``images`` float32 ``[N, H, W, 3]``, raw pixels in 0..255, any H and W;
 * ``serving_uint8``: the same with uint8 ``images``;
-* ``serving_bytes``: ``image_bytes`` string ``[N]``, encoded PNG/JPEG/BMP/GIF files.
+* ``serving_bytes``: ``image_bytes`` string ``[N]``, encoded PNG/JPEG/BMP files, decoded in the graph
+  to exactly the pixels :func:`cbigan.data.load_image` gives (:func:`decode_image_bytes`); other files
+  (TIFF, GIF, WebP, BMP of other kinds) are refused with a message.
 
 Every signature runs the category's own preprocessing in the graph (:func:`cbigan.data.resize_uint8`,
 :func:`cbigan.data.to_model_range`) and the scoring/map implementation shared with evaluation
@@ -24,21 +26,22 @@ threshold exports ``threshold = NaN`` and ``is_anomaly = False`` everywhere.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import tensorflow as tf
 
+from .anomaly_score import rule_scores
 from .config import Config
-from .data import DataError, resize_uint8, to_model_range
+from .runfolder import EXPORT
+from .data import PNG_SIGNATURE, to_model_range
 from .networks import feature_extractor
-from .localization import DEFAULT_SIGMA, localize
+from .kinds import kind_of
+from .localization import localize, map_settings
 
 METADATA = "cbigan.json"
 EXPORT_FORMAT = 1
@@ -77,6 +80,163 @@ def validate_images(images):
                    lambda: tf.zeros([1, 1, 1, 3], images.dtype))
 
 
+#: What ``serving_bytes`` decodes, pixel for pixel as :func:`cbigan.data.load_image` (Pillow) does.
+BYTES_FORMATS = ("PNG (1 to 16 bits; gray, gray+alpha, RGB, RGBA, palette), JPEG (gray, RGB, CMYK), "
+                 "BMP (uncompressed 24/32-bit and 8-bit palette)")
+_FALLBACK = "decode it to RGB pixels and call serving_default or serving_uint8"
+
+
+def _I64(v):
+    return tf.constant(v, tf.int64)
+
+
+def _le(head, i: int, n: int, signed: bool = False):
+    """The little-endian integer of ``head[i:i+n]`` (int64)."""
+    v = tf.add_n([tf.bitwise.left_shift(head[i + k], 8 * k) for k in range(n)])
+    return v - (1 << 8 * n) * tf.cast(v >= (1 << (8 * n - 1)), tf.int64) if signed else v
+
+
+def _be32(h, i: int = 0):
+    return tf.add_n([tf.bitwise.left_shift(h[i + k], 8 * (3 - k)) for k in range(4)])
+
+
+def _raw(padded, pos, n):
+    """``n`` bytes of ``padded`` from ``pos`` as int64 (``pos`` may point at the zero padding)."""
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(padded, pos, n), tf.uint8), tf.int64)
+
+
+def _png_significant_bits(b, padded):
+    """The first value of a PNG's ``sBIT`` chunk, 0 without one (:func:`cbigan.data.png_significant_bits`)."""
+    n = tf.cast(tf.strings.length(b), tf.int64)
+    stops = tf.constant([[73, 68, 65, 84], [80, 76, 84, 69], [73, 69, 78, 68]], tf.int64)  # IDAT PLTE IEND
+
+    def body(off, sbit, done):
+        h = _raw(padded, off, 9)
+        kind = h[4:8]
+        is_sbit = tf.reduce_all(tf.equal(kind, [115, 66, 73, 84]))
+        is_stop = tf.reduce_any(tf.reduce_all(tf.equal(stops, kind[None]), axis=1))
+        sbit = tf.where(is_sbit, h[8], sbit)
+        return off + 12 + _be32(h), sbit, tf.logical_or(is_sbit, is_stop)
+
+    _, sbit, _ = tf.while_loop(lambda off, sbit, done: tf.logical_and(tf.logical_not(done), off + 8 <= n),
+                               body, [tf.constant(8, tf.int64), tf.constant(0, tf.int64), tf.constant(False)])
+    return sbit
+
+
+def gray16_to_uint8(a, significant_bits):
+    """uint16 gray [H, W] -> uint8 [H, W]: :func:`cbigan.data.gray16_top` and
+    :func:`cbigan.data.scale_to_uint8` in graph ops (``significant_bits`` 0: none)."""
+    a = tf.cast(a, tf.int64)
+    s = tf.cast(significant_bits, tf.int64)
+    valid = tf.logical_and(tf.logical_and(s >= 1, s < 16), tf.size(a) > 0)
+    s = tf.where(valid, s, _I64(8))
+    top = tf.bitwise.left_shift(tf.constant(1, tf.int64), s) - 1
+    low_bits = tf.bitwise.left_shift(tf.constant(1, tf.int64), 16 - s) - 1
+    in_low_bits = tf.logical_and(tf.reduce_max(a) <= top,
+                                 tf.reduce_any(tf.not_equal(tf.bitwise.bitwise_and(a, low_bits), 0)))
+    top = tf.where(tf.logical_and(valid, in_low_bits), top, _I64(65535))
+    return tf.cast(tf.clip_by_value((2 * 255 * a + top) // (2 * top), 0, 255), tf.uint8)
+
+
+def decode_image_bytes(b):
+    """One encoded file (a scalar string) -> uint8 RGB [H, W, 3], the pixels of :func:`cbigan.data.load_image`.
+
+    Formats (:data:`BYTES_FORMATS`), told apart by their first bytes:
+
+    * PNG: 8-bit and lower (gray, RGB, palette; alpha dropped) with ``tf.io.decode_png``; 16-bit gray
+      with the PNG's ``sBIT`` and the rounding of :func:`cbigan.data.to_rgb_array`; 16-bit colour
+      keeps the high byte of each sample, as Pillow reads it;
+    * JPEG: ``dct_method="INTEGER_ACCURATE"`` (libjpeg's exact integer IDCT, Pillow's; the default
+      fast one is 1-5 levels off), CMYK converted as Pillow does;
+    * BMP: 24/32-bit uncompressed with ``tf.io.decode_bmp``; 8-bit palette BMPs are looked up in
+      their palette here (``tf.io.decode_bmp`` would return the indices as gray levels).
+
+    Anything else fails with an ``InvalidArgumentError`` whose message starts with ``cbigan:`` and
+    says what to send instead: TIFF (TensorFlow has no decoder), GIF and WebP (not read by training),
+    BMP of other bit depths or compressions, unknown bytes.
+    """
+    b = tf.convert_to_tensor(b, tf.string)
+    padded = tf.strings.join([b, tf.constant(b"\0" * 64)])
+    head = tf.ensure_shape(_raw(padded, 0, 64), [64])
+    n = tf.cast(tf.strings.length(b), tf.int64)
+
+    def starts(sig: bytes):
+        return tf.reduce_all(tf.equal(head[:len(sig)], list(sig)))
+
+    is_bmp = starts(b"BM")
+    bpp, compression, dib = _le(head, 28, 2), _le(head, 30, 4), _le(head, 14, 4)
+    plain_bmp = tf.logical_and(is_bmp, tf.logical_and(tf.equal(compression, 0), dib >= 40))
+    bmp_direct = tf.logical_and(plain_bmp, tf.logical_or(tf.equal(bpp, 24), tf.equal(bpp, 32)))
+    bmp_palette = tf.logical_and(plain_bmp, tf.equal(bpp, 8))
+    kinds = [starts(PNG_SIGNATURE), starts(b"\xff\xd8\xff"), bmp_direct, bmp_palette, is_bmp,
+             tf.logical_or(starts(b"II*\0"), starts(b"MM\0*")), starts(b"GIF8"),
+             tf.logical_and(starts(b"RIFF"), tf.reduce_all(tf.equal(head[8:12], list(b"WEBP")))),
+             tf.constant(True)]
+    index = tf.cast(tf.argmax(tf.cast(tf.stack(kinds), tf.int32)), tf.int32)
+
+    def png():
+        depth, color = head[24], head[25]
+
+        def gray16():
+            a = tf.io.decode_png(b, channels=1, dtype=tf.uint16)[..., 0]
+            return tf.tile(gray16_to_uint8(a, _png_significant_bits(b, padded))[..., None], [1, 1, 3])
+
+        def colour16():
+            a = tf.io.decode_png(b, channels=3, dtype=tf.uint16)
+            return tf.cast(tf.bitwise.right_shift(a, tf.constant(8, tf.uint16)), tf.uint8)
+
+        return tf.case([(tf.logical_and(tf.equal(depth, 16), tf.equal(color, 0)), gray16),
+                        (tf.equal(depth, 16), colour16)],
+                       default=lambda: tf.io.decode_png(b, channels=3, dtype=tf.uint8), exclusive=False)
+
+    def jpeg():
+        return tf.io.decode_jpeg(b, channels=3, dct_method="INTEGER_ACCURATE")
+
+    def bmp():
+        return tf.io.decode_bmp(b, channels=3)
+
+    def bmp8():
+        offset, width, height = _le(head, 10, 4), _le(head, 18, 4, signed=True), _le(head, 22, 4, signed=True)
+        colors = _le(head, 46, 4)
+        colors = tf.where(tf.logical_or(tf.equal(colors, 0), colors > 256), _I64(256), colors)
+        rows, stride = tf.abs(height), (width * 8 + 31) // 32 * 4
+        ok = tf.logical_and(tf.logical_and(width > 0, offset + stride * rows <= n), 14 + dib + 4 * colors <= n)
+        check = tf.debugging.Assert(ok, ["cbigan: truncated or malformed 8-bit BMP file of", n, "bytes"],
+                                    summarize=4)
+        with tf.control_dependencies([check]):
+            rows_ok = tf.where(ok, rows, _I64(1))
+            stride_ok, width_ok = tf.where(ok, stride, _I64(4)), tf.where(ok, width, _I64(1))
+            data = tf.io.decode_raw(tf.strings.substr(padded, tf.where(ok, offset, _I64(0)), stride_ok * rows_ok),
+                                    tf.uint8)
+            index_rows = tf.reshape(data, tf.stack([rows_ok, stride_ok]))[:, :width_ok]
+            index_rows = tf.cond(height > 0, lambda: tf.reverse(index_rows, [0]), lambda: index_rows)
+            colors = tf.where(ok, colors, _I64(1))
+            palette = tf.reshape(_raw(padded, tf.where(ok, 14 + dib, _I64(0)), 4 * colors), tf.stack([colors, 4]))
+            palette = tf.pad(tf.reverse(palette[:, :3], [1]), tf.stack([[0, 256 - colors], [0, 0]]))
+            return tf.cast(tf.gather(palette, tf.cast(index_rows, tf.int32)), tf.uint8)
+
+    def refuse(*message):
+        def branch():
+            check = tf.debugging.Assert(tf.equal(n, -1), list(message), summarize=4)
+            with tf.control_dependencies([check]):
+                return tf.zeros(tf.stack([1, 1 + 0 * tf.cast(n, tf.int32), 3]), tf.uint8)
+        return branch
+
+    branches = [png, jpeg, bmp, bmp8,
+                refuse(f"cbigan: serving_bytes decodes uncompressed 24/32-bit and 8-bit palette BMP files "
+                       f"only; this BMP has bits per pixel", bpp, "and compression", compression,
+                       f"; {_FALLBACK}"),
+                refuse(f"cbigan: serving_bytes cannot decode TIFF files (TensorFlow has no TIFF decoder); "
+                       f"send PNG, or {_FALLBACK}"),
+                refuse(f"cbigan: serving_bytes does not take GIF files (training reads PNG, JPEG, BMP and "
+                       f"TIFF); send PNG, or {_FALLBACK}"),
+                refuse(f"cbigan: serving_bytes does not take WebP files (training does not read them); send "
+                       f"PNG, or {_FALLBACK}"),
+                refuse(f"cbigan: serving_bytes takes {BYTES_FORMATS}; these bytes are none of them; "
+                       f"{_FALLBACK}")]
+    return tf.ensure_shape(tf.switch_case(index, branches), [None, None, 3])
+
+
 class ServingGraph:
     """The exported computation, also usable in-process (``predict`` on a run folder, benchmarks)."""
 
@@ -99,11 +259,11 @@ class ServingGraph:
         """
         cfg = self.cfg
         lam = float(cfg.score_lambda)
-        out = localize(self.encoder, self.generator, self.features, to_model_range(images_uint8),
-                       patch=cfg.patch_size, lam=lam,
-                       sigma=float(cfg.extra.get("map_sigma", DEFAULT_SIGMA)),
-                       stride=cfg.extra.get("map_stride"))  # None: the patch size
-        score = tf.reduce_max((1.0 - lam) * out["l_r"] + lam * out["l_fd"], axis=1)
+        sigma, stride = map_settings(cfg)  # stride None: the patch size
+        out = localize(self.encoder, self.generator, self.features, to_model_range(images_uint8, cfg.normalize),
+                       patch=cfg.patch_size, lam=lam, sigma=sigma, stride=stride)
+        score = rule_scores(cfg.image_score, lam, l_r=out["l_r"], l_fd=out["l_fd"], maps=out["anomaly_map"],
+                            topk=cfg.score_topk)
         thr = tf.constant(math.nan if self.threshold is None else self.threshold, tf.float32)
         n = tf.shape(score)[0]
         return {
@@ -115,20 +275,28 @@ class ServingGraph:
                                               [None, cfg.image_size, cfg.image_size, 3]),
         }
 
+    def _fit(self, images):
+        """Raw pixels [N, H, W, 3] -> the kind's model-size uint8 images and the image's region of them."""
+        return kind_of(self.cfg).fit(images, self.cfg)
+
     def serve_images(self, images):
         """Raw pixels [N, H, W, 3] (uint8 or 0..255 floats), any H, W."""
         images = validate_images(images)
-        return self._core(resize_uint8(images, self.cfg.image_size))
+        fitted, region = self._fit(images)
+        out = dict(self._core(fitted))
+        size_hw = (tf.shape(images)[1], tf.shape(images)[2])
+        for key in ("anomaly_map", "reconstruction"):  # tiles: back to the input's own size
+            out[key] = kind_of(self.cfg).to_input_size(out[key], region, size_hw)
+        return out
 
     def serve_bytes(self, image_bytes):
-        """Encoded image files [N] (PNG, JPEG, BMP, GIF first frame), decoded to RGB in the graph."""
+        """Encoded image files [N] (:data:`BYTES_FORMATS`), decoded to RGB in the graph exactly as
+        :func:`cbigan.data.load_image` decodes them (:func:`decode_image_bytes`)."""
         size = self.cfg.image_size
         image_bytes = tf.ensure_shape(image_bytes, [None])
 
-        def decode(b):
-            img = tf.io.decode_image(b, channels=3, dtype=tf.uint8, expand_animations=False)
-            img = tf.ensure_shape(img, [None, None, 3])
-            return resize_uint8(img[None], size)[0]
+        def decode(b):  # tiles: each image on its own canvas (the maps stay at the canvas resolution)
+            return self._fit(decode_image_bytes(b)[None])[0][0]
 
         x8 = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
         return self._core(x8)
@@ -173,7 +341,7 @@ def metadata(cfg: Config, threshold_info: dict | None, run_dir: str | Path | Non
         "signatures": {
             "serving_default": "images float32 [N, H, W, 3] raw pixels 0..255",
             "serving_uint8": "images uint8 [N, H, W, 3]",
-            "serving_bytes": "image_bytes string [N] encoded PNG/JPEG/BMP/GIF",
+            "serving_bytes": f"image_bytes string [N] encoded files: {BYTES_FORMATS}",
         },
         "outputs": list(OUTPUTS),
         "tensorflow": tf.__version__,
@@ -233,7 +401,8 @@ def resolve_threshold(run_dir: Path, cfg: Config, model, *, threshold: float | N
     calibrated now on its held-out images (the same seeded split as in training) and the result is
     written to the run folder.
     """
-    from .threshold import calibrate_threshold, manual_threshold, read_threshold, write_threshold
+    from .runfolder import read_threshold, write_threshold
+    from .threshold import calibrate_threshold, manual_threshold
 
     if threshold is not None:
         return manual_threshold(threshold, cfg)
@@ -241,8 +410,8 @@ def resolve_threshold(run_dir: Path, cfg: Config, model, *, threshold: float | N
     if info is None:
         from .data import load_train_set
 
-        val_images = load_train_set(cfg, skip_bad=skip_bad_images).val_images
-        info = calibrate_threshold(model, cfg, val_images)
+        train_set = load_train_set(cfg, skip_bad=skip_bad_images)
+        info = calibrate_threshold(model, cfg, train_set.val_images, n_images=train_set.n_images)
         write_threshold(run_dir, info)
         if verbose:
             print(f"calibrated threshold: {info['threshold']} ({info['rule']})")
@@ -256,16 +425,16 @@ def export_run(run_dir: str | Path, export_dir: str | Path | None = None, *, mod
     """Export a finished run folder (config.json + model.weights.h5); returns the version folder."""
     import dataclasses
 
-    from .training import load_run
+    from .model import load_trained
 
     run_dir = Path(run_dir)
-    cfg, model = load_run(run_dir)
+    cfg, model = load_trained(run_dir)
     if percentile is not None:
         cfg = dataclasses.replace(cfg, threshold_percentile=float(percentile))
         recalibrate = True
     info = resolve_threshold(run_dir, cfg, model, threshold=threshold, recalibrate=recalibrate,
                              skip_bad_images=skip_bad_images, verbose=verbose)
-    return export_model(model, cfg, export_dir or run_dir / "export", threshold_info=info,
+    return export_model(model, cfg, export_dir or run_dir / EXPORT, threshold_info=info,
                         model_name=model_name, version=version, overwrite=overwrite, run_dir=run_dir)
 
 
@@ -315,42 +484,7 @@ class LoadedExport:
         return {k: v.numpy() for k, v in out.items()}
 
 
-# ---------------------------------------------------------------------------------- CLI
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m cbigan.export",
-        description="Write a TF Serving SavedModel <export-dir>/<model-name>/<version>/ of a trained run.")
-    p.add_argument("run_dir", help="runs/<category>/<run> (config.json + model.weights.h5)")
-    p.add_argument("--export-dir", default=None, help="base folder (default: RUN_DIR/export)")
-    p.add_argument("--model-name", default=None, help="TF Serving model name (default: the category)")
-    p.add_argument("--version", type=int, default=None,
-                   help="version number (default: highest existing + 1, or 1)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --version (default: the highest existing one) instead of adding one")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--threshold", type=float, default=None, help="use this decision threshold instead")
-    g.add_argument("--threshold-percentile", type=float, default=None,
-                   help="recalibrate on the held-out images at this percentile (rewrites threshold.json)")
-    g.add_argument("--recalibrate", action="store_true",
-                   help="recalibrate on the held-out images with the run's percentile")
-    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable held-out images")
-    args = p.parse_args(argv)
-    try:
-        target = export_run(args.run_dir, args.export_dir, model_name=args.model_name, version=args.version,
-                            overwrite=args.overwrite, threshold=args.threshold,
-                            recalibrate=args.recalibrate, percentile=args.threshold_percentile,
-                            skip_bad_images=args.skip_bad_images)
-    except (DataError, ExportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    meta = read_metadata(target)
-    thr = meta.get("threshold")
-    print(f"exported {target}")
-    print(f"threshold: {'none (no calibrated threshold; is_anomaly is always false)' if thr is None else thr}"
-          f" - {meta.get('threshold_info', {}).get('rule', '')}")
-    print(f"inspect: saved_model_cli show --dir {target} --all")
-    return 0
+if __name__ == "__main__":  # python -m cbigan.export ...: run the command line, cbigan/cli/export.py
+    import runpy  # by name, not an import: the library does not depend on its command line
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("cbigan.cli.export", run_name="__main__", alter_sys=True)

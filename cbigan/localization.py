@@ -4,7 +4,7 @@ The map of an image is, per pixel,
 
     M = (1 - lambda) * mean_c |x - G(E(x))|  +  lambda * mean_c |f_D(x, E(x)) - f_D(G(E(x)), E(x))|
 
-the same two parts as the image score ``A = (1 - lambda) L_R + lambda L_fD`` (:mod:`cbigan.scoring`), but
+the same two parts as the image score ``A = (1 - lambda) L_R + lambda L_fD`` (:mod:`cbigan.anomaly_score`), but
 averaged over channels instead of summed over the whole patch. The default feature layer
 (``critic_features``, the critic's first 3x3 convolution) keeps the full resolution; a coarser layer is
 resized (bilinear) to the patch size, and a flat one (e.g. a dense layer) contributes a constant per patch.
@@ -36,17 +36,19 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
+from .anomaly_score import DEFAULT_MAP_SIGMA, MAP_RULES, combine
 from .config import Config
 from .data import from_patches, to_model_range
-from .scoring import Scores, score_patches
+from .kinds import kind_of
+from .results import ImageResults
+from .scoring import score_patches
 
 #: Default standard deviation (pixels of the model-resolution map) of the Gaussian smoothing.
-DEFAULT_SIGMA = 4.0
+DEFAULT_SIGMA = DEFAULT_MAP_SIGMA
 #: The kernel reaches ``TRUNCATE * sigma`` pixels to each side (scipy's default).
 TRUNCATE = 4.0
 
@@ -227,7 +229,7 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
       for objects), as :class:`cbigan.scoring.Scorer` gives them;
     * ``map_r``, ``map_fd`` [N, S, S]: the two parts of the map (stitched, averaged, smoothed); any lambda
       is their linear combination (smoothing and averaging are linear);
-    * ``anomaly_map`` [N, S, S]: ``(1 - lam) map_r + lam map_fd``;
+    * ``anomaly_map`` [N, S, S]: :func:`cbigan.anomaly_score.combine` of the two map parts at ``lam``;
     * ``reconstruction`` [N, S, S, 3]: G(E(x)) of the non-overlapping patches, stitched, in [-1, 1].
     """
     size = x.shape[1]
@@ -259,32 +261,10 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
     rec = from_patches(rec, grid)
     lam = float(lam)
     return {"l_r": l_r, "l_fd": l_fd, "map_r": map_r, "map_fd": map_fd,
-            "anomaly_map": (1.0 - lam) * map_r + lam * map_fd, "reconstruction": rec}
-
-
-def combine_maps(map_r, map_fd, lam: float) -> np.ndarray:
-    """The anomaly maps at ``lam`` from the two stored parts (numpy)."""
-    return ((1.0 - lam) * np.asarray(map_r, np.float32) + lam * np.asarray(map_fd, np.float32)).astype(np.float32)
+            "anomaly_map": combine(map_r, map_fd, lam), "reconstruction": rec}
 
 
 # ---------------------------------------------------------------------------------- batched use
-@dataclass
-class LocalizedSet:
-    """Score parts and the two map parts of N images."""
-
-    l_r: np.ndarray       # [N, P]
-    l_fd: np.ndarray      # [N, P]
-    map_r: np.ndarray     # [N, S, S] float32
-    map_fd: np.ndarray    # [N, S, S] float32
-
-    @property
-    def scores(self) -> Scores:
-        return Scores(self.l_r, self.l_fd)
-
-    def maps(self, lam: float) -> np.ndarray:
-        return combine_maps(self.map_r, self.map_fd, lam)
-
-
 class Localizer:
     """Maps (and the image-score parts) of resized uint8 images with a trained model's EMA networks."""
 
@@ -297,7 +277,7 @@ class Localizer:
         self.sigma = float(sigma)
         if self.sigma < 0 or not math.isfinite(self.sigma):
             raise ValueError(f"sigma must be >= 0, got {sigma}")
-        self.stride = self.cfg.patch_size if stride is None else int(stride)
+        self.stride = kind_of(self.cfg).map_stride(self.cfg, stride)  # None: the kind's default
         self.lam = float(self.cfg.score_lambda if lam is None else lam)
         self.positions = patch_positions(self.cfg.image_size, self.cfg.patch_size, self.stride)
         self.features = feature_extractor(model.critic, self.cfg.feature_layer)
@@ -317,35 +297,76 @@ class Localizer:
 
     def _localize(self, images_uint8):
         m = self.model
-        return localize(m.ema_encoder, m.ema_generator, self.features, to_model_range(images_uint8),
+        return localize(m.ema_encoder, m.ema_generator, self.features,
+                        to_model_range(images_uint8, self.cfg.normalize),
                         patch=self.cfg.patch_size, lam=self.lam, sigma=self.sigma, stride=self.stride)
 
     def raw(self, images_uint8) -> dict:
         """All outputs of :func:`localize` (tensors) for a batch of resized uint8 images."""
         return self._fn(tf.convert_to_tensor(np.asarray(images_uint8), tf.uint8))
 
-    def run(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "maps") -> LocalizedSet:
-        """Score parts and map parts of many images, in chunks (tqdm bar with ``progress``)."""
-        from tqdm import tqdm
+    def run(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "maps") -> ImageResults:
+        """Score parts and map parts of many images, in chunks (a progress bar on a terminal with
+        ``progress``: :func:`cbigan.progress.progress`)."""
+        from .progress import progress as progress_bar
 
         grid = (self.cfg.image_size // self.cfg.patch_size) ** 2
         size = self.cfg.image_size
         parts = {k: [] for k in ("l_r", "l_fd", "map_r", "map_fd")}
         step = self.images_per_call
-        with tqdm(total=len(images_uint8), desc=desc, unit="img", leave=False,
-                  disable=not progress or len(images_uint8) < 2) as bar:
+        with progress_bar(total=len(images_uint8), desc=desc, quiet=not progress) as bar:
             for i in range(0, len(images_uint8), step):
                 out = self.raw(images_uint8[i:i + step])
                 for key in parts:
                     parts[key].append(out[key].numpy())
                 bar.update(len(parts["l_r"][-1]))
         if not parts["l_r"]:
-            return LocalizedSet(np.zeros((0, grid)), np.zeros((0, grid)),
-                                np.zeros((0, size, size), np.float32), np.zeros((0, size, size), np.float32))
+            return ImageResults(np.zeros((0, grid)), np.zeros((0, grid)),
+                                map_r=np.zeros((0, size, size), np.float32),
+                                map_fd=np.zeros((0, size, size), np.float32), sigma=self.sigma, stride=self.stride)
         cat = {k: np.concatenate(v) for k, v in parts.items()}
-        return LocalizedSet(cat["l_r"].reshape(-1, grid), cat["l_fd"].reshape(-1, grid),
-                            cat["map_r"].astype(np.float32), cat["map_fd"].astype(np.float32))
+        return ImageResults(cat["l_r"].reshape(-1, grid), cat["l_fd"].reshape(-1, grid),
+                            map_r=cat["map_r"].astype(np.float32), map_fd=cat["map_fd"].astype(np.float32),
+                            sigma=self.sigma, stride=self.stride)
 
     def maps(self, images_uint8: np.ndarray, lam: float | None = None) -> np.ndarray:
         """Anomaly maps [N, S, S] at ``lam`` (default: the localizer's)."""
         return self.run(images_uint8).maps(self.lam if lam is None else lam)
+
+
+def map_settings(cfg: Config) -> tuple[float, int | None]:
+    """The anomaly-map smoothing ``sigma`` and patch ``stride`` a run scores with (its config's
+    ``extra["map_sigma"]`` / ``extra["map_stride"]``, else :data:`DEFAULT_SIGMA` and the patch size):
+    the maps of the map-based image scores in threshold calibration, evaluation and the export."""
+    return float(cfg.extra.get("map_sigma", DEFAULT_SIGMA)), kind_of(cfg).map_stride(cfg, cfg.extra.get("map_stride"))
+
+
+class ImageScorer:
+    """Image scores of resized uint8 images by the run's own rule: ``cfg.image_score`` at
+    ``cfg.score_lambda`` (:func:`cbigan.anomaly_score.rule_scores`). The paper's rule needs only the
+    per-patch parts (:class:`cbigan.scoring.Scorer`); the map rules the maps (:class:`Localizer`, at
+    :func:`map_settings`). Used by threshold calibration and training-time model selection, so both
+    score exactly as evaluation and the export do."""
+
+    def __init__(self, model, cfg: Config):
+        from .scoring import Scorer
+
+        self.cfg = cfg.resolved()
+        if self.cfg.image_score in MAP_RULES:
+            sigma, stride = map_settings(self.cfg)
+            self.engine = Localizer(model, self.cfg, sigma=sigma, stride=stride)
+        else:
+            self.engine = Scorer(model, self.cfg)
+
+    def results(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "scoring") -> ImageResults:
+        """Per-image results (parts, and maps for a map rule) of [N, S, S, 3] uint8 images."""
+        if isinstance(self.engine, Localizer):
+            return self.engine.run(images_uint8, progress=progress, desc=desc)
+        from .scoring import score_images
+
+        return score_images(self.engine, images_uint8, progress=progress, desc=desc)
+
+    def __call__(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "scoring") -> np.ndarray:
+        """[N] float64 image scores by the run's rule."""
+        c = self.cfg
+        return self.results(images_uint8, progress, desc).image_scores(c.score_lambda, c.image_score, c.score_topk)

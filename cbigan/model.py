@@ -1,6 +1,7 @@
 """CBiGAN as one ``keras.Model``: the custom ``train_step`` of the Wasserstein BiGAN with consistency.
 
-Losses (see ``../shared/reference/original-implementation.md``):
+The loss mathematics lives in :mod:`cbigan.losses` (sources: ``../shared/reference/``); this module
+calls the networks, decides which of them a loss may update (``tf.stop_gradient``), and runs the steps:
 
 * critic: ``L_D = mean D(G(z), z) - mean D(x, E(x)) + gp_weight * GP``, two-sided gradient penalty on
   interpolates of both image and latent with the same ``e ~ U(0, 1)`` per sample;
@@ -10,8 +11,9 @@ Losses (see ``../shared/reference/original-implementation.md``):
 
 Of every ``d_iter + 1`` consecutive batches, ``d_iter`` update the critic only and one updates E and G
 only; the branch is chosen in the graph from a step counter (``tf.cond``), so nothing retraces. Each
-step computes only what its branch needs: the critic sees real, generated and interpolated pairs in
-one call, and the E+G step has no gradient penalty. An exponential moving average (EMA) of E and G,
+step computes only what its branch needs: the critic sees real and generated pairs in one call and
+the interpolates in a second one (so the penalty's double backward pass covers B samples, not 3B), and
+the E+G step has no gradient penalty. An exponential moving average (EMA) of E and G,
 with the warm-up ``decay_n = min(decay, (1 + n) / (10 + n))``, is kept in ``ema_encoder`` and
 ``ema_generator``: those are the networks that are evaluated, saved and exported.
 
@@ -32,6 +34,7 @@ import functools
 import keras
 import tensorflow as tf
 
+from . import losses as L
 from .config import Config
 from .networks import build_critic, build_encoder, build_generator
 
@@ -44,12 +47,6 @@ def _replicas() -> tuple[int, tf.Tensor | int]:
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return 1, 0
     return ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
-
-
-def _l1_per_sample(a, b):
-    """L1 distance summed over every axis but the batch axis."""
-    diff = tf.abs(a - b)
-    return tf.reduce_sum(tf.reshape(diff, (tf.shape(diff)[0], -1)), axis=1)
 
 
 class CBiGAN(keras.Model):
@@ -113,32 +110,20 @@ class CBiGAN(keras.Model):
 
     # ------------------------------------------------------------------ losses
     def critic_losses(self, x, z, eps):
-        """L_D and its parts for given real images, prior codes and interpolation weights."""
+        """L_D and its parts for given real images, prior codes and interpolation weights
+        (:func:`cbigan.losses.critic_losses`: one critic call on real and generated pairs, one on the
+        interpolates for the gradient penalty)."""
         # E and G are fixed during a critic step: no gradient flows back into them
         ex = tf.stop_gradient(self.encoder(x, training=True))
         gz = tf.stop_gradient(self.generator(z, training=True))
-        e_img = tf.reshape(eps, (-1, 1, 1, 1))
-        x_hat = e_img * x + (1.0 - e_img) * gz
-        z_hat = eps * z + (1.0 - eps) * ex
-        with tf.GradientTape(watch_accessed_variables=False) as gp_tape:
-            gp_tape.watch([x_hat, z_hat])
-            scores = self.critic([tf.concat([x, gz, x_hat], 0), tf.concat([ex, z, z_hat], 0)],
-                                 training=True)
-            d_real, d_fake, d_hat = tf.split(scores, 3, axis=0)
-        gx, gzh = gp_tape.gradient(d_hat, [x_hat, z_hat])
-        sq = (tf.reduce_sum(tf.reshape(tf.square(gx), (tf.shape(gx)[0], -1)), axis=1)
-              + tf.reduce_sum(tf.square(gzh), axis=1))
-        grad_norm = tf.sqrt(sq + 1e-12)
-        gp = tf.reduce_mean(tf.square(grad_norm - 1.0))
-        d_real, d_fake = tf.reduce_mean(d_real), tf.reduce_mean(d_fake)
-        loss_d = d_fake - d_real + self.gp_weight * gp
-        return {"loss_d": loss_d, "gp": gp, "d_real": d_real, "d_fake": d_fake}
+        return L.critic_losses(self.critic, x, z, ex, gz, eps, self.gp_weight, training=True)
 
     def consistency_losses(self, x, z, ex, gz, training=True):
-        """L_C parts: mean_b sum|x - G(E(x))| and mean_b sum|z - E(G(z))|."""
-        loss_rx = tf.reduce_mean(_l1_per_sample(x, self.generator(ex, training=training)))
-        loss_rz = tf.reduce_mean(_l1_per_sample(z, self.encoder(gz, training=training)))
-        return loss_rx, loss_rz
+        """L_C parts: mean_b sum|x - G(E(x))| and mean_b sum|z - E(G(z))|
+        (:func:`cbigan.losses.consistency_loss`)."""
+        x_rec = self.generator(ex, training=training)
+        z_rec = self.encoder(gz, training=training)
+        return L.consistency_loss(x, x_rec, z, z_rec)
 
     def eg_losses(self, x, z):
         """L*_EG and its parts. With alpha = 0 the consistency terms are computed for logging only."""
@@ -146,7 +131,7 @@ class CBiGAN(keras.Model):
         gz = self.generator(z, training=True)
         scores = self.critic([tf.concat([x, gz], 0), tf.concat([ex, z], 0)], training=True)
         d_real, d_fake = tf.split(scores, 2, axis=0)
-        loss_eg = tf.reduce_mean(d_real) - tf.reduce_mean(d_fake)
+        loss_eg = L.encoder_generator_loss(d_real, d_fake)
         if self.alpha > 0:
             loss_rx, loss_rz = self.consistency_losses(x, z, ex, gz)
         else:
@@ -154,7 +139,7 @@ class CBiGAN(keras.Model):
                                                        tf.stop_gradient(gz))
             loss_rx, loss_rz = tf.stop_gradient(loss_rx), tf.stop_gradient(loss_rz)
         loss_c = loss_rx + loss_rz
-        total = (1.0 - self.alpha) * loss_eg + (self.alpha * loss_c if self.alpha > 0 else 0.0)
+        total = L.total_eg_loss(loss_eg, loss_c, self.alpha)
         return {"loss_eg": loss_eg, "loss_c": loss_c, "loss_rx": loss_rx, "loss_rz": loss_rz,
                 "loss_total": total}
 
@@ -285,3 +270,24 @@ def build_model(cfg: Config) -> CBiGAN:
         eg_optimizer=keras.optimizers.Adam(cfg.lr_eg, beta_1=cfg.betas_eg[0], beta_2=cfg.betas_eg[1]),
     )
     return model
+
+
+def load_trained(run_dir) -> tuple[Config, CBiGAN]:
+    """Rebuild the trained model of a run folder (``config.json`` + ``model.weights.h5``).
+
+    Returns ``(config, model)``; the model's EMA networks are the ones to evaluate. Raises a one-line
+    :class:`cbigan.errors.DataError` when the folder is not a finished run.
+    """
+    from pathlib import Path
+
+    from .errors import DataError
+    from .runfolder import CONFIG_JSON, WEIGHTS, is_run_dir
+
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        raise DataError(f"{run_dir} is not a finished run folder (needs {CONFIG_JSON} and {WEIGHTS}); "
+                        f"pass runs/<category>/<run>")
+    cfg = Config.from_json(run_dir / CONFIG_JSON)
+    model = build_model(cfg)
+    model.load_weights(run_dir / WEIGHTS)
+    return cfg, model

@@ -14,7 +14,6 @@ import TensorFlow.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import CATEGORIES, Config, default_run_name
+from .runfolder import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 EVALUATING = "evaluating"  # what train.py --evaluate prints before evaluating
@@ -221,8 +221,12 @@ def build_tables(run_dirs: list[str], out: Path) -> int:
     return subprocess.run(cmd).returncode
 
 
-def main(cfg: Config, args, argv: list[str]) -> int:
-    """``train.py`` with several categories or ``--jobs``: train each, evaluate, tables, summary."""
+def train_categories(cfg: Config, args, argv: list[str]) -> int:
+    """``train.py`` with several categories or ``--jobs``: train each, evaluate, tables, summary.
+
+    ``args`` needs ``category`` (``all`` or ``a,b,c``), ``jobs`` and ``table`` (evaluate and tabulate);
+    ``argv`` is the ``train.py`` command line, passed on to each category without those options.
+    Returns the exit status."""
     from .distribute import DistributeError, writes_run_folder
 
     try:
@@ -265,7 +269,7 @@ def main(cfg: Config, args, argv: list[str]) -> int:
                "ok": [r.category for r in ok], "failed": [r.category for r in results if r.status != "ok"],
                "tables": str(out_dir / "tables") if table_rc == 0 else None, "table_exit": table_rc,
                "results": [asdict(r) for r in results]}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out_dir / "summary.json", summary, sort_keys=False)
 
     print(f"\n{len(ok)}/{len(results)} categories trained" + (" and evaluated" if args.table and chief else ""))
     width = max(len(n) for n in names)

@@ -63,8 +63,15 @@ class _Split:
     n_regions: int
 
 
-def _split(maps: np.ndarray, masks: np.ndarray, with_regions: bool = True) -> _Split:
-    neg = np.sort(maps[~masks], kind="quicksort")
+def _split(maps: np.ndarray, masks: np.ndarray, with_regions: bool = True, valid=None) -> _Split:
+    if valid is not None:  # pixels outside the images' regions (tiles: the mirrored canvas) count nowhere
+        valid = np.asarray(valid, bool)
+        if valid.shape != masks.shape:
+            raise PixelMetricError(f"valid {valid.shape} must have the maps' shape {masks.shape}")
+        masks = masks & valid
+        neg = np.sort(maps[valid & ~masks], kind="quicksort")
+    else:
+        neg = np.sort(maps[~masks], kind="quicksort")
     pos = maps[masks]
     order = np.argsort(pos, kind="stable")
     pos = pos[order]
@@ -141,10 +148,13 @@ def aupro(maps, masks, fpr_limit: float = FPR_LIMIT) -> float:
     return _aupro(_split(maps, masks), fpr_limit)
 
 
-def pixel_metrics(maps, masks, fpr_limit: float = FPR_LIMIT) -> dict:
-    """``pixel_auroc``, ``aupro`` and the counts they rest on, from one pass over the pixels."""
+def pixel_metrics(maps, masks, fpr_limit: float = FPR_LIMIT, valid=None) -> dict:
+    """``pixel_auroc``, ``aupro`` and the counts they rest on, from one pass over the pixels.
+
+    ``valid``: optional boolean [N, H, W]: only these pixels count (the images' own regions of a canvas,
+    :meth:`cbigan.kinds.InputKind.fit`)."""
     maps, masks = _check(maps, masks)
-    s = _split(maps, masks)
+    s = _split(maps, masks, valid=valid)
     return {"pixel_auroc": _auroc(s), "aupro": _aupro(s, fpr_limit), "n_images": int(len(maps)),
             "n_regions": s.n_regions, "n_anomalous_pixels": int(len(s.pos)),
             "n_normal_pixels": int(len(s.neg))}
@@ -164,3 +174,11 @@ def select_images(labels, has_mask, warn: bool = True) -> tuple[np.ndarray, int]
         warnings.warn(f"{excluded} defective test image(s) without a ground-truth mask are left out of "
                       f"the pixel metrics", stacklevel=2)
     return keep, excluded
+
+
+def region_masks(regions, shape_hw) -> np.ndarray:
+    """Boolean [N, H, W]: True inside each image's top-left ``(h, w)`` region ([N, 2]) of an H x W map."""
+    regions = np.asarray(regions, int).reshape(-1, 2)
+    yy = np.arange(shape_hw[0])[None, :, None]
+    xx = np.arange(shape_hw[1])[None, None, :]
+    return (yy < regions[:, 0, None, None]) & (xx < regions[:, 1, None, None])

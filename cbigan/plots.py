@@ -1,13 +1,6 @@
-"""Figures of runs, headless (matplotlib Agg), and their command line.
+"""The data behind the figures of runs: run folders, stored or fresh scores, examples, maps.
 
-    python -m cbigan.plots recon  RUN [--compare RUN_B] [--rows N]   reconstructions and difference maps
-    python -m cbigan.plots curves RUN                                 losses, critic scores, test metrics
-    python -m cbigan.plots roc    RUN [RUN ...]                       ROC curves, one per run / category
-    python -m cbigan.plots hist   RUN [RUN ...] [--by-type]           score histograms, good vs defective
-    python -m cbigan.plots gif    RUN                                 animated GIF of the training previews
-    python -m cbigan.plots maps   RUN [--rows N] [--sigma S] [--stride K] [--original-size]
-                                                                      anomaly maps over the test images
-
+The command line is :mod:`cbigan.cli.plots` (``python -m cbigan.plots {recon,curves,roc,hist,maps,gif}``).
 Every figure command takes ``--out FILE`` (default ``<run>/figures/<name>.png``, or
 ``<common parent of the runs>/figures/<name>.png`` for several runs), ``--pdf`` (a PDF beside the PNG)
 and ``--dpi``. The command line that made a figure is stored in the PNG/PDF metadata and in
@@ -18,8 +11,8 @@ weights, else they are computed here with :class:`cbigan.scoring.Scorer`, so a r
 evaluated still plots. The calibrated threshold comes from ``threshold.json`` when it exists, is not
 null, and was calibrated with the same lambda as the scores.
 
-Training calls :func:`save_preview` every ``preview_every`` steps and :func:`make_preview_gif` at the
-end. The figure builders themselves live in :mod:`cbigan.figures`; this module reads run folders.
+Training-time previews and their GIF are :mod:`cbigan.previews`. The figure builders themselves live
+in :mod:`cbigan.figures` (pure drawing); this module reads run folders.
 TensorFlow is imported only by the commands that need the model (recon, maps; roc/hist without
 scores.csv). The anomaly maps of ``maps`` are :class:`cbigan.localization.Localizer`'s, the
 implementation evaluation and the export use.
@@ -27,11 +20,9 @@ implementation evaluation and the export use.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -41,94 +32,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .anomaly_score import MAP_RULES, combine  # noqa: E402
 from .config import method_name  # noqa: E402
-from .figures import (MapRow, ReconPanel, ReconRow, ScoreSet, curves_figure, hist_figure,  # noqa: E402
-                      maps_figure, recon_figure, roc_figure, to_display)
+from .figures import MapRow, ReconPanel, ReconRow, ScoreSet  # noqa: E402
+from .kinds import StrideError, kind_of  # noqa: E402
+from .layout import GOOD  # noqa: E402
+from .runfolder import (CONFIG_JSON, EVALUATION_JSON, SCORES_CSV, THRESHOLD_JSON, WEIGHTS,  # noqa: E402
+                        write_atomic, write_text_atomic)
 
-GOOD = "good"
 DPI = 100
-PREVIEW_GIF = "previews.gif"
 
 
 class PlotError(RuntimeError):
     """A problem with the user's input, in one line."""
-
-
-# ---------------------------------------------------------------------------------- training previews
-def save_preview(path: Path, inputs, reconstructions, differences, samples, title: str = "") -> Path:
-    """Rows: inputs, reconstructions G(E(x)), |x - G(E(x))| (channel mean), samples G(z)."""
-    rows = [("input", to_display(inputs), None), ("reconstruction", to_display(reconstructions), None),
-            ("|difference|", np.asarray(differences), "inferno"), ("sample G(z)", to_display(samples), None)]
-    cols = max(len(r[1]) for r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.7 * len(rows)), squeeze=False)
-    vmax = float(np.max(differences)) if np.size(differences) else 1.0
-    for r, (name, images, cmap) in enumerate(rows):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(images):
-                if cmap:
-                    ax.imshow(images[c], cmap=cmap, vmin=0.0, vmax=max(vmax, 1e-6))
-                else:
-                    ax.imshow(images[c])
-            else:
-                ax.axis("off")
-            if c == 0:
-                ax.set_ylabel(name, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
-
-
-def preview_steps(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """``previews/step_XXXXXXX.png`` of a run as (step, path), in step order."""
-    out = []
-    for p in (Path(run_dir) / "previews").glob("step_*.png"):
-        try:
-            out.append((int(p.stem.split("_", 1)[1]), p))
-        except ValueError:
-            continue
-    return sorted(out)
-
-
-def make_preview_gif(run_dir: str | Path, max_frames: int = 60, frame_ms: int = 300,
-                     last_ms: int = 2000, max_width: int = 1024) -> Path | None:
-    """Animate the run's previews (in step order) into ``<run>/previews.gif``; None if there are none.
-
-    At most ``max_frames`` frames, evenly spaced over training, always the first and the last; frames
-    wider than ``max_width`` pixels are scaled down; the last frame is held ``last_ms``.
-    """
-    from PIL import Image
-
-    previews = preview_steps(run_dir)
-    if not previews:
-        return None
-    if len(previews) > max_frames:
-        keep = np.unique(np.linspace(0, len(previews) - 1, max_frames).round().astype(int))
-        previews = [previews[i] for i in keep]
-    frames, size = [], None
-    for _, path in previews:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-        if size is None:
-            w, h = im.size
-            size = (w, h) if w <= max_width else (max_width, max(1, round(h * max_width / w)))
-        if im.size != size:
-            im = im.resize(size, Image.LANCZOS)
-        frames.append(im)
-    out = Path(run_dir) / PREVIEW_GIF
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
-    durations = [frame_ms] * (len(frames) - 1) + [last_ms]
-    frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations,
-                   loop=0)
-    os.replace(tmp, out)
-    return out
 
 
 # ---------------------------------------------------------------------------------- run folders
@@ -160,9 +76,9 @@ class Run:
         from .config import Config
 
         self.dir = Path(run_dir)
-        if not (self.dir / "config.json").is_file():
-            raise PlotError(f"{self.dir} is not a run folder (no config.json); pass runs/<category>/<run>")
-        self.cfg = Config.from_json(self.dir / "config.json")
+        if not (self.dir / CONFIG_JSON).is_file():
+            raise PlotError(f"{self.dir} is not a run folder (no {CONFIG_JSON}); pass runs/<category>/<run>")
+        self.cfg = Config.from_json(self.dir / CONFIG_JSON)
         if data_dir is not None:
             self.cfg.data_dir = str(data_dir)
         self._scorer = self._test = None
@@ -180,7 +96,7 @@ class Run:
 
     def _stored_scores(self):
         """``scores.csv`` when it is at least as new as the weights (else it is stale)."""
-        path, weights = self.dir / "scores.csv", self.dir / "model.weights.h5"
+        path, weights = self.dir / SCORES_CSV, self.dir / WEIGHTS
         df = read_table(path)
         if df is None or not {"score", "label"} <= set(df.columns):
             return None
@@ -190,14 +106,14 @@ class Run:
         return df
 
     def _stored_lambda(self) -> float:
-        ev = self.dir / "evaluation.json"
+        ev = self.dir / EVALUATION_JSON
         try:
             return float(json.loads(ev.read_text())["score_lambda"])
         except (OSError, ValueError, KeyError, TypeError):
             return float(self.cfg.score_lambda)
 
     def _threshold(self) -> float | None:
-        path = self.dir / "threshold.json"
+        path = self.dir / THRESHOLD_JSON
         if not path.is_file():
             return None
         try:
@@ -220,15 +136,15 @@ class Run:
     def scorer(self):
         """A :class:`cbigan.scoring.Scorer` of the run's model, loaded once per process and weights."""
         if self._scorer is None:
-            weights = self.dir / "model.weights.h5"
+            weights = self.dir / WEIGHTS
             if not weights.is_file():
-                raise PlotError(f"{self.dir} has no model.weights.h5 (training unfinished?)")
+                raise PlotError(f"{self.dir} has no {WEIGHTS} (training unfinished?)")
             key = (str(self.dir.resolve()), weights.stat().st_mtime_ns)
             if key not in _SCORERS:
                 from .scoring import Scorer
-                from .training import load_run
+                from .model import load_trained
 
-                _, model = load_run(self.dir)
+                _, model = load_trained(self.dir)
                 _SCORERS[key] = Scorer(model, self.cfg)
             self._scorer = _SCORERS[key]
         return self._scorer
@@ -237,9 +153,10 @@ class Run:
         """A :class:`cbigan.localization.Localizer` of the run's model at the run's lambda."""
         from .localization import DEFAULT_SIGMA, Localizer
 
-        stride = None if self.cfg.kind == "object" else stride
-        if stride is not None and not 1 <= stride <= self.cfg.patch_size:
-            raise PlotError(f"--stride must be between 1 and the patch size {self.cfg.patch_size}")
+        try:  # the patch size by default and for kinds without a stride (objects)
+            stride = kind_of(self.cfg).map_stride(self.cfg, stride)
+        except StrideError:
+            raise PlotError(f"--stride must be between 1 and the patch size {self.cfg.patch_size}") from None
         if sigma is not None and not sigma >= 0:
             raise PlotError(f"--sigma must be >= 0, got {sigma:g}")
         return Localizer(self.scorer.model, self.cfg, sigma=DEFAULT_SIGMA if sigma is None else sigma,
@@ -260,7 +177,15 @@ class Run:
             return ScoreSet(name or self.label, df["label"].to_numpy(), df["score"].to_numpy(), types,
                             self.threshold)
         test = self.test_set()
-        scores = self.scorer.score(test.images).image_scores(self.lam)
+        c = self.cfg
+        if c.image_score in MAP_RULES:  # the run's own rule, from maps at the run's map settings
+            from .localization import map_settings
+
+            sigma, stride = map_settings(c)
+            results = self.localizer(sigma, stride).run(test.images)
+        else:
+            results = self.scorer.score(test.images)
+        scores = results.image_scores(self.lam, c.image_score, c.score_topk)
         return ScoreSet(name or self.label, test.labels, scores, list(test.defect_types), self.threshold)
 
     def scores_for(self, keys: list) -> np.ndarray | None:
@@ -275,22 +200,19 @@ class Run:
 
     def reconstruct(self, images: np.ndarray):
         """Reconstructions [N,S,S,3], difference maps [N,S,S] and per-patch scores [N,P] (whole images)."""
-        from .data import from_patches
-
         scorer, cfg = self.scorer, self.cfg
-        ppi, grid = scorer.patches_per_image, cfg.image_size // cfg.patch_size
+        kind, ppi = kind_of(cfg), scorer.patches_per_image
         per_call = max(1, 256 // ppi)
         recs, diffs, parts = [], [], []
         for i in range(0, len(images), per_call):
             out = scorer.raw(images[i:i + per_call])
             rec, diff = out["reconstruction"], out["diff"]
-            if cfg.kind == "texture":
-                rec, diff = from_patches(rec, grid), from_patches(diff, grid)
+            rec, diff = kind.from_network_outputs(rec, cfg), kind.from_network_outputs(diff, cfg)
             recs.append(np.asarray(rec))
             diffs.append(np.asarray(diff))
             l_r = np.asarray(out["l_r"], np.float64).reshape(-1, ppi)
             l_fd = np.asarray(out["l_fd"], np.float64).reshape(-1, ppi)
-            parts.append((1.0 - self.lam) * l_r + self.lam * l_fd)
+            parts.append(combine(l_r, l_fd, self.lam))
         return np.concatenate(recs), np.concatenate(diffs), np.concatenate(parts)
 
 
@@ -359,10 +281,7 @@ def recon_data(run_dirs: list, n_rows: int | None = None, data_dir: str | None =
         for k, row in enumerate(rows):
             best = int(np.argmax(patch_scores[k]))
             score = float(stored[k]) if stored is not None else float(patch_scores[k, best])
-            box = None
-            if run.cfg.kind == "texture":
-                grid, p = run.cfg.image_size // run.cfg.patch_size, run.cfg.patch_size
-                box = ((best // grid) * p, (best % grid) * p, p)
+            box = kind_of(run.cfg).best_patch_box(run.cfg, best)  # None: no patch to outline
             anomalous = None if run.threshold is None else bool(score > run.threshold)
             row.panels.append(ReconPanel(recs[k], diffs[k], score, anomalous, box))
     if names and len(names) != len(runs):
@@ -374,7 +293,7 @@ def recon_data(run_dirs: list, n_rows: int | None = None, data_dir: str | None =
              f" most and least anomalous of each type")
     note = ("red outline: ground-truth defect; "
             + ("dashed box: highest-scoring patch (its score is the image score); "
-               if any(r.cfg.kind == "texture" for r in runs) else "")
+               if any(kind_of(r.cfg).is_patched for r in runs) else "")
             + f"score A(x) = (1−λ)·L_R + λ·L_fD, λ = {ref.lam:g}")
     return rows, labels, title, note
 
@@ -389,8 +308,10 @@ def original_mask(image_path, defect_type: str, shape_hw) -> np.ndarray | None:
         return None
     if defect_type == GOOD:
         return np.zeros(shape_hw, np.uint8)
-    mask_path = gt / defect_type / f"{path.stem}_mask.png"
-    return load_mask(mask_path) if mask_path.is_file() else None
+    from .layout import MaskFinder
+
+    mask_path = MaskFinder(gt).find(path, defect_type)  # any accepted name (cbigan/layout.py)
+    return load_mask(mask_path) if mask_path is not None else None
 
 
 def maps_data(run_dir, n_rows: int | None = None, data_dir: str | None = None, sigma: float | None = None,
@@ -409,10 +330,10 @@ def maps_data(run_dir, n_rows: int | None = None, data_dir: str | None = None, s
     keys = [image_key(p, t) for p, t in zip(test.paths, test.defect_types)]
     scores = run.scores_for(keys)
     if scores is None:
-        scores = loc.run(test.images).scores.image_scores(run.lam)
+        scores = loc.run(test.images).image_scores(run.lam)
     picked = select_examples(test.defect_types, scores, n_rows)
     out = loc.run(test.images[picked])
-    maps, image_scores = out.maps(run.lam), out.scores.image_scores(run.lam)
+    maps, image_scores = out.maps(run.lam), out.image_scores(run.lam)
     rows = []
     for k, i in enumerate(picked):
         mask = test.masks[i] if test.masks is not None and test.has_mask[i] else None
@@ -431,7 +352,7 @@ def maps_data(run_dir, n_rows: int | None = None, data_dir: str | None = None, s
              f"{n_def} defective), {size}")
     pixel = _pixel_summary(run, loc.sigma, loc.stride)
     note = (f"map = (1−λ)·mean_c|x − G(E(x))| + λ·mean_c|f_D(x) − f_D(G(E(x)))|, λ = {run.lam:g}; Gaussian "
-            f"sigma {loc.sigma:g} px" + (f", patch stride {loc.stride}" if cfg.kind == "texture" else "")
+            f"sigma {loc.sigma:g} px" + kind_of(cfg).describe_stride(loc.stride)
             + "; one colour scale for all maps; red/cyan outline: ground-truth defect" + pixel)
     return rows, title, note
 
@@ -439,10 +360,10 @@ def maps_data(run_dir, n_rows: int | None = None, data_dir: str | None = None, s
 def _pixel_summary(run: Run, sigma: float, stride: int) -> str:
     """'; test pixel auROC ... AUPRO ...' from evaluation.json when it used the same maps."""
     try:
-        s = json.loads((run.dir / "evaluation.json").read_text())
+        s = json.loads((run.dir / EVALUATION_JSON).read_text())
         p = s.get("pixel") or {}
         if s.get("pixel_auroc") is None or not math.isclose(float(p["sigma"]), sigma) \
-                or (run.cfg.kind == "texture" and int(p["stride"]) != int(stride)):
+                or (kind_of(run.cfg).has_map_stride and int(p["stride"]) != int(stride)):
             return ""
         return (f"; whole test set (evaluate.py): pixel auROC {s['pixel_auroc']:.3f}, "
                 f"AUPRO@0.3 {s['aupro']:.3f}" if s.get("aupro") is not None else "")
@@ -466,11 +387,6 @@ def default_out(run_dirs: list, name: str) -> Path:
     return base / "figures" / f"{name}.png"
 
 
-def command_line(argv: list[str] | None) -> str:
-    argv = sys.argv[1:] if argv is None else argv
-    return "python -m cbigan.plots " + shlex.join(argv)
-
-
 def save_figure(fig, out: str | Path, dpi: int = DPI, pdf: bool = False,
                 command: str | None = None) -> list[Path]:
     """Write ``fig`` to ``out`` (PNG unless ``out`` ends in .pdf; ``pdf`` adds a PDF beside it)."""
@@ -484,7 +400,8 @@ def save_figure(fig, out: str | Path, dpi: int = DPI, pdf: bool = False,
         meta = {"Creator": "cbigan"} if path.suffix.lower() == ".pdf" else {"Software": "cbigan"}
         if command:
             meta["Subject" if path.suffix.lower() == ".pdf" else "Description"] = command
-        fig.savefig(path, dpi=dpi, metadata=meta)
+        write_atomic(path, lambda tmp, meta=meta, fmt=path.suffix.lower()[1:]: fig.savefig(
+            tmp, dpi=dpi, metadata=meta, format=fmt))
     plt.close(fig)
     if command:
         record_command(out.parent, [p.name for p in paths], command)
@@ -497,146 +414,11 @@ def record_command(folder: Path, names: list[str], command: str) -> Path:
     lines = path.read_text().splitlines() if path.is_file() else []
     lines = [ln for ln in lines if ln.split(": ", 1)[0] not in names]
     lines += [f"{n}: {command}" for n in names]
-    path.write_text("\n".join(sorted(lines)) + "\n")
+    write_text_atomic(path, "\n".join(sorted(lines)) + "\n")
     return path
 
 
-# ---------------------------------------------------------------------------------- commands
-def cmd_recon(args) -> list[Path]:
-    runs = [args.run] + ([args.compare] if args.compare else [])
-    if args.rows is not None and args.rows < 1:
-        raise PlotError("--rows must be at least 1")
-    rows, labels, title, note = recon_data(runs, args.rows, args.data_dir, args.names)
-    fig = recon_figure(rows, labels, title=title, note=note)
-    name = "recon" if not args.compare else f"recon_vs_{Path(args.compare).name}"
-    return save_figure(fig, args.out or default_out([args.run], name), args.dpi, args.pdf, args.command)
+if __name__ == "__main__":  # python -m cbigan.plots ...: run the command line, cbigan/cli/plots.py
+    import runpy  # by name, not an import: the library does not depend on its command line
 
-
-def cmd_curves(args) -> list[Path]:
-    run = Path(args.run)
-    train_log, eval_log = read_table(run / "train_log.csv"), read_table(run / "eval_log.csv")
-    if train_log is None and eval_log is None:
-        raise PlotError(f"{run} has no train_log.csv or eval_log.csv; "
-                        f"pass a run folder runs/<category>/<run>")
-    title = f"{run.parent.name} / {run.name}"
-    try:
-        summary = json.loads((run / "summary.json").read_text())
-        title += f": {summary['steps']} steps in {summary['wall_seconds'] / 60:.1f} min"
-    except (OSError, ValueError, KeyError, TypeError):
-        if train_log is not None and len(train_log):
-            title += f": {int(train_log['step'].iloc[-1])} steps so far"
-    fig = curves_figure(train_log, eval_log, title=title)
-    return save_figure(fig, args.out or default_out([run], "curves"), args.dpi, args.pdf, args.command)
-
-
-def _score_sets(args) -> list[ScoreSet]:
-    runs = [Run(d, args.data_dir) for d in args.runs]
-    cats = [r.cfg.category for r in runs]
-    names = args.names or [c if cats.count(c) == 1 else r.label for c, r in zip(cats, runs)]
-    if len(names) != len(runs):
-        raise PlotError(f"--names gives {len(names)} names for {len(runs)} runs")
-    return [r.score_set(n) for r, n in zip(runs, names)]
-
-
-def cmd_roc(args) -> list[Path]:
-    sets = _score_sets(args)
-    fig = roc_figure(sets, title="ROC of image-level anomaly scores")
-    return save_figure(fig, args.out or default_out(args.runs, "roc"), args.dpi, args.pdf, args.command)
-
-
-def cmd_hist(args) -> list[Path]:
-    sets = _score_sets(args)
-    fig = hist_figure(sets, by_type=args.by_type, title="anomaly scores of the test images")
-    return save_figure(fig, args.out or default_out(args.runs, "hist"), args.dpi, args.pdf, args.command)
-
-
-def cmd_maps(args) -> list[Path]:
-    if args.rows is not None and args.rows < 1:
-        raise PlotError("--rows must be at least 1")
-    rows, title, note = maps_data(args.run, args.rows, args.data_dir, args.sigma, args.stride,
-                                  args.original_size)
-    fig = maps_figure(rows, title=title, note=note)
-    return save_figure(fig, args.out or default_out([args.run], "maps"), args.dpi, args.pdf, args.command)
-
-
-def cmd_gif(args) -> list[Path]:
-    out = make_preview_gif(args.run, max_frames=args.max_frames)
-    if out is None:
-        raise PlotError(f"{args.run} has no previews/step_*.png")
-    return [out]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cbigan.plots", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command_name", required=True)
-
-    def common(p, data=True):
-        p.add_argument("--out", help="output file (.png or .pdf; default <run>/figures/<name>.png)")
-        p.add_argument("--pdf", action="store_true", help="also write a PDF beside the PNG")
-        p.add_argument("--dpi", type=int, default=DPI, help=f"pixels per inch (default {DPI})")
-        if data:
-            p.add_argument("--data-dir", help="data folder, if not the one the run was trained on")
-
-    p = sub.add_parser("recon", help="test images, reconstructions and difference maps (Figs. 4, 5)")
-    p.add_argument("run", help="run folder runs/<category>/<run>")
-    p.add_argument("--compare", metavar="RUN_B", help="a second run side by side (e.g. EGBAD vs CBiGAN)")
-    p.add_argument("--rows", type=int, metavar="N", help="number of images (default: most and least anomalous of "
-                                            "good and of each defect type)")
-    p.add_argument("--names", nargs="+", help="column labels of the runs")
-    common(p)
-    p.set_defaults(func=cmd_recon)
-
-    p = sub.add_parser("curves", help="losses, critic scores and test metrics over steps")
-    p.add_argument("run", help="run folder runs/<category>/<run>")
-    common(p, data=False)
-    p.set_defaults(func=cmd_curves)
-
-    for name, func, text in (("roc", cmd_roc, "ROC curves, one per run (category)"),
-                             ("hist", cmd_hist, "score histograms of good vs defective test images")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("runs", nargs="+", help="run folders runs/<category>/<run>")
-        p.add_argument("--names", nargs="+", help="legend names of the runs")
-        if name == "hist":
-            p.add_argument("--by-type", action="store_true", help="stack defective images by defect type")
-        common(p)
-        p.set_defaults(func=func)
-
-    p = sub.add_parser("maps", help="anomaly maps over test images, with the ground-truth outline")
-    p.add_argument("run", help="run folder runs/<category>/<run>")
-    p.add_argument("--rows", type=int, metavar="N", help="number of images (default: most and least anomalous of "
-                                            "good and of each defect type)")
-    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the maps in pixels (default 4; 0: none)")
-    p.add_argument("--stride", type=int, help="textures: patch stride of the maps (default: the patch size)")
-    p.add_argument("--original-size", action="store_true",
-                   help="show every image at its original size, its map resized back to it")
-    common(p)
-    p.set_defaults(func=cmd_maps)
-
-    p = sub.add_parser("gif", help="animated GIF of a run's training previews (<run>/previews.gif)")
-    p.add_argument("run", help="run folder runs/<category>/<run>")
-    p.add_argument("--max-frames", type=int, default=60)
-    p.set_defaults(func=cmd_gif)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.command = command_line(argv)
-    try:
-        paths = args.func(args)
-    except Exception as e:  # user errors in one line; anything else is a bug and keeps its traceback
-        user = [PlotError]
-        for module, name in (("cbigan.data", "DataError"), ("cbigan.metrics", "MetricError")):
-            if module in sys.modules:
-                user.append(getattr(sys.modules[module], name))
-        if isinstance(e, tuple(user)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
-    for p in paths:
-        print(f"wrote {p}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("cbigan.cli.plots", run_name="__main__", alter_sys=True)

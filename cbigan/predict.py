@@ -18,7 +18,6 @@ loaded), 2 for bad arguments.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -28,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import IMAGE_EXTENSIONS, DataError, load_image
+from .data import DataError, load_image
+from .layout import is_hidden, is_image_name
+from .runfolder import is_run_dir, read_threshold, write_atomic
 
 DISPLAY_SIDE = 256  # maps and images kept for --maps are pooled down to at most this side
 
@@ -51,12 +52,17 @@ class Results:
 
 # ---------------------------------------------------------------------------------- inputs
 def collect_inputs(items) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files named directly or found (recursively, sorted) in folders; missing paths as errors."""
+    """Image files named directly or found (recursively, sorted) in folders; missing paths as errors.
+
+    A folder search skips hidden names (``._000.png`` AppleDouble sidecars, ``.DS_Store``, files under
+    ``.ipynb_checkpoints``): operating-system metadata, not images (:func:`cbigan.layout.is_hidden`).
+    """
     files, bad, seen = [], [], set()
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(q for q in p.rglob("*") if q.is_file() and is_image_name(q.name)
+                           and not any(is_hidden(part) for part in q.relative_to(p).parts))
         elif p.is_file():
             found = [p]
         else:
@@ -70,15 +76,14 @@ def collect_inputs(items) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 # ---------------------------------------------------------------------------------- models
-class RunModel:
-    """A run folder scored in-process through :class:`cbigan.export.ServingGraph`."""
+class TrainedModel:
+    """A run folder's trained model scored in-process through :class:`cbigan.export.ServingGraph`."""
 
     def __init__(self, run_dir: Path):
         from .export import ServingGraph
-        from .threshold import read_threshold
-        from .training import load_run
+        from .model import load_trained
 
-        self.cfg, model = load_run(run_dir)
+        self.cfg, model = load_trained(run_dir)
         info = read_threshold(run_dir)
         self.threshold = None if info is None else info.get("threshold")
         self.rule = ("not calibrated (no threshold.json; python -m cbigan.export RUN calibrates it)"
@@ -94,7 +99,7 @@ class RunModel:
         return {k: v.numpy() for k, v in out.items()}
 
 
-class ExportModel:
+class ExportedModel:
     """A SavedModel export called through its ``serving_default`` signature."""
 
     def __init__(self, path: Path):
@@ -113,28 +118,31 @@ class ExportModel:
 
 def open_model(path: str | Path):
     path = Path(path)
-    if (path / "config.json").is_file() and (path / "model.weights.h5").is_file():
-        return RunModel(path)
-    return ExportModel(path)
+    if is_run_dir(path):
+        return TrainedModel(path)
+    return ExportedModel(path)
 
 
 # ---------------------------------------------------------------------------------- scoring
 def _pool_to(a: np.ndarray, side: int) -> np.ndarray:
-    """Average-pool a [S, S, ...] array by an integer factor so its side is at most ``side``."""
-    f = max(1, math.ceil(a.shape[0] / side))
+    """Average-pool a [H, W, ...] array by an integer factor so its longer side is at most ``side``."""
+    f = max(1, math.ceil(max(a.shape[:2]) / side))
     if f == 1:
         return a
-    s = a.shape[0] // f * f
-    a = a[:s, :s]
-    return a.reshape(s // f, f, s // f, f, *a.shape[2:]).mean(axis=(1, 3))
+    h, w = a.shape[0] // f * f, a.shape[1] // f * f
+    a = a[:h, :w]
+    return a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
 
 
 def predict(model, files, *, batch_size: int = 16, threshold: float | None = None,
-            keep_maps: bool = False) -> tuple[Results, dict]:
+            keep_maps: bool = False, progress: bool = True) -> tuple[Results, dict]:
     """Score ``files`` with ``model``; returns the results and, with ``keep_maps``, display arrays.
 
     Images of the same size are batched together (at most ``batch_size``); the model resizes them.
+    ``progress``: a bar on a terminal (:func:`cbigan.progress.progress`).
     """
+    from .progress import progress as progress_bar
+
     res = Results(threshold=model.threshold if threshold is None else float(threshold),
                   threshold_rule=(model.rule if threshold is None else
                                   f"set by hand to {threshold:g} (--threshold)"),
@@ -150,24 +158,28 @@ def predict(model, files, *, batch_size: int = 16, threshold: float | None = Non
         images[i] = a
         by_shape.setdefault(a.shape, []).append(i)
     scores = {}
+    bar = progress_bar(total=len(images), desc="scoring", quiet=not progress)
     for idx in by_shape.values():
         for j in range(0, len(idx), batch_size):
             chunk = idx[j:j + batch_size]
             batch = np.stack([images[i] for i in chunk])
             out = model(batch)
+            bar.update(len(chunk))
             for k, i in enumerate(chunk):
                 scores[i] = float(out["score"][k])
                 if keep_maps:
-                    from .data import resize_uint8
+                    import tensorflow as tf
 
-                    side = out["anomaly_map"].shape[1]
-                    x = resize_uint8(images[i][None], side)[0].numpy()
+                    hw = out["anomaly_map"].shape[1:3]  # the model resolution, or the input's (tiles)
+                    x = tf.image.resize(images[i][None].astype(np.float32), hw, method="bilinear",
+                                        antialias=True)[0].numpy().round().clip(0, 255)
                     display[i] = (_pool_to(x.astype(np.float32), DISPLAY_SIDE).astype(np.uint8),
                                   _pool_to(np.clip(out["reconstruction"][k], 0, 255), DISPLAY_SIDE
                                            ).astype(np.uint8),
                                   _pool_to(out["anomaly_map"][k], DISPLAY_SIDE).astype(np.float16))
             for i in chunk:
                 images[i] = None  # free the decoded image
+    bar.close()
     thr = res.threshold
     for i, p in enumerate(files):
         if i in scores:
@@ -206,15 +218,16 @@ def write_csv(res: Results, path: str | Path) -> Path:
     """``path,score,is_anomaly`` (``true``/``false``, empty without a threshold), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "score", "is_anomaly"])
-        for r in res.predictions:
-            flag = "" if r.is_anomaly is None else ("true" if r.is_anomaly else "false")
-            w.writerow([str(r.path), f"{r.score:.9g}", flag])
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "score", "is_anomaly"])
+            for r in res.predictions:
+                flag = "" if r.is_anomaly is None else ("true" if r.is_anomaly else "false")
+                w.writerow([str(r.path), f"{r.score:.9g}", flag])
+
+    return write_atomic(path, write)
 
 
 def map_names(paths) -> dict:
@@ -266,54 +279,7 @@ def write_maps(res: Results, display: dict, out_dir: str | Path, vmax: float | N
     return written
 
 
-# ---------------------------------------------------------------------------------- CLI
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cbigan.predict",
-                                description="Score images with a trained run or a SavedModel export.")
-    p.add_argument("model",
-                   help="run folder (runs/<category>/<run>) or export folder (.../<model>/<version>)")
-    p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--csv", default="predictions.csv", help="where to write path,score,is_anomaly")
-    p.add_argument("--maps", default=None, metavar="DIR", help="write heat-map overlays of each image here")
-    p.add_argument("--map-vmax", type=float, default=None,
-                   help="top of the heat-map colour scale (default: the largest 99.5th percentile)")
-    p.add_argument("--threshold", type=float, default=None, help="override the model's decision threshold")
-    p.add_argument("--batch-size", type=int, default=16, help="images per model call (same-size images)")
-    p.add_argument("--quiet", action="store_true", help="no table on stdout")
-    args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error("--batch-size must be at least 1")
+if __name__ == "__main__":  # python -m cbigan.predict ...: run the command line, cbigan/cli/predict.py
+    import runpy  # by name, not an import: the library does not depend on its command line
 
-    files, missing = collect_inputs(args.inputs)
-    if not files:
-        for path, why in missing:
-            print(f"skipped {path}: {why}", file=sys.stderr)
-        print("error: no image files found in " + ", ".join(args.inputs), file=sys.stderr)
-        return 1
-    try:
-        from .export import ExportError
-
-        model = open_model(args.model)
-    except (DataError, ExportError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    res, display = predict(model, files, batch_size=args.batch_size, threshold=args.threshold,
-                           keep_maps=args.maps is not None)
-    res.bad = missing + res.bad
-    if not args.quiet:
-        print_table(res)
-    for path, why in res.bad:
-        print(f"skipped {path}: {why}", file=sys.stderr)
-    if not res.predictions:
-        print("error: no image could be scored", file=sys.stderr)
-        return 1
-    csv_path = write_csv(res, args.csv)
-    print(f"wrote {csv_path} ({len(res.predictions)} rows)")
-    if args.maps:
-        written = write_maps(res, display, args.maps, args.map_vmax)
-        print(f"wrote {len(written)} heat-map overlay(s) to {args.maps}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("cbigan.cli.predict", run_name="__main__", alter_sys=True)

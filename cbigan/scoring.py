@@ -1,9 +1,10 @@
-"""Anomaly scores: ``A(x) = (1 - lambda) L_R + lambda L_fD`` with the EMA encoder/generator.
+"""The networks' side of the anomaly score: the parts ``L_R`` and ``L_fD`` with the EMA encoder/generator.
 
 ``L_R = sum |x - G(E(x))|`` and ``L_fD = sum |f_D(x, E(x)) - f_D(G(E(x)), E(x))|`` per sample. Objects
 are scored whole; a texture image (resized to 512) is cut into 64 non-overlapping 64x64 patches that go
-through the networks in one batched call, and the image score is the maximum patch score. The two
-components are stored per patch, so any lambda is a cheap recombination (:func:`combine`).
+through the networks in one batched call. The two components are returned per patch
+(:class:`cbigan.results.ImageResults`); the score itself, any lambda and the maximum over patches,
+is :mod:`cbigan.anomaly_score`'s.
 
 :func:`score_patches` is the single implementation used by training-time evaluation, ``evaluate.py``
 and the exported SavedModel.
@@ -11,13 +12,13 @@ and the exported SavedModel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import tensorflow as tf
 
 from .config import Config
-from .data import to_model_range, to_patches
+from .results import ImageResults
+from .data import to_model_range
+from .kinds import kind_of
 from .networks import feature_extractor
 
 
@@ -38,27 +39,6 @@ def score_patches(encoder, generator, features, x):
             "diff": tf.reduce_mean(abs_diff, axis=-1)}
 
 
-def combine(l_r, l_fd, lam: float):
-    """Image scores from per-patch parts [N, P]: max over patches of (1 - lam) L_R + lam L_fD."""
-    l_r, l_fd = np.asarray(l_r, np.float64), np.asarray(l_fd, np.float64)
-    a = (1.0 - lam) * l_r + lam * l_fd
-    return a.max(axis=-1) if a.ndim > 1 else a
-
-
-@dataclass
-class Scores:
-    """Per-patch score parts of N images with P patches each (P = 1 for objects)."""
-
-    l_r: np.ndarray   # [N, P]
-    l_fd: np.ndarray  # [N, P]
-
-    def image_scores(self, lam: float) -> np.ndarray:
-        return combine(self.l_r, self.l_fd, lam)
-
-    def argmax_patch(self, lam: float) -> np.ndarray:
-        return ((1.0 - lam) * self.l_r + lam * self.l_fd).argmax(axis=1)
-
-
 class Scorer:
     """Scores resized uint8 images with a trained model's EMA networks and its critic features."""
 
@@ -71,12 +51,10 @@ class Scorer:
 
     @property
     def patches_per_image(self) -> int:
-        return (self.cfg.image_size // self.cfg.patch_size) ** 2
+        return kind_of(self.cfg).patches_per_image(self.cfg)
 
     def _score(self, images_uint8):
-        x = to_model_range(images_uint8)
-        if self.cfg.kind == "texture":
-            x = to_patches(x, self.cfg.patch_size)
+        x = kind_of(self.cfg).model_inputs(images_uint8, self.cfg)
         out = score_patches(self.model.ema_encoder, self.model.ema_generator, self.features, x)
         return out
 
@@ -84,7 +62,7 @@ class Scorer:
         """Score parts, reconstructions and maps for a batch of resized uint8 images (patches flat)."""
         return self._fn(tf.convert_to_tensor(images_uint8, tf.uint8))
 
-    def score(self, images_uint8: np.ndarray) -> Scores:
+    def score(self, images_uint8: np.ndarray) -> ImageResults:
         """Per-patch L_R and L_fD for [N, S, S, 3] uint8 images, in batches."""
         ppi = self.patches_per_image
         per_call = max(1, self.patches_per_call // ppi)
@@ -94,5 +72,63 @@ class Scorer:
             l_r.append(out["l_r"].numpy().reshape(-1, ppi))
             l_fd.append(out["l_fd"].numpy().reshape(-1, ppi))
         if not l_r:
-            return Scores(np.zeros((0, ppi)), np.zeros((0, ppi)))
-        return Scores(np.concatenate(l_r), np.concatenate(l_fd))
+            return ImageResults(np.zeros((0, ppi)), np.zeros((0, ppi)))
+        return ImageResults(np.concatenate(l_r), np.concatenate(l_fd))
+
+
+# ---------------------------------------------------------------------------------- many images
+def score_images(scorer, images: np.ndarray, progress: bool = True, desc: str = "scoring"):
+    """Per-patch parts of many images through ``scorer.score`` in chunks, with a progress bar
+    (:func:`cbigan.progress.progress`: on a terminal only, none when ``progress`` is False)."""
+    from .progress import progress as progress_bar
+
+    per_call = max(1, scorer.patches_per_call // scorer.patches_per_image)
+    l_r, l_fd = [], []
+    with progress_bar(total=len(images), desc=desc, quiet=not progress) as bar:
+        for i in range(0, len(images), per_call):
+            s = scorer.score(images[i:i + per_call])
+            l_r.append(s.l_r)
+            l_fd.append(s.l_fd)
+            bar.update(len(s.l_r))
+    if not l_r:
+        ppi = scorer.patches_per_image
+        return ImageResults(np.zeros((0, ppi)), np.zeros((0, ppi)))
+    return ImageResults(np.concatenate(l_r), np.concatenate(l_fd))
+
+
+def score_patch_loop(scorer, images: np.ndarray, images_per_call: int | None = None,
+                     compiled: bool = False):
+    """Reference: the original code's patch loop, for tests and the ``score`` benchmark only.
+
+    As the authors' ``score.py`` did: for each patch position (row-major), one call of the networks on
+    that patch of every image of the batch, eagerly, through :func:`score_patches` and the
+    scorer's own networks. ``images_per_call`` images form a batch (default: all; 1 gives one patch per
+    call); ``compiled=True`` runs each call through one ``tf.function`` instead of eagerly, so that what
+    is left of the difference to :meth:`Scorer.score` is the batching alone.
+    Returns ``(l_r, l_fd)``, each [N, P] float64.
+    """
+    cfg, model = scorer.cfg, scorer.model
+    p = cfg.patch_size
+
+    def parts(x):
+        out = score_patches(model.ema_encoder, model.ema_generator, scorer.features, x)
+        return out["l_r"], out["l_fd"]
+
+    if compiled:
+        fn = getattr(scorer, "_patch_loop_fn", None)
+        if fn is None:
+            fn = scorer._patch_loop_fn = tf.function(parts, reduce_retracing=True)
+    else:
+        fn = parts
+    n = len(images)
+    step = n if not images_per_call else max(1, int(images_per_call))
+    l_r, l_fd = [], []
+    for i in range(0, n, step):
+        x = to_model_range(images[i:i + step])
+        cols = [fn(x[:, y:y + p, xx:xx + p, :])
+                for y in range(0, cfg.image_size, p) for xx in range(0, cfg.image_size, p)]
+        l_r.append(np.stack([c[0].numpy() for c in cols], axis=1))
+        l_fd.append(np.stack([c[1].numpy() for c in cols], axis=1))
+    if not l_r:
+        return np.zeros((0, scorer.patches_per_image)), np.zeros((0, scorer.patches_per_image))
+    return np.concatenate(l_r).astype(np.float64), np.concatenate(l_fd).astype(np.float64)

@@ -30,7 +30,9 @@ import numpy as np
 import pandas as pd
 
 from .config import OBJECTS, TEXTURES
-from .evaluation import EVALUATION_JSON, EvaluationError, is_run_dir, load_evaluation
+from .errors import EvaluationError
+from .kinds import KINDS
+from .runfolder import EVALUATION_JSON, is_run_dir, read_evaluation, write_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_DIR = REPO / "results" / "published"
@@ -66,6 +68,12 @@ META_COLUMNS = ("method", "source", "group", "n_textures", "n_objects", "note", 
 
 
 # ---------------------------------------------------------------------------------- collecting runs
+def _has_map_stride(kind_name) -> bool:
+    """Whether an evaluation's input kind (its ``kind`` field) has a map stride; False if unknown."""
+    kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
+    return kind is not None and kind.has_map_stride
+
+
 def _evaluation_files(root: Path) -> list[Path]:
     root = Path(root)
     if (root / EVALUATION_JSON).is_file():
@@ -102,7 +110,7 @@ def collect_evaluations(roots) -> pd.DataFrame:
                 "pixel_auroc": s.get("pixel_auroc"),
                 "aupro": s.get("aupro"),
                 "pixel_sigma": (s.get("pixel") or {}).get("sigma"),
-                "pixel_stride": (s.get("pixel") or {}).get("stride") if s.get("kind") == "texture" else None,
+                "pixel_stride": (s.get("pixel") or {}).get("stride") if _has_map_stride(s.get("kind")) else None,
                 "mtime": path.stat().st_mtime,
             })
     cols = ["method", "category", "run", "run_dir", "evaluated_at", "auroc", "max_balanced_accuracy",
@@ -316,8 +324,8 @@ def write_tables(roots, out_dir: str | Path = "results", published_dir: str | Pa
     for spec in TABLES.values():
         table = build_table(evals, spec, published_dir)
         csv_path, md_path = out_dir / f"{spec.stem}.csv", out_dir / f"{spec.stem}.md"
-        table.to_csv(csv_path, index=False, float_format="%.4f")
-        md_path.write_text(to_markdown(table, spec.title))
+        write_atomic(csv_path, lambda tmp, t=table: t.to_csv(tmp, index=False, float_format="%.4f"))
+        write_text_atomic(md_path, to_markdown(table, spec.title))
         written += [csv_path, md_path]
         texts.append(to_text(table, spec.title))
     other = sorted(set(evals["category"]) - set(CATEGORY_COLUMNS))
@@ -330,8 +338,8 @@ def write_tables(roots, out_dir: str | Path = "results", published_dir: str | Pa
                 continue
             notes = [pixel_note(evals, spec.metric)]
             csv_path, md_path = out_dir / f"{spec.stem}.csv", out_dir / f"{spec.stem}.md"
-            table.to_csv(csv_path, index=False, float_format="%.4f")
-            md_path.write_text(to_markdown(table, spec.title, compact=True, notes=notes))
+            write_atomic(csv_path, lambda tmp, t=table: t.to_csv(tmp, index=False, float_format="%.4f"))
+            write_text_atomic(md_path, to_markdown(table, spec.title, compact=True, notes=notes))
             written += [csv_path, md_path]
             texts.append(to_text(table, spec.title, compact=True, notes=notes))
     return {"text": "\n".join(texts), "files": written, "evaluations": evals}
@@ -355,7 +363,7 @@ def per_category(path: str | Path) -> tuple[pd.DataFrame, str]:
     """The newest evaluation of every category under ``path`` (a run folder or a folder of runs)."""
     path = Path(path)
     if is_run_dir(path) or (path / EVALUATION_JSON).is_file():
-        load_evaluation(path)  # a clear error when the run is not evaluated
+        read_evaluation(path)  # a clear error when the run is not evaluated
     evals = collect_evaluations(path)
     if evals.empty:
         raise EvaluationError(f"no evaluated runs under {path}; run python evaluate.py on them first")

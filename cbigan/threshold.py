@@ -10,7 +10,10 @@ SavedModel's ``is_anomaly``.
 
 With ``--val-split 0`` (every training image is trained on, as in the paper) there is nothing to
 calibrate on: the threshold is ``None``, stored as JSON ``null``, and every tool says so instead of
-making one up.
+making one up. The stored rule names the real cause (:func:`no_threshold_rule`): ``--val-split 0``, a
+single training image (nothing can be held out), or held-out images that were unreadable and skipped.
+A threshold resting on fewer than :data:`MIN_RELIABLE_VAL` held-out images carries a warning in its
+rule and under the key ``warning`` (a 99th percentile of one score is that score).
 
 The result is written to ``<run>/threshold.json`` and merged into ``<run>/config.json`` under the key
 ``threshold`` (``Config.from_json`` then keeps it in ``cfg.extra["threshold"]``); the exported
@@ -19,24 +22,49 @@ SavedModel embeds the value in its graph and in ``assets.extra/cbigan.json``.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 
 from .config import Config
+from .runfolder import read_threshold, write_threshold  # noqa: F401  (the run folder owns the files)
 
-THRESHOLD_FILE = "threshold.json"
-
+#: The rule stored when ``--val-split 0`` left nothing to calibrate on.
 NO_THRESHOLD_RULE = "no held-out images (--val-split 0): no calibrated threshold"
+#: Below this many held-out images a calibrated threshold carries a warning.
+MIN_RELIABLE_VAL = 10
 
 
-def threshold_rule(percentile: float, n_val: int, score_lambda: float) -> str:
+def no_threshold_rule(val_split: float, n_images: int | None = None) -> str:
+    """Why there is no threshold: ``--val-split 0`` (:data:`NO_THRESHOLD_RULE`), too few training images
+    to hold one out, or held-out images that were all unreadable. ``n_images``: the images found in
+    train/good (held out, trained on and skipped), when known."""
+    if not val_split > 0:
+        return NO_THRESHOLD_RULE
+    if n_images is None:
+        return f"no held-out images although --val-split is {val_split:g}: no calibrated threshold"
+    if n_images < 2:
+        return (f"no held-out images: only {n_images} training image(s) in train/good, none could be held "
+                f"out (--val-split {val_split:g} needs at least 2): no calibrated threshold; add images or set "
+                f"one by hand (--threshold of cbigan.export or cbigan.predict)")
+    return (f"no held-out images: the held-out train/good images (--val-split {val_split:g}) were unreadable "
+            f"and skipped: no calibrated threshold")
+
+
+def few_images_warning(n_val: int) -> str | None:
+    """The warning for a threshold from fewer than :data:`MIN_RELIABLE_VAL` held-out images, or None."""
+    if n_val >= MIN_RELIABLE_VAL:
+        return None
+    return (f"the threshold rests on only {n_val} held-out image(s) (fewer than {MIN_RELIABLE_VAL}): a high "
+            f"percentile of so few scores is about their maximum; check it with evaluate.py, hold out "
+            f"more images (--val-split) or set one by hand (--threshold of cbigan.export or cbigan.predict)")
+
+
+def threshold_rule(percentile: float, n_val: int, score_lambda: float, image_score: str = "paper") -> str:
     """The one-line description of the calibration rule stored with the threshold."""
+    rule = "" if image_score == "paper" else f", rule {image_score}"
     return (f"{percentile:g}th percentile (linear interpolation) of the image scores "
-            f"(lambda {score_lambda:g}) of {n_val} held-out train/good images never trained on; "
-            f"anomalous when score > threshold")
+            f"(lambda {score_lambda:g}{rule}) of {n_val} held-out train/good images never trained on; "
+            f"anomalous when score > threshold"
+            + ("" if few_images_warning(n_val) is None else f"; warning: {few_images_warning(n_val)}"))
 
 
 def threshold_from_scores(scores, percentile: float) -> float | None:
@@ -52,73 +80,34 @@ def threshold_from_scores(scores, percentile: float) -> float | None:
     return float(np.percentile(scores, percentile))
 
 
-def calibrate_threshold(model, cfg: Config, val_images) -> dict:
-    """Score the held-out uint8 images [N, S, S, 3] (already resized) and derive the threshold.
+def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
+                        n_images: int | None = None) -> dict:
+    """Score the held-out uint8 images [N, S, S, 3] (already resized) and derive the threshold
+    (``progress``: a bar on a terminal, :func:`cbigan.progress.progress`).
 
     Returns ``{"threshold", "percentile", "score_lambda", "n_val", "rule"}`` plus a few statistics of
-    the held-out scores (``val_score_min``, ``val_score_mean``, ``val_score_max``) when there are any.
+    the held-out scores (``val_score_min``, ``val_score_mean``, ``val_score_max``) when there are any,
+    and ``warning`` when they are fewer than :data:`MIN_RELIABLE_VAL`. ``n_images``: how many images
+    train/good holds (:attr:`cbigan.data.TrainSet.n_images`), so the rule can say why none was held out.
     """
     cfg = cfg.resolved()
     percentile = float(cfg.threshold_percentile)
     n_val = 0 if val_images is None else int(len(val_images))
     info = {"threshold": None, "percentile": percentile, "score_lambda": float(cfg.score_lambda),
-            "n_val": n_val, "rule": NO_THRESHOLD_RULE}
+            "n_val": n_val, "rule": no_threshold_rule(float(cfg.val_split), n_images)}
     if n_val == 0:
         return info
-    from .scoring import Scorer
+    from .localization import ImageScorer
 
-    scores = Scorer(model, cfg).score(np.asarray(val_images)).image_scores(cfg.score_lambda)
+    scores = ImageScorer(model, cfg)(np.asarray(val_images), progress=progress, desc="calibrating the threshold")
     info["threshold"] = threshold_from_scores(scores, percentile)
-    info["rule"] = threshold_rule(percentile, n_val, cfg.score_lambda)
+    info["rule"] = threshold_rule(percentile, n_val, cfg.score_lambda, cfg.image_score)
+    info["image_score"] = cfg.image_score
+    if few_images_warning(n_val) is not None:
+        info["warning"] = few_images_warning(n_val)
     info.update(val_score_min=float(np.min(scores)), val_score_mean=float(np.mean(scores)),
                 val_score_max=float(np.max(scores)))
     return info
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def write_threshold(run_dir: str | Path, info: dict) -> Path:
-    """Write ``run_dir/threshold.json`` and merge ``info`` into ``run_dir/config.json`` (key ``threshold``).
-
-    Both writes go through a temporary file and a rename, so a crash leaves either the old or the new
-    file, never half of one.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / THRESHOLD_FILE
-    _write_json_atomic(path, info)
-    cfg_path = run_dir / "config.json"
-    if cfg_path.is_file():
-        data = json.loads(cfg_path.read_text())
-        data["threshold"] = info
-        # A config re-saved after loading carries the old value in "extra": keep one source of truth.
-        if isinstance(data.get("extra"), dict):
-            data["extra"].pop("threshold", None)
-        _write_json_atomic(cfg_path, data)
-    return path
-
-
-def read_threshold(run_dir: str | Path) -> dict | None:
-    """The threshold record of a run: ``threshold.json``, else the ``threshold`` key of config.json.
-
-    Returns None when the run was never calibrated (e.g. trained before calibration existed); a run
-    trained with ``--val-split 0`` returns a record whose ``threshold`` is None.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / THRESHOLD_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
-    cfg_path = run_dir / "config.json"
-    if cfg_path.is_file():
-        data = json.loads(cfg_path.read_text())
-        rec = data.get("threshold", (data.get("extra") or {}).get("threshold"))
-        if isinstance(rec, dict):
-            return rec
-    return None
 
 
 def manual_threshold(value: float, cfg: Config) -> dict:

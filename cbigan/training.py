@@ -7,6 +7,7 @@ Run folder ``<output_dir>/<category>/<run_name>/``:
 * ``eval_log.csv``: test metrics every ``eval_every`` steps (monitoring only: never used to pick the
   model unless ``--select-on-test``);
 * ``previews/``: inputs, reconstructions, differences and samples G(z) every ``preview_every`` steps;
+* ``tensorboard/``: TensorBoard event files: losses every ``log_every`` steps, evaluations, preview grids;
 * ``model.weights.h5``: the final model; its EMA encoder/generator are what evaluation uses;
 * ``summary.json``: steps, wall time, why training stopped, final metrics.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import signal
 import tempfile
@@ -30,60 +30,70 @@ import numpy as np
 from . import callbacks as cb
 from . import distribute as dist
 from .config import Config, default_run_name
-from .data import (DataError, download_category, load_test_set, load_train_set, to_model_range,
-                   to_patches, train_dataset)
+from .data import (DataError, download_category, load_test_set, load_train_set,
+                   train_dataset)
+from .kinds import kind_of
 from .metrics import MetricError, image_metrics
-from .model import CBiGAN, build_model
-from .plots import make_preview_gif, save_preview
+from .model import build_model
+from .previews import make_preview_gif, save_preview
+from .runfolder import (BACKUP, EVAL_LOG, EXPORT, SELECTED, SELECTED_INFO, SUMMARY_JSON, TENSORBOARD, TRAIN_LOG,
+                        WEIGHTS, RunLock, append_csv, check_resumable, clear_run, prepare_run_dir, run_dir_of,
+                        save_weights_atomic, truncate_csv, write_config, write_json_atomic, write_summary)
+from .localization import ImageScorer
 from .scoring import Scorer
 from .selection import SnapshotSelector
 from .threshold import calibrate_threshold, write_threshold
 
-WEIGHTS = "model.weights.h5"
-BACKUP = "backup/checkpoint.weights.h5"
-SELECTED = "backup/selected.weights.h5"   # the snapshot the label-free rule prefers so far
-SELECTED_INFO = "backup/selected.json"
+#: On one device, backups (every ``log_every`` steps) are written at most this often; the ones in
+#: between are held in memory (:class:`cbigan.callbacks.Checkpointer`). A weights file costs 0.5-0.9 s.
+BACKUP_INTERVAL_S = 60.0
+#: TensorFlow intra-op threads by network input side, on a machine without a GPU (``intra_op_threads``
+#: left unset): ``(largest side, threads)``, first match; 0 is TensorFlow's default (every core).
+#: Measured with ``python -m cbigan.bench train`` (results/benchmarks.md): on 2 cores one thread makes
+#: a 64 px step faster (TensorFlow spreads each small convolution over both cores and leaves them idle
+#: a third of the time); at 128 px the default is as fast.
+INTRA_OP_THREADS = ((64, 1),)
 
 
-def save_weights_atomic(model: keras.Model, path: Path) -> None:
-    """Write weights to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+def choose_intra_op_threads(cfg: Config) -> int:
+    """``cfg.intra_op_threads`` when set, else the measured choice of :data:`INTRA_OP_THREADS`
+    (0 on a GPU machine or with ``--distribute``)."""
+    if cfg.intra_op_threads is not None:
+        return int(cfg.intra_op_threads)
+    if cfg.distribute != "none" or _has_gpu():
+        return 0
+    return next((n for side, n in INTRA_OP_THREADS if cfg.patch_size <= side), 0)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = Path(path).with_name(f".tmp-{Path(path).name}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+def apply_intra_op_threads(n: int) -> bool:
+    """Set TensorFlow's intra-op thread count (0: its default) before its context starts; False when
+    it started already with another count (e.g. an earlier run in this process): it is kept then."""
+    import tensorflow as tf
+
+    if tf.config.threading.get_intra_op_parallelism_threads() == n:
+        return True
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+    except RuntimeError:
+        return False
+    return True
 
 
-def load_run(run_dir: str | Path) -> tuple[Config, CBiGAN]:
-    """Rebuild a trained model from its run folder (config.json + model.weights.h5)."""
-    run_dir = Path(run_dir)
-    cfg_path, weights = run_dir / "config.json", run_dir / WEIGHTS
-    if not cfg_path.is_file() or not weights.is_file():
-        raise DataError(f"{run_dir} is not a finished run folder (needs config.json and {WEIGHTS}); "
-                        f"pass runs/<category>/<run>")
-    cfg = Config.from_json(cfg_path)
-    model = build_model(cfg)
-    model.load_weights(weights)
-    return cfg, model
-
-
-class RunEvaluator:
+class TrainingMonitor:
     """Test-set monitoring and previews during training (uses the EMA networks, like every output)."""
 
-    def __init__(self, model, cfg: Config, run_dir: Path, test_set, val_images, start_step: int = 0):
+    def __init__(self, model, cfg: Config, run_dir: Path, test_set, val_images, start_step: int = 0,
+                 tensorboard: cb.TensorBoardLogger | None = None):
         self.model, self.cfg, self.run_dir = model, cfg, run_dir
+        self.tensorboard = tensorboard  # also writes evaluations and previews there, when given
         self.test_set, self.val_images = test_set, val_images
-        self.scorer = Scorer(model, cfg)
+        self.scorer = Scorer(model, cfg)              # previews
+        self.image_scorer = ImageScorer(model, cfg)   # the run's own image-score rule
         self.best = None  # (auroc, step, weights) for --select-on-test
         self.t0 = time.monotonic()
         self.last = {}
         self.selector = SnapshotSelector(
-            val_images, lambda imgs: self.scorer.score(imgs).image_scores(cfg.score_lambda),
+            val_images, self.image_scorer,
             self._save_selected, rule="final" if cfg.select_on_test else cfg.select, seed=cfg.seed,
             best=self._previous_selection(start_step))
 
@@ -98,18 +108,36 @@ class RunEvaluator:
         return None
 
     def _save_selected(self, step: int) -> None:
+        """Keep the newly selected snapshot in memory (a copy of the weights, milliseconds); it is
+        written with the next backup (:meth:`flush_selected`), so a resume finds it beside the backup."""
+        self.pending_selected = (self.model.get_weights(), dict(self.selector.best))
+
+    pending_selected = None  # (weights, selector.best) not written yet
+
+    def flush_selected(self) -> None:
+        """Write the snapshot held in memory, if any: ``SELECTED`` (its weights, with the optimizer
+        state of the moment, which nothing reads from it), then ``SELECTED_INFO``."""
+        if self.pending_selected is None:
+            return
+        weights, best = self.pending_selected
         (self.run_dir / SELECTED).parent.mkdir(exist_ok=True)
-        save_weights_atomic(self.model, self.run_dir / SELECTED)
-        write_json_atomic(self.run_dir / SELECTED_INFO, self.selector.best)
+        current = self.model.get_weights()
+        self.model.set_weights(weights)
+        try:
+            save_weights_atomic(self.model, self.run_dir / SELECTED)
+        finally:
+            self.model.set_weights(current)
+        write_json_atomic(self.run_dir / SELECTED_INFO, best)
+        self.pending_selected = None
 
     def evaluate(self, step: int) -> dict:
         row = {"step": step, "seconds": round(time.monotonic() - self.t0, 1)}
         if len(self.val_images):
-            val = self.scorer.score(self.val_images).image_scores(self.cfg.score_lambda)
+            val = self.image_scorer(self.val_images)
             row["val_score_mean"] = float(np.mean(val))
             row.update(self.selector.observe(step, val))
         if self.test_set is not None:
-            scores = self.scorer.score(self.test_set.images).image_scores(self.cfg.score_lambda)
+            scores = self.image_scorer(self.test_set.images)
             try:
                 m = image_metrics(self.test_set.labels, scores)
                 row.update(test_auroc=m["auroc"], test_max_balanced_accuracy=m["max_balanced_accuracy"])
@@ -118,7 +146,9 @@ class RunEvaluator:
             if self.cfg.select_on_test and "test_auroc" in row:
                 if self.best is None or row["test_auroc"] > self.best[0]:
                     self.best = (row["test_auroc"], step, self.model.get_weights())
-        cb.append_csv(self.run_dir / "eval_log.csv", row)
+        append_csv(self.run_dir / EVAL_LOG, row)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(step, {k: v for k, v in row.items() if k != "seconds"}, "eval/")
         self.last = row
         return row
 
@@ -131,84 +161,14 @@ class RunEvaluator:
         ppi = self.scorer.patches_per_image
         pick = np.arange(len(idx)) * ppi + ppi // 2  # a central patch of each texture image
         x = out["reconstruction"].numpy()[pick]
-        inputs = to_model_range(source[idx])
-        if self.cfg.kind == "texture":
-            inputs = to_patches(inputs, self.cfg.patch_size)
+        inputs = kind_of(self.cfg).model_inputs(source[idx], self.cfg)
         inputs = np.asarray(inputs)[pick]
         z = np.random.default_rng(step).standard_normal((len(idx), self.model.latent_dim)).astype("float32")
         samples = self.model.ema_generator(z, training=False).numpy()
-        save_preview(self.run_dir / "previews" / f"step_{step:07d}.png", inputs, x,
-                     out["diff"].numpy()[pick], samples, title=f"{self.cfg.category} step {step}")
-
-
-#: Config fields that may differ when a run is resumed (budget and bookkeeping, not the model).
-RESUMABLE_CHANGES = {"steps", "minutes", "run_name", "output_dir", "data_dir", "eval_every", "log_every",
-                     "preview_every", "extra", "distribute", "select"}
-MIN_FREE_BYTES = 200 * 2**20
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``<run>/.lock``: two trainings never write the same folder.
-
-    The kernel drops the lock when the process dies, even by SIGKILL, so a crashed run never blocks
-    its own resumption.
-    """
-
-    def __init__(self, run_dir: Path):
-        import fcntl
-
-        self.path = run_dir / ".lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise DataError(f"run folder {run_dir} is in use by another training (pid {owner}); wait for "
-                            f"it to finish or pass another --run-name") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
-
-    def release(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def prepare_run_dir(cfg: Config) -> Path:
-    """Create the run folder and check that it is writable and has room, before any training."""
-    run_dir = Path(cfg.output_dir) / cfg.category / cfg.run_name
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise DataError(f"cannot write to run folder {run_dir}: {e.strerror}; choose another "
-                        f"--output-dir") from None
-    free = shutil.disk_usage(run_dir).free
-    if free < MIN_FREE_BYTES:
-        raise DataError(f"only {free / 2**20:.0f} MiB free at {run_dir}; checkpoints need at least "
-                        f"{MIN_FREE_BYTES / 2**20:.0f} MiB: free some space or choose another --output-dir")
-    return run_dir
-
-
-def clear_run(run_dir: Path) -> None:
-    """``--fresh``: remove everything a previous training wrote into the folder (not the lock)."""
-    for p in run_dir.iterdir():
-        if p.name == ".lock":
-            continue
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
-def check_resumable(run_dir: Path, cfg: Config) -> None:
-    old = json.loads((run_dir / "config.json").read_text())
-    new = dataclasses.asdict(cfg)
-    diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old
-                  and json.loads(json.dumps(new[k])) != old[k])
-    if diff:
-        raise DataError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); pass --fresh to "
-                        f"start over there, or another --run-name")
+        path = save_preview(self.run_dir / "previews" / f"step_{step:07d}.png", inputs, x,
+                            out["diff"].numpy()[pick], samples, title=f"{self.cfg.category} step {step}")
+        if self.tensorboard is not None:
+            self.tensorboard.image_file(step, "previews", path)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -228,6 +188,11 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
     removed at the end, and return the chief's run folder.
     """
     cfg = cfg.resolved()
+    # before anything starts TensorFlow's context (thread pools are fixed then); stored in config.json
+    cfg = dataclasses.replace(cfg, intra_op_threads=choose_intra_op_threads(cfg))
+    if not apply_intra_op_threads(cfg.intra_op_threads):
+        print(f"note: TensorFlow started earlier in this process; intra_op_threads={cfg.intra_op_threads} "
+              f"is not applied to this run")
     strategy = dist.make_strategy(cfg.distribute)  # first: MultiWorkerMirroredStrategy precedes any op
     chief = dist.writes_run_folder(cfg.distribute)
     if strategy is not None:
@@ -264,11 +229,11 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
             raise error or DataError("another worker could not start (see its output); stopped")
         model, threshold = _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy, chief)
         if not chief:
-            return Path(cfg.output_dir) / cfg.category / cfg.run_name
+            return run_dir_of(cfg)
         if export:
             from .export import export_model
 
-            path = export_model(model, cfg, Path(export_dir) if export_dir else run_dir / "export",
+            path = export_model(model, cfg, Path(export_dir) if export_dir else run_dir / EXPORT,
                                 threshold_info=threshold, model_name=model_name, run_dir=run_dir)
             print(f"exported SavedModel {path} (serve it: docs/serving.md)")
         return run_dir
@@ -295,31 +260,53 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
                               + model.eg_optimizer.variables)
     start = cb.model_step(model)
     if start and chief:
-        for log in ("train_log.csv", "eval_log.csv"):
-            cb.truncate_csv(run_dir / log, start)
+        for log in (TRAIN_LOG, EVAL_LOG):
+            truncate_csv(run_dir / log, start)
         print(f"resuming {run_dir} from step {start} (pass --fresh to start over)")
     elif chief:
-        for stale in ("train_log.csv", "eval_log.csv", "summary.json", WEIGHTS):
+        for stale in (TRAIN_LOG, EVAL_LOG, SUMMARY_JSON, WEIGHTS):
             (run_dir / stale).unlink(missing_ok=True)
-    cfg.to_json(run_dir / "config.json")
+        shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
+    write_config(run_dir, cfg)
     if chief:
         print(f"training {cfg.category} ({cfg.kind}, {len(train_set.images)} train / "
               f"{len(train_set.val_images)} held-out images) -> {run_dir}")
 
-    def save_backup(step):
+    state_vars = _state_variables(model)
+
+    def snapshot():  # the whole training state in memory (see cb.Checkpointer)
+        return [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in state_vars]
+
+    def save_backup(step, state=None):
         backup.parent.mkdir(exist_ok=True)
+        if chief:
+            evaluator.flush_selected()  # first: a resume from this backup finds the selection it made
+        if state is not None:  # an earlier, held state (after a non-finite loss): training is over
+            for v, value in zip(state_vars, state):
+                v.assign(value)
         save_weights_atomic(model, backup)
 
-    evaluator = RunEvaluator(model, cfg, run_dir, test_set, train_set.val_images, start_step=start)
+    tensorboard = cb.TensorBoardLogger(run_dir / TENSORBOARD) if chief else None
+    evaluator = TrainingMonitor(model, cfg, run_dir, test_set, train_set.val_images, start_step=start,
+                                tensorboard=tensorboard)
     multiworker = dist.is_multiworker(strategy)
     budget = cb.StepBudget(cfg.steps, None if multiworker else cfg.minutes)
-    guard = cb.NaNGuard()
-    checkpointer = cb.Checkpointer(cfg.log_every, save_backup, guard)
+    checkpointer = None
+    # what the NaN stop can say about backups: the step of the last one written, or None (none yet)
+    guard = cb.NaNGuard(last_checkpoint=lambda: checkpointer.backup_step(backup.is_file()))
+    # one device: backups every log step, written at most every BACKUP_INTERVAL_S (held in memory in
+    # between); workers of a strategy write every log step, at the same steps
+    checkpointer = cb.Checkpointer(cfg.log_every, save_backup, guard, snapshot=snapshot,
+                                   interval_s=BACKUP_INTERVAL_S if strategy is None else None)
     # logs before the backup: a kill between the two leaves rows the resumed run rewrites, never a gap
-    callbacks = [guard, budget, cb.StepCSVLogger(run_dir / "train_log.csv", cfg.batch_size)]
+    callbacks = [guard, budget, cb.StepCSVLogger(run_dir / TRAIN_LOG, cfg.batch_size)]
+    if tensorboard is not None:
+        callbacks.append(tensorboard)
     if chief:
         callbacks += [cb.PeriodicCallback(cfg.eval_every, evaluator.evaluate),
-                      cb.PeriodicCallback(cfg.preview_every, evaluator.preview)]
+                      cb.PeriodicCallback(cfg.preview_every, evaluator.preview),
+                      cb.DurationEstimate(cfg.steps, None if multiworker else cfg.minutes, cfg.preset,
+                                          gpu=_has_gpu())]
     stopper = checkpointer  # what SIGINT/SIGTERM tell to stop
     if multiworker:
         stopper = SyncedStop(strategy, cfg.minutes, checkpointer)
@@ -336,6 +323,8 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
             model.fit(data, steps_per_epoch=per_epoch, epochs=-(-remaining // per_epoch), callbacks=callbacks,
                       verbose=verbose if chief else 0, shuffle=False)
     wall = time.monotonic() - t0
+    if tensorboard is not None:
+        tensorboard.close()
     if guard.error:
         raise cb.NonFiniteLossError(guard.error)
     if checkpointer.signal is not None:
@@ -354,13 +343,15 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
                                    f"labels used)"), step
     elif chief and evaluator.selector.active and evaluator.selector.best is not None:
         best = evaluator.selector.best
+        evaluator.flush_selected()
         if best["step"] != selected_step:
             model.load_weights(run_dir / SELECTED)
         selected, selected_step = evaluator.selector.describe(), best["step"]
     save_weights_atomic(model, run_dir / WEIGHTS)
     if not chief:
         return model, None
-    threshold = calibrate_threshold(model, cfg, train_set.val_images)
+    threshold = calibrate_threshold(model, cfg, train_set.val_images, progress=bool(verbose),
+                                    n_images=train_set.n_images)
     write_threshold(run_dir, threshold)
     print(f"threshold: {threshold['threshold']} ({threshold['rule']})")
     stopped = budget.reason or getattr(stopper, "reason", None) or "fit ended"
@@ -369,11 +360,27 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
                "stopped_because": stopped, "model": selected, "selected_step": selected_step,
                "selected_on_test": bool(cfg.select_on_test), "last_eval": evaluator.last,
                "distribute": dist.describe(strategy)}
-    write_json_atomic(run_dir / "summary.json", summary)
+    write_summary(run_dir, summary)
     make_preview_gif(run_dir)  # previews.gif: the evolution of the previews
     print(f"done: {summary['steps']} steps in {wall / 60:.1f} min ({summary['stopped_because']}); "
           f"model = {selected}; saved {run_dir / WEIGHTS}")
     return model, threshold
+
+
+def _state_variables(model) -> list:
+    """Every variable of the training state (networks, EMA, counters, both optimizers), once each."""
+    seen, out = set(), []
+    for v in list(model.variables) + list(model.d_optimizer.variables) + list(model.eg_optimizer.variables):
+        if id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return out
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 class SyncedStop(keras.callbacks.Callback):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from cbigan.runfolder import write_config
 
 
 def _object_image(rng, size: int) -> np.ndarray:
@@ -76,12 +77,12 @@ def make_untrained_run(root, tmp, category, **kw) -> dict:
     """A run folder (config.json + model.weights.h5) of an untrained model, for scoring tests."""
     from cbigan.config import Config
     from cbigan.model import build_model
-    from cbigan.training import save_weights_atomic
+    from cbigan.runfolder import save_weights_atomic
 
     cfg = Config(category=category, data_dir=str(root), output_dir=str(tmp), run_name="r", **kw).resolved()
     run = Path(tmp) / category / "r"
     run.mkdir(parents=True)
-    cfg.to_json(run / "config.json")
+    write_config(run, cfg)
     model = build_model(cfg)
     save_weights_atomic(model, run / "model.weights.h5")
     return {"run": run, "cfg": cfg, "model": model}

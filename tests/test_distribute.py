@@ -96,7 +96,8 @@ MIRRORED_CHECK = textwrap.dedent("""
     import pandas as pd
     from cbigan import distribute as dist
     from cbigan.config import Config
-    from cbigan.training import load_run, train
+    from cbigan.model import load_trained as load_run
+    from cbigan.training import train
 
     make = dist.make_strategy
     dist.make_strategy = lambda name, devices=None: make(name, ["/cpu:0", "/cpu:1"] if name == "mirrored" else None)

@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 from cbigan.config import Config
 from synthetic import make_untrained_run
 from cbigan.metrics import at_threshold, max_balanced_accuracy
+from cbigan.runfolder import write_config
 
 LAMBDAS = [0.0, 0.1, 0.5, 1.0]
 
@@ -67,7 +68,7 @@ def direct_scores(model, cfg, images, lambdas):
 
 
 def test_batched_texture_scoring_equals_per_patch_loop(tex):
-    from cbigan.evaluation import score_images, score_patch_loop
+    from cbigan.scoring import score_images, score_patch_loop
 
     images = tex["test"].images
     batched = score_images(tex["scorer"], images, progress=False)
@@ -106,14 +107,14 @@ def test_lambda_sweep_equals_full_rescoring(tex):
         assert m2.loc[lam, "auroc"] == pytest.approx(metrics.loc[lam, "auroc"])
 
     # files: one row per test image; textures keep the parts of the max patch
-    from cbigan.evaluation import ScoredTestSet
+    from cbigan.results import ImageResults
 
     df = pd.read_csv(run / "scores.csv")
     assert list(df.columns) == ["path", "defect_type", "label", "l_r", "l_fd", "patch", "score"]
     assert set(df["defect_type"]) == {"good", "red_square"}
     assert ((df["label"] == 1) == (df["defect_type"] != "good")).all()
     np.testing.assert_allclose(df["score"], 0.9 * df["l_r"] + 0.1 * df["l_fd"], rtol=1e-5)
-    parts = ScoredTestSet.load(run / "scores_parts.npz")
+    parts = ImageResults.load_parts(run / "scores_parts.npz")
     assert parts.l_r.shape == (len(df), 4)
     np.testing.assert_array_equal(df["patch"], (0.9 * parts.l_r + 0.1 * parts.l_fd).argmax(1))
     m = pd.read_csv(run / "metrics.csv")
@@ -126,7 +127,7 @@ def test_object_run_threshold_and_same_scorer_as_training(runs, tmp_path):
     """Objects: one patch per image; the training-time evaluator's scores are evaluate.py's."""
     from cbigan.data import load_test_set
     from cbigan.evaluation import evaluate_run
-    from cbigan.training import RunEvaluator
+    from cbigan.training import TrainingMonitor
 
     obj = runs["obj"]
     run = tmp_path / "obj"
@@ -154,13 +155,13 @@ def test_object_run_threshold_and_same_scorer_as_training(runs, tmp_path):
 
     # select_on_test and --label reach the method label; a changed config means a rescoring
     cfg = Config.from_json(run / "config.json")
-    dataclasses.replace(cfg, select_on_test=True, alpha=0.0).to_json(run / "config.json")
+    write_config(run, dataclasses.replace(cfg, select_on_test=True, alpha=0.0))
     ev = evaluate_run(run, progress=False, label="mine", model=obj["model"])
     assert ev.summary["method_label"] == "EGBAD (mine) [selected on test]"
     assert not ev.reused_parts
 
     test = load_test_set(obj["cfg"])
-    live = RunEvaluator(obj["model"], obj["cfg"], tmp_path, test, test.images[:0]).scorer.score(test.images)
+    live = TrainingMonitor(obj["model"], obj["cfg"], tmp_path, test, test.images[:0]).scorer.score(test.images)
     np.testing.assert_allclose(live.image_scores(0.1), scores, rtol=1e-5)
 
 

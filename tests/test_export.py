@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cbigan.runfolder import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,13 +23,13 @@ def make_run(data_root, out_dir, category, run_name="r", return_model=False, **o
     """
     from cbigan.config import Config
     from cbigan.model import build_model
-    from cbigan.training import WEIGHTS
+    from cbigan.runfolder import WEIGHTS
 
     cfg = Config(category=category, data_dir=str(data_root), output_dir=str(out_dir),
                  run_name=run_name, **overrides).resolved()
     run_dir = Path(out_dir) / category / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_json(run_dir / "config.json")
+    write_config(run_dir, cfg)
     model = build_model(cfg)
     # EMA copies start equal to the raw nets; make them differ so using the wrong ones would show.
     model.ema_encoder.set_weights([w * 0.9 for w in model.encoder.get_weights()])
@@ -270,7 +271,7 @@ def test_manual_threshold(runs, tmp_path, stub_archive):
 
 
 def test_cli(runs, tmp_path, capsys, stub_archive):
-    from cbigan.export import main
+    from cbigan.cli.export import main
 
     run_dir = runs["obj"][0]
     assert main([str(run_dir), "--export-dir", str(tmp_path), "--model-name", "m", "--version", "7"]) == 0

@@ -164,14 +164,16 @@ def test_export_style_graph():
 
 def test_evaluate_writes_pixel_metrics_and_reuses_maps(tex, capsys):
     import evaluate
-    from cbigan.evaluation import PIXEL_NPZ, PixelMaps, evaluate_run
+    from cbigan.evaluation import evaluate_run
+    from cbigan.results import ImageResults
+    from cbigan.runfolder import PIXEL_NPZ
     from cbigan.pixel_metrics import pixel_metrics
 
     run = tex["run"]
     ev = evaluate_run(run, [0.0, 0.1, 1.0], progress=False, model=tex["model"], stride=32, sigma=2.0)
     m = pd.read_csv(run / "metrics.csv").set_index("lambda")
     assert {"pixel_auroc", "aupro"} <= set(m.columns)
-    px = PixelMaps.load(run / PIXEL_NPZ)
+    px = ImageResults.load_maps(run / PIXEL_NPZ)
     assert px.map_r.shape == (len(tex["test"]), 128, 128) and (px.sigma, px.stride) == (2.0, 32)
     np.testing.assert_array_equal(px.masks, tex["test"].masks)
     for lam in (0.0, 0.1, 1.0):
@@ -190,7 +192,7 @@ def test_evaluate_writes_pixel_metrics_and_reuses_maps(tex, capsys):
     assert evaluate.main([str(run), "--sigma", "0", "--stride", "64", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "pixel auROC" in out and "sigma 0" in out and "stored scores reused" not in out
-    assert PixelMaps.load(run / PIXEL_NPZ).sigma == 0.0
+    assert ImageResults.load_maps(run / PIXEL_NPZ).sigma == 0.0
     assert evaluate.main([str(run), "--no-pixel", "--quiet"]) == 0
     assert "pixel auROC" not in capsys.readouterr().out
     assert json.loads((run / "evaluation.json").read_text())["pixel_auroc"] is None

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbigan import figures, plots
+from cbigan import figures, plots, previews
+from cbigan.cli.plots import main
+from cbigan.runfolder import write_config
 
 DPI = 40  # small images keep the tests fast; sizes scale exactly with it
 
@@ -37,7 +39,7 @@ def tex_run(synthetic_root, tmp_path_factory):
     run.mkdir(parents=True)
     cfg = Config(category="synth_tex", kind="texture", data_dir=str(synthetic_root), image_size=128,
                  patch_size=64, run_name="untrained").resolved()
-    cfg.to_json(run / "config.json")
+    write_config(run, cfg)
     build_model(cfg).save_weights(run / "model.weights.h5")
     return run
 
@@ -81,7 +83,7 @@ def test_select_examples_most_and_least_of_each_type():
 
 def test_curves(obj_run, tmp_path):
     out = tmp_path / "curves.png"
-    assert plots.main(["curves", str(obj_run), "--out", str(out), "--dpi", str(DPI)]) == 0
+    assert main(["curves", str(obj_run), "--out", str(out), "--dpi", str(DPI)]) == 0
     png(out, figures.CURVES_SIZE)
     with Image.open(out) as im:
         assert "cbigan.plots curves" in im.info.get("Description", "")
@@ -107,14 +109,14 @@ def test_curves_symlog_where_losses_span_orders_of_magnitude():
 
 def test_recon_requested_rows_and_pdf(obj_run, tmp_path):
     out = tmp_path / "recon.png"
-    assert plots.main(["recon", str(obj_run), "--rows", "3", "--out", str(out), "--dpi", str(DPI),
+    assert main(["recon", str(obj_run), "--rows", "3", "--out", str(out), "--dpi", str(DPI),
                        "--pdf"]) == 0
     png(out, figures.recon_size(3, 1))
     assert (tmp_path / "recon.pdf").read_bytes()[:4] == b"%PDF"
 
 
 def test_recon_default_rows_go_to_the_run_folder(obj_run):
-    assert plots.main(["recon", str(obj_run), "--dpi", str(DPI)]) == 0
+    assert main(["recon", str(obj_run), "--dpi", str(DPI)]) == 0
     # synth_obj: good and red_square, the most and least anomalous of each
     png(obj_run / "figures" / "recon.png", figures.recon_size(4, 1))
 
@@ -132,7 +134,7 @@ def test_recon_rows_in_the_figure(obj_run):
 
 def test_recon_compare_two_runs(obj_run, tmp_path):
     out = tmp_path / "cmp.png"
-    assert plots.main(["recon", str(obj_run), "--compare", str(obj_run), "--names", "EGBAD", "CBiGAN",
+    assert main(["recon", str(obj_run), "--compare", str(obj_run), "--names", "EGBAD", "CBiGAN",
                        "--rows", "2", "--out", str(out), "--dpi", str(DPI)]) == 0
     png(out, figures.recon_size(2, 2))
 
@@ -144,7 +146,7 @@ def test_recon_without_masks(obj_run, tmp_path):
     rows, _, _, _ = plots.recon_data([obj_run], n_rows=4, data_dir=str(tmp_path))
     assert all(r.mask is None for r in rows)
     out = tmp_path / "nomask.png"
-    assert plots.main(["recon", str(obj_run), "--data-dir", str(tmp_path), "--out", str(out),
+    assert main(["recon", str(obj_run), "--data-dir", str(tmp_path), "--out", str(out),
                        "--dpi", str(DPI)]) == 0
     png(out, figures.recon_size(4, 1))
 
@@ -155,7 +157,7 @@ def test_recon_texture_stitches_patches(tex_run, tmp_path):
     assert panel.reconstruction.shape == (128, 128, 3) and panel.diff.shape == (128, 128)
     assert panel.patch_box is not None and panel.patch_box[2] == 64
     out = tmp_path / "tex.png"
-    assert plots.main(["recon", str(tex_run), "--rows", "2", "--out", str(out), "--dpi", str(DPI)]) == 0
+    assert main(["recon", str(tex_run), "--rows", "2", "--out", str(out), "--dpi", str(DPI)]) == 0
     png(out, figures.recon_size(2, 1))
 
 
@@ -176,19 +178,19 @@ def test_maps_rows_and_figure(obj_run, tex_run, tmp_path):
     matplotlib.pyplot.close(fig)
 
     out = tmp_path / "maps.png"
-    assert plots.main(["maps", str(tex_run), "--rows", "2", "--stride", "32", "--original-size",
+    assert main(["maps", str(tex_run), "--rows", "2", "--stride", "32", "--original-size",
                        "--out", str(out), "--dpi", str(DPI)]) == 0
     png(out, figures.maps_size(2))
-    assert plots.main(["maps", str(tex_run), "--stride", "100"]) == 2
+    assert main(["maps", str(tex_run), "--stride", "100"]) == 2
 
 
 def test_roc_and_hist_of_several_categories(obj_run, tex_run, tmp_path):
     (tex_run / "threshold.json").write_text(json.dumps({"threshold": 1.0, "score_lambda": 0.1}))
     roc, hist = tmp_path / "roc.png", tmp_path / "hist.png"
     runs = [str(obj_run), str(tex_run)]
-    assert plots.main(["roc", *runs, "--out", str(roc), "--dpi", str(DPI)]) == 0
+    assert main(["roc", *runs, "--out", str(roc), "--dpi", str(DPI)]) == 0
     png(roc, figures.ROC_SIZE)
-    assert plots.main(["hist", *runs, "--out", str(hist), "--dpi", str(DPI), "--by-type"]) == 0
+    assert main(["hist", *runs, "--out", str(hist), "--dpi", str(DPI), "--by-type"]) == 0
     png(hist, figures.hist_size(2))
 
 
@@ -203,7 +205,7 @@ def test_stored_scores_and_threshold_are_used(obj_run, tmp_path):
     s = plots.Run(run).score_set()
     assert s.scores.tolist() == fake["score"].tolist() and s.threshold == 2.2
     out = tmp_path / "hist.png"
-    assert plots.main(["hist", str(run), "--out", str(out), "--dpi", str(DPI)]) == 0
+    assert main(["hist", str(run), "--out", str(out), "--dpi", str(DPI)]) == 0
     png(out, figures.hist_size(1))
     # a null threshold (no held-out images) draws none; scores older than the weights are not used
     (run / "threshold.json").write_text(json.dumps({"threshold": None}))
@@ -214,16 +216,16 @@ def test_stored_scores_and_threshold_are_used(obj_run, tmp_path):
 
 
 def test_preview_gif(obj_run, tex_run):
-    steps = plots.preview_steps(obj_run)
+    steps = previews.preview_steps(obj_run)
     assert [s for s, _ in steps] == [3, 6]
-    gif = plots.make_preview_gif(obj_run)
+    gif = previews.make_preview_gif(obj_run)
     assert gif == obj_run / "previews.gif"
     with Image.open(gif) as im, Image.open(steps[0][1]) as first:
         assert im.format == "GIF" and im.n_frames == 2 and im.size == first.size
-    assert plots.make_preview_gif(tex_run) is None  # no previews: nothing to animate
+    assert previews.make_preview_gif(tex_run) is None  # no previews: nothing to animate
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):
-    assert plots.main(["curves", str(tmp_path)]) == 2
-    assert plots.main(["recon", str(tmp_path)]) == 2
+    assert main(["curves", str(tmp_path)]) == 2
+    assert main(["recon", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("error:") == 2

@@ -44,7 +44,7 @@ def _read_csv(path):
 
 
 def _run(argv, capsys):
-    from cbigan.predict import main
+    from cbigan.cli.predict import main
 
     rc = main([str(a) for a in argv])
     out = capsys.readouterr()

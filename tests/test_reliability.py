@@ -19,7 +19,9 @@ from cbigan.callbacks import NonFiniteLossError
 from cbigan.config import Config
 from cbigan.data import DataError
 from cbigan.model import CBiGAN, build_model
-from cbigan.training import RunLock, load_run, train
+from cbigan.model import load_trained as load_run
+from cbigan.runfolder import RunLock
+from cbigan.training import train
 
 TINY = ["--image-size", "64", "--patch-size", "64", "--width", "1", "--latent-dim", "8", "--batch-size", "4",
         "--val-split", "0", "--eval-every", "1000", "--preview-every", "1000", "--log-every", "5",

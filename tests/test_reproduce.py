@@ -1,5 +1,6 @@
 from cbigan.config import CATEGORIES, Config, apply_preset
-from cbigan.reproduce import main, plan
+from cbigan.cli.reproduce import main
+from cbigan.reproduce import plan
 
 
 def test_plan_covers_every_category_and_method_with_the_right_alpha():

@@ -8,7 +8,9 @@ import pytest
 
 from cbigan.config import Config
 from cbigan.selection import SnapshotSelector, separation_auroc, synthetic_defects
-from cbigan.training import SELECTED, load_run, train
+from cbigan.model import load_trained as load_run
+from cbigan.runfolder import SELECTED
+from cbigan.training import train
 
 
 def _images(n=5, size=32, seed=0):

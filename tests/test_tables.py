@@ -184,3 +184,15 @@ def test_pixel_tables_when_runs_have_pixel_metrics(tmp_path, capsys):
     t3 = pd.read_csv(out / "table3_auroc.csv")
     assert list(t3.columns[3:3 + len(COLUMNS)]) == PAPER_COLUMNS and "magnetic_tile" not in t3.columns
     assert "Pixel-level auROC" in res["text"] and "AUPRO" in res["text"]
+
+
+def test_table_without_out_writes_beside_the_runs_and_says_where(tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    fake_eval(runs, "leather", "r", 0.83, 0.87)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert evaluate.main(["--table", str(runs)]) == 0
+    assert (runs / "tables" / "table3_auroc.csv").is_file()
+    assert not (elsewhere / "results").exists()
+    assert f"tables written to {runs / 'tables'}/" in capsys.readouterr().out

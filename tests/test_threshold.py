@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from cbigan.runfolder import write_config
 
 
 def _cfg(root, **kw):
@@ -95,7 +96,7 @@ def test_write_and_read_threshold(tmp_path, synthetic_root):
 
     cfg = _cfg(synthetic_root)
     assert read_threshold(tmp_path) is None
-    cfg.to_json(tmp_path / "config.json")
+    write_config(tmp_path, cfg)
     info = {"threshold": 12.5, "percentile": 99.0, "score_lambda": 0.1, "n_val": 2, "rule": "r"}
     write_threshold(tmp_path, info)
     assert json.loads((tmp_path / "threshold.json").read_text()) == info
@@ -104,7 +105,7 @@ def test_write_and_read_threshold(tmp_path, synthetic_root):
     assert loaded.extra["threshold"] == info and loaded.category == "synth_obj"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "threshold.json"]  # no temp files
     # a config re-saved after loading carries it in "extra": rewriting keeps a single copy
-    loaded.to_json(tmp_path / "config.json")
+    write_config(tmp_path, loaded)
     write_threshold(tmp_path, dict(info, threshold=None))
     data = json.loads((tmp_path / "config.json").read_text())
     assert data["threshold"]["threshold"] is None and "threshold" not in data["extra"]
@@ -120,7 +121,8 @@ def test_train_writes_threshold(synthetic_root, tmp_path):
         pytest.skip("training.py does not calibrate a threshold yet")
     from cbigan.data import load_train_set
     from cbigan.threshold import calibrate_threshold, read_threshold
-    from cbigan.training import load_run, train
+    from cbigan.model import load_trained as load_run
+    from cbigan.training import train
 
     cfg = _cfg(synthetic_root, output_dir=str(tmp_path), steps=2, batch_size=4, log_every=1,
                eval_every=1000, preview_every=1000)

@@ -16,7 +16,8 @@ from cbigan.data import load_test_set
 from cbigan.metrics import auroc
 from cbigan.model import build_model
 from cbigan.scoring import Scorer
-from cbigan.training import load_run, train
+from cbigan.model import load_trained as load_run
+from cbigan.training import train
 
 
 def test_learning_on_obvious_defects(tmp_path):

@@ -11,7 +11,6 @@ image-level metrics of as many scores. No TensorFlow.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -72,31 +71,25 @@ def _best(fn, repeats: int):
     return best, out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cbigan.bench metrics", description=__doc__.split("\n\n")[0])
-    p.add_argument("--maps", type=int, default=100, help="number of anomaly maps")
-    p.add_argument("--size", type=int, default=256, help="side of every map in pixels")
-    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (best is kept)")
-    p.add_argument("--no-reference", action="store_true",
-                   help="skip the slower scikit-learn / MVTec-recipe timings")
-    args = p.parse_args(argv)
-
+def run(*, n_maps: int, size: int, repeats: int, reference: bool) -> int:
+    """Time the pixel metrics of ``n_maps`` synthetic maps of ``size`` x ``size``, best of ``repeats``;
+    ``reference``: also the scikit-learn / MVTec-recipe ways (slower). Prints the figures."""
     from cbigan.metrics import image_metrics
     from cbigan.pixel_metrics import aupro, pixel_auroc, pixel_metrics
 
-    maps, masks = synthetic_maps(args.maps, args.size)
+    maps, masks = synthetic_maps(n_maps, size)
     n_pix = maps.size
-    print(f"pixel metrics, numpy {np.__version__}, {os.cpu_count()} CPU cores: {args.maps} maps of "
-          f"{args.size}x{args.size} ({n_pix / 1e6:.2f} M pixels, {int(masks.sum())} anomalous), "
-          f"best of {args.repeats}")
-    t_all, m = _best(lambda: pixel_metrics(maps, masks), args.repeats)
-    t_auroc, _ = _best(lambda: pixel_auroc(maps, masks), args.repeats)
-    t_aupro, _ = _best(lambda: aupro(maps, masks), args.repeats)
+    print(f"pixel metrics, numpy {np.__version__}, {os.cpu_count()} CPU cores: {n_maps} maps of "
+          f"{size}x{size} ({n_pix / 1e6:.2f} M pixels, {int(masks.sum())} anomalous), "
+          f"best of {repeats}")
+    t_all, m = _best(lambda: pixel_metrics(maps, masks), repeats)
+    t_auroc, _ = _best(lambda: pixel_auroc(maps, masks), repeats)
+    t_aupro, _ = _best(lambda: aupro(maps, masks), repeats)
     print(f"  pixel_metrics (pixel auROC + AUPRO, one pass) {t_all:8.3f} s   "
           f"pixel auROC {m['pixel_auroc']:.4f}  AUPRO {m['aupro']:.4f}  ({m['n_regions']} regions)")
     print(f"  pixel auROC alone                             {t_auroc:8.3f} s")
     print(f"  AUPRO alone                                   {t_aupro:8.3f} s")
-    if not args.no_reference:
+    if reference:
         from sklearn.metrics import roc_auc_score
 
         t_sk, sk = _best(lambda: roc_auc_score(masks.ravel(), maps.ravel()), 1)
@@ -106,10 +99,10 @@ def main(argv=None) -> int:
         print(f"  reference: MVTec AD code's AUPRO recipe       {t_mv:8.3f} s   {mv:.4f} "
               f"({'equal' if abs(mv - m['aupro']) < 1e-6 else 'DIFFERENT'})")
     rng = np.random.default_rng(1)
-    labels = (np.arange(args.maps) < args.maps // 2).astype(int)
-    scores = rng.random(args.maps) + labels
-    t_img, _ = _best(lambda: image_metrics(labels, scores), args.repeats)
-    print(f"  image-level metrics of {args.maps} scores              {t_img:8.4f} s")
+    labels = (np.arange(n_maps) < n_maps // 2).astype(int)
+    scores = rng.random(n_maps) + labels
+    t_img, _ = _best(lambda: image_metrics(labels, scores), repeats)
+    print(f"  image-level metrics of {n_maps} scores              {t_img:8.4f} s")
     scale = (100 * 256 * 256) / n_pix
     print(f"target: pixel metrics of 100 maps of 256x256 in <= {TARGET_SECONDS:g} s: "
           + (f"{t_all:.2f} s, {'met' if t_all <= TARGET_SECONDS else 'NOT met'}" if scale == 1 else

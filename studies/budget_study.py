@@ -1,6 +1,6 @@
 """Short-budget study: several training recipes x seeds, each for a fixed wall-clock budget.
 
-    python benchmarks/budget_study.py --data-dir ../shared/data/mvtec_ad --category bottle \
+    python studies/budget_study.py --data-dir ../shared/data/mvtec_ad --category bottle \
         --minutes 15 --arms fast,paper,egbad,autoencoder --seeds 1,2,3 --parallel 2
 
 Each run is ``train.py --minutes M`` followed by ``evaluate.py`` on the model the run chose without
@@ -32,17 +32,34 @@ from pathlib import Path
 
 import pandas as pd
 
+#: The repository (this file is studies/budget_study.py): its train.py and evaluate.py are the ones run.
+#: They run in the current folder, so relative paths (--data-dir, --output-dir, --results) mean the same
+#: to them as to this script.
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Arm name -> train.py flags. EGBAD and the autoencoder use the fast recipe with alpha 0 / 1, so the
 #: three methods differ only in alpha; "paper" is the paper's recipe unchanged.
 ARMS = {
     "fast": ["--preset", "fast"],
+    # native-resolution tiles (issue 15): the fast recipe on 64 px crops of each image at its own scale,
+    # scored on overlapping tiles by the anomaly map's maximum; the last weights are the model (selection
+    # on maps of every held-out image each --eval-every would cost most of a 15-minute budget)
+    "tiles": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
+              "--eval-every", "1000000"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0"],
     "autoencoder": ["--preset", "fast", "--alpha", "1"],
 }
-KEEP = ("config.json", "train_log.csv", "eval_log.csv", "metrics.csv", "summary.json", "threshold.json")
+KEEP = ("config.json", "train_log.csv", "eval_log.csv", "metrics.csv", "summary.json", "threshold.json",
+        "evaluation.json", "scores.csv")
+#: Per (arm, category) train.py flags: the tiles canvas holds each set's largest image at native scale.
+ARM_CATEGORY_FLAGS = {
+    ("tiles", "bottle"): ["--image-size", "256"],        # 256 px images
+    ("tiles", "leather"): ["--image-size", "512"],       # 512 px images
+    ("tiles", "magnetic_tile"): ["--image-size", "640"],  # up to about 630 px a side
+}
+#: Image-score rules evaluate.py reports side by side on every run (one scoring pass).
+RULES = ("paper", "map_max", "map_topk")
 
 
 def run_one(category: str, arm: str, seed: int, slot: int, args) -> dict:
@@ -58,26 +75,29 @@ def run_one(category: str, arm: str, seed: int, slot: int, args) -> dict:
                    data_dir, "--output-dir", args.output_dir, "--run-name", name, "--seed", str(seed),
                    "--minutes", str(args.minutes), "--steps", "10000000", "--eval-every", str(args.eval_every),
                    "--log-every", str(args.eval_every), "--preview-every", "100000000", "--no-export",
-                   "--quiet", "--fresh"] + ARMS[arm] + args.extra
+                   "--quiet", "--fresh"] + ARMS[arm] + ARM_CATEGORY_FLAGS.get((arm, category), []) + args.extra
     log = Path(args.output_dir) / f"{category}-{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with open(log, "w") as f:
         f.write(" ".join(train) + "\n")
         f.flush()
-        subprocess.run(train, stdout=f, stderr=subprocess.STDOUT, env=env, check=True, cwd=ROOT)
+        subprocess.run(train, stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
         if args.evaluate:
-            subprocess.run(pin + [sys.executable, str(ROOT / "evaluate.py"), str(run_dir)], stdout=f,
-                           stderr=subprocess.STDOUT, env=env, check=True, cwd=ROOT)
+            subprocess.run(pin + [sys.executable, str(ROOT / "evaluate.py"), str(run_dir), "--quiet",
+                                  "--rules", *RULES], stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
     total = time.monotonic() - t0
     summary = json.loads((run_dir / "summary.json").read_text())
-    ev = pd.read_csv(run_dir / "eval_log.csv")
+    log = run_dir / "eval_log.csv"
+    ev = pd.read_csv(log) if log.is_file() and log.stat().st_size else pd.DataFrame({"step": []})
     # the chosen model's test metrics: evaluate.py's, or the monitoring row of the selected step (the
     # same scorer and lambda, computed during training)
     if args.evaluate:
         metrics = pd.read_csv(run_dir / "metrics.csv")
         chosen = metrics[metrics["chosen"]].iloc[0]
         auroc, mba = chosen["auroc"], chosen["max_balanced_accuracy"]
+        rule = json.loads((run_dir / "evaluation.json").read_text()).get("image_score", "paper")
+        by_rule = {rule: auroc} | {r: chosen.get(f"auroc[{r}]") for r in RULES if r != rule}
     else:
         chosen = ev[ev["step"] == summary["selected_step"]].iloc[-1]
         auroc, mba = chosen["test_auroc"], chosen["test_max_balanced_accuracy"]
@@ -85,9 +105,14 @@ def run_one(category: str, arm: str, seed: int, slot: int, args) -> dict:
            "train_seconds": summary["wall_seconds"],
            "total_seconds": round(total, 1), "selected_step": summary["selected_step"],
            "auroc": round(float(auroc), 4), "max_balanced_accuracy": round(float(mba), 4),
-           "last_snapshot_test_auroc": round(float(ev["test_auroc"].iloc[-1]), 4),
-           "best_snapshot_test_auroc": round(float(ev["test_auroc"].max()), 4),
+           "last_snapshot_test_auroc": (round(float(ev["test_auroc"].iloc[-1]), 4)
+                                        if "test_auroc" in ev else float("nan")),
+           "best_snapshot_test_auroc": (round(float(ev["test_auroc"].max()), 4)
+                                        if "test_auroc" in ev else float("nan")),
            "command": " ".join(train[len(pin):])}
+    if args.evaluate:  # every rule from the same scoring pass, and the localization where there are masks
+        row.update({f"auroc_{r}": round(float(v), 4) for r, v in by_rule.items() if v is not None and v == v})
+        row["pixel_auroc"], row["aupro"] = chosen.get("pixel_auroc"), chosen.get("aupro")
     dest = Path(args.results) / f"{category}-{name}"
     dest.mkdir(parents=True, exist_ok=True)
     for f in KEEP:
@@ -108,6 +133,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         "mba_median": g["max_balanced_accuracy"].median(),
         "last_snapshot_auroc_median": g["last_snapshot_test_auroc"].median(),
     })
+    for col in [c for c in runs.columns if c.startswith("auroc_") or c in ("pixel_auroc", "aupro")]:
+        out[f"{col}_median"] = g[col].median()   # every image-score rule, localization
     return out.round(4).reset_index()
 
 
@@ -123,7 +150,11 @@ def plot_study(results: Path) -> Path:
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.4), sharey=True, squeeze=False)
     for ax, ((category, arm), rows) in zip(axes[0], groups):
         for r in rows.itertuples():
-            ev = pd.read_csv(results / f"{category}-{arm}-seed{r.seed}" / "eval_log.csv")
+            log = results / f"{category}-{arm}-seed{r.seed}" / "eval_log.csv"
+            if not log.is_file() or "test_auroc" not in pd.read_csv(log).columns:  # no monitoring (tiles)
+                ax.plot([r.steps], [r.auroc], "s", ms=7, label=f"seed {r.seed} (last weights)")
+                continue
+            ev = pd.read_csv(log)
             line, = ax.plot(ev["step"], ev["test_auroc"], lw=1.2, label=f"seed {r.seed}")
             ax.plot([r.selected_step], [r.auroc], "o", color=line.get_color(), ms=7, mfc="none", mew=1.8)
         ax.axhline(0.5, color="0.7", lw=0.8, ls=":")
@@ -170,12 +201,17 @@ def main(argv=None) -> int:
         print(plot_study(Path(args.results)))
         return 0
     jobs = [(c, a, int(s)) for c, a, s in (j.split(":") for j in args.also)]
-    jobs += [(args.category, a, int(s)) for s in args.seeds.split(",") for a in args.arms.split(",")]
+    jobs += [(c, a, int(s)) for s in args.seeds.split(",") for c in args.category.split(",")
+             for a in args.arms.split(",")]
+    done = pd.read_csv(Path(args.results) / "runs.csv") if (Path(args.results) / "runs.csv").is_file() else None
+    rows = [] if done is None else done.to_dict("records")
+    finished = {(Path(r["category"]).name, r["arm"], int(r["seed"])) for r in rows}
+    jobs = [j for j in jobs if (Path(j[0]).name, j[1], j[2]) not in finished]  # resumable: one row a run
+    print(f"{len(jobs)} run(s) to do, {len(finished)} already in {args.results}/runs.csv", flush=True)
     unknown = {a for _, a, _ in jobs} - set(ARMS)
     if unknown:
         p.error(f"unknown arm(s) {sorted(unknown)}; choose from {list(ARMS)}")
     free = list(range(args.parallel))
-    rows = []
 
     def work(job):
         slot = free.pop()
@@ -196,12 +232,13 @@ def main(argv=None) -> int:
                 runs.to_csv(Path(args.results) / "runs.csv", index=False)
     if not rows:
         return 1
+    pd.DataFrame(rows).to_csv(Path(args.results) / "runs.csv", index=False)
     summary = summarize(pd.DataFrame(rows))
     summary.to_csv(Path(args.results) / "summary.csv", index=False)
     (Path(args.results) / "summary.md").write_text(markdown(summary))
     print(summary.to_string(index=False))
     plot_study(Path(args.results))
-    return 0 if len(rows) == len(jobs) else 1
+    return 0 if len(rows) >= len(jobs) + len(finished) else 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Ways compared:
   several images in one compiled call);
 * ``loop (original)``: the authors' ``score.py`` loop, one eager call of E, G and f_D per patch
   position, here one image at a time, i.e. one patch per call
-  (:func:`cbigan.evaluation.score_patch_loop`);
+  (:func:`cbigan.scoring.score_patch_loop`);
 * ``loop (original, all images/call)``: the same, with every image of the run in each call (the original
   batched images, 32 by default, but never the patches of one image);
 * ``loop (compiled)``: the one-patch-per-call loop with each call compiled (``tf.function``): what batching alone buys.
@@ -25,7 +25,6 @@ Prints images/s and the speedups; the target is batched texture scoring >= 3x th
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -45,16 +44,11 @@ def bench_kind(kind: str, n_images: int, n_loop: int, repeats: int, seed: int = 
     import numpy as np
 
     from cbigan.config import Config
-    from cbigan.evaluation import score_images, score_patch_loop
     from cbigan.data import to_model_range
     from cbigan.model import build_model
-    from cbigan.scoring import Scorer, score_patches
+    from cbigan.scoring import Scorer, score_images, score_patch_loop, score_patches
 
-    if kind == "texture":
-        cfg = Config(category="bench_texture", kind="texture", image_size=512, patch_size=64)
-    else:
-        cfg = Config(category="bench_object", kind="object", image_size=128, patch_size=128, rotation=0)
-    cfg = cfg.resolved()
+    cfg = Config(category=f"bench_{kind}", kind=kind).resolved()  # the kind's defaults: 512/64, 128/128
     model = build_model(cfg)
     scorer = Scorer(model, cfg)
     rng = np.random.default_rng(seed)
@@ -85,21 +79,17 @@ def bench_kind(kind: str, n_images: int, n_loop: int, repeats: int, seed: int = 
             "loop_compiled": _best_rate(loop_compiled, len(loop_images), repeats)}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cbigan.bench score", description=__doc__.split("\n\n")[0])
-    p.add_argument("--texture-images", type=int, default=4, help="512x512 texture images scored batched")
-    p.add_argument("--texture-loop-images", type=int, default=1, help="of which scored by the per-patch loop")
-    p.add_argument("--object-images", type=int, default=16, help="128x128 object images scored batched")
-    p.add_argument("--object-loop-images", type=int, default=8, help="of which scored one per call")
-    p.add_argument("--repeats", type=int, default=2, help="timed repetitions (best is kept)")
-    args = p.parse_args(argv)
+def run(*, texture_images: int, texture_loop_images: int, object_images: int, object_loop_images: int,
+        repeats: int) -> int:
+    """Compare the ways of scoring on that many texture / object images (of which ``*_loop_images``
+    through the one-patch-per-call loops), best of ``repeats``; prints the figures."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     print(f"scoring throughput, TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, "
           f"devices: {', '.join(d.device_type for d in tf.config.list_physical_devices())}")
-    rows = [bench_kind("texture", args.texture_images, args.texture_loop_images, args.repeats),
-            bench_kind("object", args.object_images, args.object_loop_images, args.repeats)]
+    rows = [bench_kind("texture", texture_images, texture_loop_images, repeats),
+            bench_kind("object", object_images, object_loop_images, repeats)]
     print(f"{'':22} {'batched':>9} {'loop (original)':>17} {'loop (original,':>17} {'loop (compiled)':>17}")
     print(f"{'kind   image patches':22} {'':>9} {'1 patch/call':>17} {'all images/call)':>17} "
           f"{'1 patch/call':>17}   images/s (speedup of batched)")

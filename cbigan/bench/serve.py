@@ -15,7 +15,6 @@ after one warm-up call, for at least ``--seconds`` and ``--min-calls`` calls.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -32,16 +31,9 @@ def _rate(fn, batch: int, seconds: float, min_calls: int) -> float:
             return calls * batch / elapsed
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cbigan.bench serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
-    p.add_argument("--kinds", default="object,texture", help="object (128 px) and/or texture (512 px)")
-    p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per figure")
-    p.add_argument("--min-calls", type=int, default=2, help="minimum timed calls per figure")
-    args = p.parse_args(argv)
-    batches = [int(b) for b in args.batches.split(",") if b]
-    kinds = [k for k in args.kinds.split(",") if k]
-
+def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int) -> int:
+    """Images/s of the SavedModel and of the Python path for each kind (``object``, ``texture``) and
+    batch size, each timed for at least ``seconds`` and ``min_calls`` calls; prints the figures."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
     import tensorflow as tf
@@ -49,6 +41,7 @@ def main(argv=None) -> int:
     from cbigan.config import Config
     from cbigan.data import resize_uint8
     from cbigan.export import export_model
+    from cbigan.kinds import kind_of
     from cbigan.model import build_model
     from cbigan.scoring import Scorer
 
@@ -70,8 +63,8 @@ def main(argv=None) -> int:
             scorer = Scorer(model, cfg)
             s = cfg.image_size
             label = f"{kind} {s} px"
-            if kind == "texture":
-                label += f" ({(s // cfg.patch_size) ** 2} patches)"
+            if kind_of(cfg).is_patched:
+                label += f" ({kind_of(cfg).patches_per_image(cfg)} patches)"
             for batch in batches:
                 raw = rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
                 raw_f = tf.constant(raw.astype(np.float32))
@@ -86,13 +79,9 @@ def main(argv=None) -> int:
                 a = np.asarray(served(), np.float64)
                 b = python()
                 rel = float(np.max(np.abs(a - b) / np.abs(b)))
-                r_saved = _rate(served, batch, args.seconds, args.min_calls)
-                r_python = _rate(python, batch, args.seconds, args.min_calls)
+                r_saved = _rate(served, batch, seconds, min_calls)
+                r_python = _rate(python, batch, seconds, min_calls)
                 print(f"{label:<28} {batch:>5} {r_saved:>17.1f} {r_python:>13.1f} {r_saved / r_python:>6.2f}"
                       f"   (max rel. score diff {rel:.1e})", flush=True)
             print(f"{'':<28} export took {export_s:.1f} s")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

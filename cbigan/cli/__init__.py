@@ -1,0 +1,86 @@
+"""Command lines: the argument parsing of every cbigan command, one module per command.
+
+=========================================================  ==========================
+command                                                    parser and ``main(argv)``
+=========================================================  ==========================
+``python train.py``                                        :mod:`cbigan.cli.train`
+``python evaluate.py``                                     :mod:`cbigan.cli.evaluate`
+``python -m cbigan.export``                                :mod:`cbigan.cli.export`
+``python -m cbigan.predict``                               :mod:`cbigan.cli.predict`
+``python -m cbigan.plots``                                 :mod:`cbigan.cli.plots`
+``python -m cbigan.reproduce``                             :mod:`cbigan.cli.reproduce`
+``python -m cbigan.bench {train,score,serve,metrics}``     :mod:`cbigan.cli.bench`
+=========================================================  ==========================
+
+Each module has ``build_parser()`` and ``main(argv=None) -> int`` (the exit status) and also runs as
+``python -m cbigan.cli.<command>``. The library modules hold no argument parsing; the ``python -m
+cbigan.<module>`` forms above are kept by a three-line guard at the bottom of each module.
+
+Help texts tell the real default of every option once: :class:`HelpFormatter` appends
+``(default: X)`` where the parser's default is the value used (``on``/``off`` for switches), and the
+options whose parser default is only a "not given" marker (``None``: the value then comes from the
+preset, the category or the run) say in words what they default to, for the training options from
+:class:`cbigan.config.Config` and the presets (:func:`config_default`). Building the parsers imports no
+TensorFlow (the commands import what they need after parsing): ``--help`` of ``python -m
+cbigan.cli.<command>`` is quick, and ``train.py`` launching several categories stays TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import PurePath
+
+
+def show(value) -> str:
+    """A default as a user would type it: ``on``/``off``, ``0.0001``, ``10``, ``a b``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return " ".join(show(v) for v in value)
+    if isinstance(value, PurePath):
+        return str(value)
+    return str(value)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends the real default to an option's help, once.
+
+    Nothing is added when the help already says ``default`` (in words), for positionals, and for
+    options whose default is ``None`` (not given: the help says what happens then, if anything);
+    switches (no value) get ``(default: off)``, i.e. the switch is not given. Descriptions and
+    epilogs are printed as written.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.default is argparse.SUPPRESS):
+            return text
+        if action.nargs == 0:  # store_true / store_false / store_const: absent = off
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text
+        return f"{text} (default: {show(action.default).replace('%', '%%')})"
+
+
+def parser(prog: str, description: str, **kw) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with :class:`HelpFormatter`; a one-paragraph ``description`` is wrapped,
+    an ``epilog`` is printed as written."""
+    if "\n" not in description:
+        description = textwrap.fill(description, 78)
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, **kw)
+
+
+def config_default(name: str, text: str | None = None) -> str:
+    """``(default: X; --preset fast: Y)`` for the :class:`cbigan.config.Config` field ``name``: its
+    value in the default (paper) preset, then each preset that changes it. ``text`` replaces X."""
+    from ..config import PRESETS, Config
+
+    base = getattr(Config(), name)
+    out = f"default: {show(base) if text is None else text}"
+    for preset, overrides in sorted(PRESETS.items()):
+        if name in overrides and overrides[name] != base:
+            out += f"; --preset {preset}: {show(overrides[name])}"
+    return f"({out})".replace("%", "%%")

@@ -1,0 +1,55 @@
+"""``python -m cbigan.export RUN``: write a TF Serving SavedModel of a trained run (:mod:`cbigan.export`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser("python -m cbigan.export",
+               "Write a TF Serving SavedModel <export-dir>/<model-name>/<version>/ of a trained run.")
+    p.add_argument("run_dir", help="runs/<category>/<run> (config.json + model.weights.h5)")
+    p.add_argument("--export-dir", default=None, help="base folder (default: RUN_DIR/export)")
+    p.add_argument("--model-name", default=None, help="TF Serving model name (default: the category)")
+    p.add_argument("--version", type=int, default=None,
+                   help="version number (default: highest existing + 1, or 1)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --version (without --version: the highest existing one) instead of adding one")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=float, default=None,
+                   help="use this decision threshold instead of the run's calibrated one")
+    g.add_argument("--threshold-percentile", type=float, default=None,
+                   help="recalibrate on the held-out images at this percentile (rewrites threshold.json)")
+    g.add_argument("--recalibrate", action="store_true",
+                   help="recalibrate on the held-out images with the run's percentile")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable held-out images")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..data import DataError
+    from ..export import ExportError, export_run, read_metadata
+
+    try:
+        target = export_run(args.run_dir, args.export_dir, model_name=args.model_name, version=args.version,
+                            overwrite=args.overwrite, threshold=args.threshold,
+                            recalibrate=args.recalibrate, percentile=args.threshold_percentile,
+                            skip_bad_images=args.skip_bad_images)
+    except (DataError, ExportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    meta = read_metadata(target)
+    thr = meta.get("threshold")
+    print(f"exported {target}")
+    print(f"threshold: {'none (no calibrated threshold; is_anomaly is always false)' if thr is None else thr}"
+          f" - {meta.get('threshold_info', {}).get('rule', '')}")
+    print(f"inspect: saved_model_cli show --dir {target} --all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Input kinds: everything that differs between scoring whole images and scoring patches.
+
+One class per kind and one table, :data:`KINDS`, keyed by the name stored in ``Config.kind`` (and in
+``config.json``). A kind holds its data defaults (:meth:`InputKind.defaults`), its checks
+(:meth:`InputKind.validate`), how images become network inputs and per-patch outputs become images
+again (:meth:`InputKind.to_network_inputs` / :meth:`InputKind.from_network_outputs`), its training
+augmentation (:meth:`InputKind.augment`), its anomaly-map stride and the wording of figure captions.
+
+* ``object``: the image is scored whole (patch size = image size, 128 by default); trained with
+  +-45 degree rotations for the categories whose orientation does not tell a defect
+  (:data:`ROTATED_OBJECTS`), unrotated otherwise.
+* ``texture``: the image (512 by default) is cut into non-overlapping 64x64 patches; trained on random
+  patch crops rotated by U(0, 45) degrees.
+
+Adding a kind means adding one :class:`InputKind` subclass to :data:`KINDS`; nothing else branches on
+the kind. This module imports neither TensorFlow nor any other project module at import time (so
+:mod:`cbigan.config` can use it); the TensorFlow ops come from :mod:`cbigan.imageops`, imported inside
+the methods that run them.
+"""
+
+from __future__ import annotations
+
+#: MVTec AD categories of each kind (the default kind of a category: :func:`default_kind`).
+TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
+OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush",
+           "transistor", "zipper")
+#: Objects whose orientation does not tell a defect: trained with +-45 degree rotations (Sec. V-B).
+ROTATED_OBJECTS = ("bottle", "hazelnut", "metal_nut", "screw")
+
+
+class StrideError(ValueError):
+    """A map stride outside 1..patch size (the message names the ``--stride`` flag)."""
+
+
+class InputKind:
+    """The whole-image protocol; subclasses override what differs. Instances are stateless."""
+
+    #: The name in ``Config.kind`` / ``config.json``.
+    name: str = ""
+    #: Categories whose default kind this is (:func:`default_kind`).
+    categories: tuple = ()
+    #: Images are cut into a grid of ``patch_size`` patches (else one patch: the whole image). Anomaly
+    #: maps of patched kinds have a patch stride, and figures mark the highest-scoring patch.
+    is_patched: bool = False
+
+    @property
+    def has_map_stride(self) -> bool:
+        """Whether ``--stride`` (overlapping patches for the anomaly maps) means anything."""
+        return self.is_patched
+
+    # ------------------------------------------------------------------ configuration
+    def defaults(self, category: str, image_size: int | None = None) -> dict:
+        """``image_size``, ``patch_size`` and ``rotation`` of ``category`` where the config leaves them
+        None. ``image_size``: the one already chosen (a flag or a preset), which the patch size may follow."""
+        raise NotImplementedError
+
+    def validate(self, cfg) -> None:
+        """Raise ValueError when the resolved ``cfg``'s data fields do not fit this kind."""
+
+    # ------------------------------------------------------------------ geometry
+    def grid(self, cfg) -> int:
+        """Patches along each side of an image."""
+        return int(cfg.image_size) // int(cfg.patch_size)
+
+    def patches_per_image(self, cfg) -> int:
+        """Non-overlapping network inputs per image (the P of the per-patch scores [N, P])."""
+        return self.grid(cfg) ** 2
+
+    def map_stride(self, cfg, stride: int | None) -> int:
+        """The anomaly-map patch stride: the patch size by default and for kinds without a stride;
+        :class:`StrideError` when a requested stride is outside 1..patch size."""
+        if not self.has_map_stride:
+            return int(cfg.patch_size)
+        if stride is None:
+            return self.default_stride(cfg)
+        stride = int(stride)
+        if not 1 <= stride <= cfg.patch_size:
+            raise StrideError(f"--stride must be between 1 and the patch size {cfg.patch_size}, got {stride}")
+        return stride
+
+    def default_stride(self, cfg) -> int:
+        """The map stride when none is asked for: the patch size (non-overlapping patches)."""
+        return int(cfg.patch_size)
+
+    def fit(self, images, cfg):
+        """Decoded images of one size [N, H, W, C] (uint8) -> ``(model-size uint8 images [N, S, S, C],
+        (h, w))``: the kind's resize, in the graph (training, evaluation and the export run this one op).
+        ``(h, w)``: the region of the result that holds the image (the whole of it here: a square resize,
+        :func:`cbigan.imageops.resize_uint8`)."""
+        from .imageops import resize_uint8
+
+        size = int(cfg.image_size)
+        return resize_uint8(images, size), (size, size)
+
+    def to_input_size(self, t, region, size_hw):
+        """Model-size outputs [N, S, S, ...] of images fitted by :meth:`fit` -> what the export returns
+        for inputs of ``size_hw``: here unchanged (maps at the model resolution, as evaluation has them)."""
+        return t
+
+    def fit_mask(self, mask, cfg):
+        """A {0, 1} mask [H, W] of an image -> [S, S] uint8 at the model resolution, as :meth:`fit` places
+        the image (nearest neighbour; 0 outside the image's region)."""
+        import tensorflow as tf
+
+        size = int(cfg.image_size)
+        return tf.cast(tf.image.resize(tf.cast(mask, tf.float32)[..., None], (size, size),
+                                       method="nearest")[..., 0], tf.uint8)
+
+    def best_patch_box(self, cfg, index: int):
+        """(top, left, size) of the non-overlapping patch ``index`` to outline in figures, or None."""
+        return None
+
+    def describe_stride(self, stride: int) -> str:
+        """Caption fragment naming the map stride ('' where the kind has none)."""
+        return ""
+
+    # ------------------------------------------------------------------ tensors (TensorFlow)
+    def to_network_inputs(self, x, cfg):
+        """Images [N, S, S, C] -> network inputs [N * P, p, p, C] (P = :meth:`patches_per_image`)."""
+        return x
+
+    def from_network_outputs(self, t, cfg):
+        """Per-input outputs [N * P, p, p, ...] -> per-image [N, S, S, ...] (inverse of the above)."""
+        return t
+
+    def model_inputs(self, images_uint8, cfg):
+        """Resized uint8 images [N, S, S, C] -> float32 network inputs [N * P, p, p, C]: the pixel range
+        and ``cfg.normalize`` (:func:`cbigan.imageops.to_model_range`), then :meth:`to_network_inputs`.
+        The preprocessing of scoring and previews."""
+        from .imageops import to_model_range
+
+        return self.to_network_inputs(to_model_range(images_uint8, cfg.normalize), cfg)
+
+    def geometric_augment(self, images_uint8, cfg, seed):
+        """The paper's geometric training augmentation: uint8 images -> float32 0..255 network-sized
+        inputs. ``seed``: a stateless seed (shape [2]); the same seed gives the same batch."""
+        import tensorflow as tf
+
+        return tf.cast(images_uint8, tf.float32)
+
+    def augment(self, images_uint8, cfg, seed):
+        """One training batch: :meth:`geometric_augment` of resized uint8 images, then the pixel range and
+        ``cfg.normalize`` with the statistics of the whole images (as at scoring time) -> float32."""
+        from .imageops import image_stats, to_model_range
+
+        x = self.geometric_augment(images_uint8, cfg, seed)
+        stats = image_stats(images_uint8) if cfg.normalize != "none" else None
+        return to_model_range(x, cfg.normalize, stats)
+
+    def __repr__(self) -> str:
+        return f"<input kind {self.name!r}>"
+
+
+class ObjectKind(InputKind):
+    """Objects are scored whole: 128 px, rotated +-45 degrees where orientation is no defect."""
+
+    name = "object"
+    categories = OBJECTS
+
+    def defaults(self, category: str, image_size: int | None = None) -> dict:
+        size = 128 if image_size is None else image_size
+        return {"image_size": 128, "patch_size": size,
+                "rotation": 45.0 if category in ROTATED_OBJECTS else 0.0}
+
+    def validate(self, cfg) -> None:
+        if cfg.patch_size != cfg.image_size:
+            raise ValueError("objects are scored whole: patch_size must equal image_size")
+
+    def geometric_augment(self, images_uint8, cfg, seed):
+        if cfg.rotation > 0:
+            from .imageops import rotate_objects
+
+            return rotate_objects(images_uint8, cfg.rotation, seed)
+        return super().geometric_augment(images_uint8, cfg, seed)
+
+
+class TextureKind(InputKind):
+    """Textures: 512 px images cut into 64 px patches; trained on rotated random patch crops."""
+
+    name = "texture"
+    categories = TEXTURES
+    is_patched = True
+
+    def defaults(self, category: str, image_size: int | None = None) -> dict:
+        return {"image_size": 512, "patch_size": 64, "rotation": 45.0}
+
+    def validate(self, cfg) -> None:
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"texture image_size {cfg.image_size} is not a multiple of patch_size "
+                             f"{cfg.patch_size}")
+
+    def best_patch_box(self, cfg, index: int):
+        grid, p = self.grid(cfg), int(cfg.patch_size)
+        return ((index // grid) * p, (index % grid) * p, p)
+
+    def describe_stride(self, stride: int) -> str:
+        return f", patch stride {stride}"
+
+    def to_network_inputs(self, x, cfg):
+        from .imageops import to_patches
+
+        return to_patches(x, cfg.patch_size)
+
+    def from_network_outputs(self, t, cfg):
+        from .imageops import from_patches
+
+        return from_patches(t, self.grid(cfg))
+
+    def geometric_augment(self, images_uint8, cfg, seed):
+        from .imageops import rotated_texture_crops
+
+        return rotated_texture_crops(images_uint8, cfg.patch_size, cfg.rotation, seed)
+
+
+class TilesKind(TextureKind):
+    """Native-resolution tiles of images of any size and aspect ratio (beyond the paper).
+
+    Every image is scaled by one factor (``cfg.scale``, 1.0 = native resolution, smaller when needed to
+    fit) into a square canvas of ``image_size`` (default 512) and the rest of the canvas is the image
+    mirrored (:func:`cbigan.imageops.fit_to_canvas`): no aspect ratio is ever distorted and small defects
+    keep their pixels. Trained on random ``patch_size`` crops of the canvas (no rotation by default);
+    scored on overlapping tiles (map stride ``patch_size / 2`` by default) stitched into the anomaly map,
+    whose image's region is cut out and brought back to the input's own size for outputs and pixel
+    metrics; the image score is best taken from the map (``--image-score map_max`` or ``map_topk``).
+    """
+
+    name = "tiles"
+    categories = ()
+
+    def defaults(self, category: str, image_size: int | None = None) -> dict:
+        return {"image_size": 512, "patch_size": 64, "rotation": 0.0}
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        if not cfg.scale > 0:
+            raise ValueError(f"scale must be > 0, got {cfg.scale}")
+
+    def default_stride(self, cfg) -> int:
+        return max(1, int(cfg.patch_size) // 2)
+
+    def fit(self, images, cfg):
+        import tensorflow as tf
+
+        from .imageops import fit_to_canvas
+
+        x, hw = fit_to_canvas(images, int(cfg.image_size), float(cfg.scale))
+        return tf.cast(x, tf.uint8), hw
+
+    def to_input_size(self, t, region, size_hw):
+        """The image's region of the canvas, resized (bilinear) to the input's own size."""
+        import tensorflow as tf
+
+        crop = t[:, :region[0], :region[1]]
+        one = crop.shape.rank == 3
+        x = tf.image.resize(crop[..., None] if one else crop, tf.stack([size_hw[0], size_hw[1]]), method="bilinear")
+        return x[..., 0] if one else x
+
+    def fit_mask(self, mask, cfg):
+        import tensorflow as tf
+
+        from .imageops import scaled_size
+
+        size = int(cfg.image_size)
+        h, w = scaled_size(tf.shape(mask)[0], tf.shape(mask)[1], size, float(cfg.scale))
+        m = tf.image.resize(tf.cast(mask, tf.float32)[..., None], tf.stack([h, w]), method="nearest")[..., 0]
+        return tf.cast(tf.pad(m, [[0, size - h], [0, size - w]]), tf.uint8)
+
+
+#: Every input kind by name (``Config.kind``). Adding a kind: one more entry here.
+KINDS: dict[str, InputKind] = {k.name: k for k in (ObjectKind(), TextureKind(), TilesKind())}
+#: The kind of a category no entry of :data:`KINDS` lists.
+FALLBACK_KIND = "object"
+
+
+def default_kind(category: str) -> str:
+    """The name of the kind ``category`` is by default: the kind listing it, else ``object``."""
+    for name, kind in KINDS.items():
+        if category in kind.categories:
+            return name
+    return FALLBACK_KIND
+
+
+def kind_of(cfg_or_name) -> InputKind:
+    """The :class:`InputKind` of a config (its ``kind``, or its category's default when None), of a
+    kind name, or the kind itself. ValueError for a name not in :data:`KINDS`."""
+    if isinstance(cfg_or_name, InputKind):
+        return cfg_or_name
+    if hasattr(cfg_or_name, "kind"):
+        name = cfg_or_name.kind
+        if name is None:
+            name = default_kind(cfg_or_name.category)
+    else:
+        name = cfg_or_name
+    kind = KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise ValueError(f"kind must be {' or '.join(repr(k) for k in KINDS)}, got {name!r}")
+    return kind

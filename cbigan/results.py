@@ -1,0 +1,130 @@
+"""The one per-image result record: what the model says about N images (no TensorFlow import).
+
+:class:`ImageResults` is returned by :meth:`cbigan.scoring.Scorer.score` (score parts only), by
+:meth:`cbigan.localization.Localizer.run` (score parts and the two map parts) and by evaluation (the
+same, plus which test images they are, their labels and masks). Image scores and anomaly maps at any
+lambda are recombinations of the stored parts through :mod:`cbigan.anomaly_score`, so a lambda sweep
+costs no network call. ``scores_parts.npz`` and ``pixel_maps.npz`` of a run folder are its two halves
+on disk (:meth:`ImageResults.save_parts`, :meth:`ImageResults.save_maps`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .anomaly_score import DEFAULT_TOPK, MAP_RULES, best_patch, combine, rule_scores
+from .runfolder import write_atomic
+
+
+@dataclass
+class ImageResults:
+    """Per-image results of N images with P scoring patches each (P = 1 for objects).
+
+    * ``l_r``, ``l_fd`` [N, P]: the score parts L_R and L_fD of every non-overlapping patch (>= 0);
+    * ``map_r``, ``map_fd`` [N, S, S] float32 or None: the two parts of the anomaly maps at the model
+      resolution (stitched, averaged over overlapping patches, smoothed with ``sigma`` at ``stride``);
+    * ``paths``, ``labels`` ([N] 0 good / 1 defective), ``defect_types`` ("good" or the folder name),
+      ``masks`` ([N, S, S] uint8 in {0, 1}) and ``has_mask`` ([N] bool: good, or a mask file exists)
+      when the images are a labelled test set; ``regions`` ([N, 2] (h, w)): the top-left part of each
+      map that is the image (the whole map but for tiles, whose canvas is the image mirrored);
+    * ``fingerprint``: of the weights and config that produced them; ``seconds``: scoring wall time.
+    """
+
+    l_r: np.ndarray
+    l_fd: np.ndarray
+    paths: list | None = None
+    labels: np.ndarray | None = None
+    defect_types: list | None = None
+    map_r: np.ndarray | None = None
+    map_fd: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    has_mask: np.ndarray | None = None
+    sigma: float | None = None
+    stride: int | None = None
+    regions: np.ndarray | None = None
+    fingerprint: str = ""
+    seconds: float = float("nan")
+
+    def __len__(self) -> int:
+        return len(self.l_r)
+
+    # -- the score, through the one rule
+    def image_scores(self, lam: float, rule: str = "paper", topk: float = DEFAULT_TOPK) -> np.ndarray:
+        """[N] float64 image scores at ``lam`` by ``rule`` (:func:`cbigan.anomaly_score.rule_scores`:
+        ``paper`` from the parts, the map rules from :meth:`maps`)."""
+        maps = self.maps(lam) if rule in MAP_RULES else None
+        return np.asarray(rule_scores(rule, lam, l_r=self.l_r, l_fd=self.l_fd, maps=maps, topk=topk), np.float64)
+
+    def best_patch(self, lam: float) -> np.ndarray:
+        """[N] row-major index of each image's highest-scoring patch at ``lam``."""
+        return best_patch(self.l_r, self.l_fd, lam)
+
+    @property
+    def has_maps(self) -> bool:
+        return self.map_r is not None and self.map_fd is not None
+
+    def maps(self, lam: float) -> np.ndarray:
+        """[N, S, S] float32 anomaly maps at ``lam``."""
+        if not self.has_maps:
+            raise ValueError("these results hold no anomaly maps")
+        return np.asarray(combine(np.asarray(self.map_r, np.float32), np.asarray(self.map_fd, np.float32), lam),
+                          np.float32)
+
+    def maps_match(self, sigma: float, stride: int) -> bool:
+        return (self.has_maps and self.sigma is not None and math.isclose(self.sigma, sigma)
+                and int(self.stride) == int(stride))
+
+    def with_maps(self, other: "ImageResults | None") -> "ImageResults":
+        """These score parts with the maps (and masks, sigma, stride) of ``other``."""
+        if other is None:
+            return replace(self, map_r=None, map_fd=None, masks=None, has_mask=None, sigma=None, stride=None,
+                           regions=None)
+        return replace(self, map_r=other.map_r, map_fd=other.map_fd, masks=other.masks,
+                       has_mask=other.has_mask, sigma=other.sigma, stride=other.stride, regions=other.regions)
+
+    # -- on disk
+    def save_parts(self, path: str | Path) -> None:
+        """``scores_parts.npz``: the score parts with what identifies every row (atomic)."""
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, l_r=self.l_r, l_fd=self.l_fd, paths=np.array(self.paths, dtype=str),
+                                    labels=self.labels, defect_types=np.array(self.defect_types, dtype=str),
+                                    fingerprint=np.array(self.fingerprint), seconds=np.array(self.seconds))
+        write_atomic(Path(path), write)
+
+    @classmethod
+    def load_parts(cls, path: str | Path) -> "ImageResults":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["l_r"], z["l_fd"], z["paths"].tolist(), z["labels"], z["defect_types"].tolist(),
+                       fingerprint=str(z["fingerprint"]), seconds=float(z["seconds"]))
+
+    def save_maps(self, path: str | Path) -> None:
+        """``pixel_maps.npz``: the two map parts (float32) and the masks (bit-packed, when known), atomic."""
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                masks = np.zeros(self.map_r.shape, bool) if self.masks is None else self.masks.astype(bool)
+                has_mask = np.zeros(len(self.map_r), bool) if self.has_mask is None else self.has_mask
+                np.savez(f, map_r=self.map_r.astype(np.float32), map_fd=self.map_fd.astype(np.float32),
+                         masks=np.packbits(masks, axis=-1), with_masks=np.array(self.masks is not None),
+                         mask_shape=np.array(masks.shape), has_mask=np.asarray(has_mask, bool),
+                         sigma=np.array(float(self.sigma)), stride=np.array(int(self.stride)),
+                         paths=np.array(self.paths, dtype=str), fingerprint=np.array(self.fingerprint),
+                         regions=np.zeros((0, 2), np.int32) if self.regions is None else np.asarray(self.regions))
+        write_atomic(Path(path), write)
+
+    @classmethod
+    def load_maps(cls, path: str | Path) -> "ImageResults":
+        """The maps of ``pixel_maps.npz`` (no score parts: ``l_r`` and ``l_fd`` are empty)."""
+        with np.load(path, allow_pickle=False) as z:
+            shape = tuple(int(v) for v in z["mask_shape"])
+            masks = np.unpackbits(z["masks"], axis=-1, count=shape[-1]).reshape(shape)
+            with_masks = bool(z["with_masks"]) if "with_masks" in z.files else True
+            empty = np.zeros((0, 0))
+            return cls(empty, empty, z["paths"].tolist(), map_r=z["map_r"], map_fd=z["map_fd"],
+                       masks=masks if with_masks else None, has_mask=z["has_mask"] if with_masks else None,
+                       regions=z["regions"] if "regions" in z.files and len(z["regions"]) else None, sigma=float(z["sigma"]), stride=int(z["stride"]),
+                       fingerprint=str(z["fingerprint"]))

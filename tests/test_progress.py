@@ -1,0 +1,72 @@
+"""What the command line says about a run's length, and progress bars that stay out of logs."""
+
+import io
+
+from cbigan.callbacks import duration_message, human_duration
+from cbigan.progress import progress
+
+
+def test_human_duration():
+    assert human_duration(40) == "40 s"
+    assert human_duration(12 * 60) == "12 min"
+    assert human_duration(5.3 * 3600) == "5.3 h"
+    assert human_duration(9.6 * 86400) == "9.6 days"
+
+
+def test_paper_preset_on_a_cpu_gets_its_length_and_the_fast_hint():
+    text = duration_message(1_200_000, 25, 2.0, minutes=None, preset="paper", gpu=False)
+    assert "1,200,000 steps would take about 6.9 days" in text
+    assert "--preset fast --minutes 15" in text and "no GPU" in text
+
+
+def test_minutes_say_where_the_run_stops_and_the_hint_keeps_them():
+    text = duration_message(1_200_000, 0, 2.0, minutes=30, preset="paper", gpu=False)
+    assert "--minutes 30 stops it after about 3,600 steps" in text
+    assert "--preset fast --minutes 30" in text
+
+
+def test_no_hint_on_a_gpu_for_the_fast_preset_or_for_a_short_job():
+    assert "no GPU" not in duration_message(1_200_000, 0, 40.0, preset="paper", gpu=True)
+    assert "no GPU" not in duration_message(1_200_000, 0, 2.0, minutes=15, preset="fast", gpu=False)
+    short = duration_message(2_000, 0, 2.0, preset="paper", gpu=False)
+    assert "about 17 min" in short and "no GPU" not in short and "stops it" not in short
+
+
+def test_progress_is_silent_when_quiet_or_not_a_terminal():
+    out = io.StringIO()  # not a terminal
+    assert list(progress(range(3), desc="x", file=out)) == [0, 1, 2]
+    assert list(progress(range(3), desc="x", quiet=True)) == [0, 1, 2]
+    assert out.getvalue() == ""
+
+
+def test_progress_shows_a_bar_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    assert list(progress(range(3), desc="scoring", file=out)) == [0, 1, 2]
+    assert "scoring" in out.getvalue() and "/3" in out.getvalue()
+
+
+def test_duration_estimate_prints_once_after_warmup(monkeypatch):
+    import itertools
+    import types
+
+    import keras
+
+    from cbigan import callbacks
+    from cbigan.callbacks import DurationEstimate
+
+    clock = itertools.count(0.0, 0.5)  # every reading of the clock is half a second later: ~1 step/s
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: next(clock))
+    printed = []
+    model = types.SimpleNamespace(train_counter=keras.Variable(0, dtype="int64"))
+    cb = DurationEstimate(1_200_000, preset="paper", gpu=False, warmup=2, measure_s=0.0,
+                          print_fn=lambda *a, **k: printed.append(a[0]))
+    cb.set_model(model)
+    for step in range(1, 6):
+        model.train_counter.assign(step)
+        cb.on_train_batch_end(step)
+    assert len(printed) == 1 and "1,200,000 steps would take about" in printed[0]
+    assert "--preset fast --minutes 15" in printed[0]
