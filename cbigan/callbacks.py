@@ -307,7 +307,7 @@ class Checkpointer(keras.callbacks.Callback):
     (SIGKILL) after its first backup resumes, from the last written one, to the same weights.
     """
 
-    def __init__(self, every: int, save, guard: "NaNGuard", snapshot=None, interval_s: float | None = None):
+    def __init__(self, every: int, save, guard: NaNGuard, snapshot=None, interval_s: float | None = None):
         super().__init__()
         self.every, self.save, self.guard = max(1, int(every)), save, guard
         self.snapshot = snapshot

@@ -114,7 +114,7 @@ def rotated_texture_crops(images, patch: int, max_degrees: float, seed):
     hi = size - half_extent
     u = tf.random.stateless_uniform((n, 2), seeds[1])
     centers = lo[:, None] + u * (hi - lo)[:, None] - 0.5
-    window = min(int(math.ceil(patch * math.sqrt(2.0))) + 4, int(images.shape[1] or 1 << 30))
+    window = min(math.ceil(patch * math.sqrt(2.0)) + 4, int(images.shape[1] or 1 << 30))
     # top-left corner (x, y) of each window, kept inside the image (the crop is, see the centres)
     corner = tf.clip_by_value(tf.cast(tf.floor(centers), tf.int32) - window // 2, 0, side - window)
     offsets = tf.range(window)

@@ -329,15 +329,18 @@ def maps_data(run_dir, n_rows: int | None = None, data_dir: str | None = None, s
     loc = run.localizer(sigma, stride)
     keys = [image_key(p, t) for p, t in zip(test.paths, test.defect_types)]
     scores = run.scores_for(keys)
+    rule = (run.lam, run.cfg.image_score, run.cfg.score_topk)  # the run's own image score
     if scores is None:
-        scores = loc.run(test.images).image_scores(run.lam)
+        scores = loc.run(test.images).image_scores(*rule)
     picked = select_examples(test.defect_types, scores, n_rows)
     out = loc.run(test.images[picked])
-    maps, image_scores = out.maps(run.lam), out.image_scores(run.lam)
+    maps, image_scores = out.maps(run.lam), out.image_scores(*rule)
     rows = []
     for k, i in enumerate(picked):
         mask = test.masks[i] if test.masks is not None and test.has_mask[i] else None
-        image, amap = test.images[i], maps[k]
+        h, w = test.regions[i] if test.regions is not None else maps[k].shape  # tiles: the image's part
+        image, amap = test.images[i][:h, :w], maps[k][:h, :w]
+        mask = None if mask is None else mask[:h, :w]
         if original_size:
             image = load_image(test.paths[i])
             amap = to_original_size(amap, image.shape[:2])

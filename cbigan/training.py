@@ -48,11 +48,12 @@ from .threshold import calibrate_threshold, write_threshold
 #: between are held in memory (:class:`cbigan.callbacks.Checkpointer`). A weights file costs 0.5-0.9 s.
 BACKUP_INTERVAL_S = 60.0
 #: TensorFlow intra-op threads by network input side, on a machine without a GPU (``intra_op_threads``
-#: left unset): ``(largest side, threads)``, first match; 0 is TensorFlow's default (every core).
-#: Measured with ``python -m cbigan.bench train`` (results/benchmarks.md): on 2 cores one thread makes
-#: a 64 px step faster (TensorFlow spreads each small convolution over both cores and leaves them idle
-#: a third of the time); at 128 px the default is as fast.
-INTRA_OP_THREADS = ((64, 1),)
+#: left unset): ``((largest side, threads), ...)``, first match; otherwise 0, TensorFlow's default
+#: (every core). Empty by measurement: ``python -m cbigan.bench train`` (results/benchmarks.md,
+#: 2026-11-29, 2 shared cores) found one thread slower than the default at 64 and at 128 px (an earlier
+#: measurement on a quiet machine had found one thread 1.5x faster at 64 px; rerun the benchmark on
+#: the machine that trains and add e.g. ``(64, 1)`` here when it wins there).
+INTRA_OP_THREADS: tuple = ()
 
 
 def choose_intra_op_threads(cfg: Config) -> int:

@@ -86,3 +86,24 @@ def make_untrained_run(root, tmp, category, **kw) -> dict:
     model = build_model(cfg)
     save_weights_atomic(model, run / "model.weights.h5")
     return {"run": run, "cfg": cfg, "model": model}
+
+
+#: A small CBiGAN that learns a 64 px synthetic category in about 60 steps (the learning tests).
+LEARNING = dict(image_size=64, patch_size=64, steps=60, batch_size=16, d_iter=1, alpha=0.5, lr_d=1e-3,
+                lr_eg=1e-3, width=2, latent_dim=16, ema_decay=0.9, ema_every=1, log_every=20, eval_every=60,
+                preview_every=60, seed=42)
+
+
+def make_learning_category(root, name: str, n_train: int = 32, n_good: int = 10, n_defect: int = 10) -> Path:
+    """Bright squares in the dark background: |x| is unchanged, so an untrained model cannot see them."""
+    return make_category(root, name, kind="object", size=64, n_train=n_train, n_good=n_good,
+                         n_defect=n_defect, defect_color=(215, 215, 215), defect_frac=0.2,
+                         defect_in_corner=True, masks=False)
+
+
+def learning_config(root, tmp, name: str, **kw):
+    """The resolved :data:`LEARNING` config of category ``name`` under ``root``, runs under ``tmp``."""
+    from cbigan.config import Config
+
+    return Config(**{"category": name, "data_dir": str(root), "output_dir": str(Path(tmp) / "runs"),
+                     "run_name": "r", **LEARNING, **kw}).resolved()

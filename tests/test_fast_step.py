@@ -173,7 +173,8 @@ def test_intra_op_threads_are_chosen_by_input_size_and_an_explicit_value_wins(mo
     from cbigan import training
 
     monkeypatch.setattr(training, "_has_gpu", lambda: False)
-    cfg = lambda **kw: Config(category="tiny", kind="object", **kw).resolved()  # noqa: E731
+    monkeypatch.setattr(training, "INTRA_OP_THREADS", ((64, 1),))  # e.g. one thread up to 64 px
+    cfg = lambda **kw: Config(category="tiny", kind="object", **kw).resolved()
     assert training.choose_intra_op_threads(cfg(image_size=64)) == 1
     assert training.choose_intra_op_threads(cfg(image_size=128)) == 0
     assert training.choose_intra_op_threads(cfg(image_size=64, intra_op_threads=2)) == 2

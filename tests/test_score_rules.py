@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthetic import make_category, make_untrained_run
+from synthetic import learning_config, make_category, make_learning_category, make_untrained_run
 
 from cbigan.anomaly_score import (IMAGE_SCORE_RULES, image_scores, map_scores, rule_scores, topk_count)
 from cbigan.config import Config
@@ -158,14 +158,9 @@ def test_darker_normal_images_do_not_cross_the_threshold(tmp_path):
     from cbigan.runfolder import read_threshold
     from cbigan.training import train
 
-    root = tmp_path / "data"
-    make_category(root, "drift", kind="object", size=64, n_train=40, n_good=10, n_defect=10,
-                  defect_color=(215, 215, 215), defect_frac=0.2, defect_in_corner=True, masks=False)
-    cfg = Config(category="drift", data_dir=str(root), output_dir=str(tmp_path / "runs"), run_name="r",
-                 image_size=64, patch_size=64, val_split=0.2, steps=60, batch_size=16, d_iter=1,
-                 alpha=0.5, lr_d=1e-3, lr_eg=1e-3, width=2, latent_dim=16, ema_decay=0.9, ema_every=1,
-                 log_every=20, eval_every=60, preview_every=60, seed=42, normalize="per_image",
-                 select="final").resolved()
+    make_learning_category(tmp_path / "data", "drift", n_train=40)
+    cfg = learning_config(tmp_path / "data", tmp_path, "drift", val_split=0.2, normalize="per_image",
+                          select="final")
     run = train(cfg, verbose=0, export=False)
     cfg, model = load_trained(run)
     thr = read_threshold(run)["threshold"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, shared_category
-from synthetic import make_category
+from synthetic import learning_config, make_category, make_learning_category
 
 from cbigan.config import Config
 from cbigan.data import load_test_set
@@ -22,14 +22,9 @@ from cbigan.training import train
 
 def test_learning_on_obvious_defects(tmp_path):
     """A small CBiGAN learns a synthetic category: defects invisible to the untrained model are found."""
-    root = tmp_path / "data"
     # a bright square in the dark background: |x| is unchanged, so an untrained model cannot see it
-    make_category(root, "learn", kind="object", size=64, n_train=32, n_good=10, n_defect=10,
-                  defect_color=(215, 215, 215), defect_frac=0.2, defect_in_corner=True, masks=False)
-    cfg = Config(category="learn", data_dir=str(root), output_dir=str(tmp_path / "runs"), run_name="r",
-                 image_size=64, patch_size=64, val_split=0, steps=60, batch_size=16, d_iter=1,
-                 alpha=0.5, lr_d=1e-3, lr_eg=1e-3, width=2, latent_dim=16, ema_decay=0.9, ema_every=1,
-                 log_every=20, eval_every=60, preview_every=60, seed=42).resolved()
+    make_learning_category(tmp_path / "data", "learn")
+    cfg = learning_config(tmp_path / "data", tmp_path, "learn", val_split=0)
     test = load_test_set(cfg)
     before = auroc(test.labels, Scorer(build_model(cfg), cfg).score(test.images).image_scores(0.1))
     run = train(cfg, verbose=0, export=False)

@@ -144,7 +144,9 @@ def report(category: str, res: dict, minutes: float = 15.0) -> None:
     step_s = in_steps / max(1, len(rest))
     n15 = (60 * minutes - first) / (step_s + per_step)
     print(f"  projected to a {minutes:g}-minute run: {n15:,.0f} steps, outside the steps "
-          f"{100 * (first + per_step * n15) / (60 * minutes):.1f}% (tracing once, the rest per step as measured)")
+          f"{100 * (first + per_step * n15) / (60 * minutes):.1f}% (the first step's tracing once, everything "
+          f"else per step as in this run: an overestimate, since this run's first evaluation and preview "
+          f"(tracing) and its end-of-run writes recur in it)")
     for name in sorted(t.total):
         if name.startswith("(outside fit)"):
             print(f"  {name:54s} {t.total[name]:6.2f} s")

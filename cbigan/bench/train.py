@@ -10,13 +10,14 @@ tf.data's autotune thread, which made earlier figures snap to 2.55 / 5.12 / 10.2
   median over ``--repeats``;
 * **yardstick**: ``../shared/bench/reference_step.py`` (the original's step structure: every forward
   pass, the penalty and the consistency terms at every step, Python-bool branches), run unchanged in
-  the same process (so with the same thread settings), once per repeat, alternating with ours;
+  the same process (so with the same thread settings), once per round, after ours;
 * ``--previous``: also our step as it was before the gradient penalty got its own critic call (one
   critic call on the concatenated real / fake / interpolated batch of 3B, differentiated twice), to
   show what the split buys.
 
 Each thread setting (``--threads``, TF's intra-op pool; 0 = TF's default) runs in a child process of
-its own, because TensorFlow fixes its thread pools when its context starts. The figures are printed as
+its own, because TensorFlow fixes its thread pools when its context starts; the settings alternate,
+one child per round (``--repeats`` rounds). The figures are printed as
 ``ours / yardstick``, a ratio taken in one process, so it holds on a noisy machine.
 """
 
@@ -163,7 +164,7 @@ def measure(*, threads: int, sizes, batch_size: int, cycles: int, repeats: int, 
 def _child(args: dict) -> dict:
     cmd = [sys.executable, "-m", "cbigan.bench.train", json.dumps(args)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
                           cwd=Path(__file__).resolve().parents[2])
     if proc.returncode:
         sys.stderr.write(proc.stderr[-4000:])
@@ -188,25 +189,42 @@ def run(*, batch_size: int, cycles: int, repeats: int, sizes, threads, previous:
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, {_load()}; batch {batch_size}; "
           f"{cycles} timed d_iter cycles (5 critic + 1 E+G steps) per measurement, median of {repeats}; "
           f"yardstick: {ref if have_ref else 'absent (' + str(ref) + ')'}", flush=True)
+    # thread settings alternate (A B A B ...), one child process per measurement round, so that a change
+    # of machine load between processes hits each setting alike
+    runs = {}
+    for r in range(repeats):
+        for n in threads:
+            res = _child({"threads": n, "sizes": list(sizes), "batch_size": batch_size, "cycles": cycles,
+                          "repeats": 1, "previous": previous, "reference": str(ref) if have_ref else None})
+            for size, rows in res.items():
+                for k, v in rows.items():
+                    runs.setdefault((n, size), {}).setdefault(k, []).extend(v)
+            print(f"  round {r + 1}/{repeats}, threads {n or 'default'}: " + "; ".join(
+                f"{size} px " + ", ".join(f"{k} {v[0]:.1f}" for k, v in rows.items()) for size, rows in res.items()),
+                flush=True)
     table = []
-    for n in threads:
-        res = _child(dict(threads=n, sizes=list(sizes), batch_size=batch_size, cycles=cycles, repeats=repeats,
-                          previous=previous, reference=str(ref) if have_ref else None))
-        for size, rows in res.items():
-            med = {k: statistics.median(v) for k, v in rows.items()}
-            table.append((n, size, med))
-            line = f"threads {n or 'default':>7}  {size:3d} px   ours {med['ours']:7.1f} img/s"
-            if "previous" in med:
-                line += f"   previous step {med['previous']:7.1f} ({med['ours'] / med['previous']:.2f}x)"
-            if "yardstick" in med:
-                line += f"   yardstick {med['yardstick']:7.1f} img/s   ours / yardstick {med['ours'] / med['yardstick']:.2f}x"
-            print(line, flush=True)
+    for (n, size), rows in runs.items():
+        med = {k: statistics.median(v) for k, v in rows.items()}
+        table.append((n, size, med))
+        line = f"threads {n or 'default':>7}  {size:3d} px   ours {med['ours']:7.1f} img/s"
+        if "previous" in med:
+            line += f"   previous step {med['previous']:7.1f} ({med['ours'] / med['previous']:.2f}x)"
+        if "yardstick" in med:
+            per_round = statistics.median(o / y for o, y in zip(rows["ours"], rows["yardstick"]))
+            line += (f"   yardstick {med['yardstick']:7.1f} img/s   ours / yardstick "
+                     f"{med['ours'] / med['yardstick']:.2f}x (median of the rounds' ratios {per_round:.2f}x)")
+        print(line, flush=True)
     if len(threads) > 1:
         base = {size: med["ours"] for n, size, med in table if n == threads[0]}
         for n, size, med in table:
             if n != threads[0]:
                 print(f"ours, {size} px: threads {n or 'default'} / threads {threads[0] or 'default'} = "
                       f"{med['ours'] / base[size]:.2f}x")
+        ref0 = {size: med.get("yardstick") for n, size, med in table if n == threads[0]}
+        for n, size, med in table:
+            if n != threads[0] and ref0.get(size):
+                print(f"ours at threads {n or 'default'} / yardstick at threads {threads[0] or 'default'}, "
+                      f"{size} px = {med['ours'] / ref0[size]:.2f}x")
     print(_load())
     return 0
 

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "original's step structure) in the same process, per thread setting and input size")
     p.add_argument("--batch-size", type=int, default=32, help="batch per step")
     p.add_argument("--cycles", type=int, default=6, help="timed d_iter cycles (6 steps each) per measurement")
-    p.add_argument("--repeats", type=int, default=3, help="measurements per figure, alternating (median kept)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds: each thread setting once per round, in turn (median kept)")
     p.add_argument("--sizes", type=_csv(int), default="64,128", metavar="S,S", help="input sides in pixels")
     p.add_argument("--threads", type=_csv(int), default="0,1", metavar="N,N",
                    help="intra-op thread counts, each in its own process (0: TensorFlow's default)")

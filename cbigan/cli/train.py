@@ -105,10 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SavedModel base folder: EXPORT_DIR/<model-name>/<version> (default: RUN/export)")
     p.add_argument("--model-name", default=None, help="TF Serving model name (default: the category)")
     p.add_argument("--deterministic", action="store_true", help="enable TensorFlow op determinism (slower)")
-    p.add_argument("--intra-op-threads", type=int, default=None,
-                   help="TensorFlow intra-op threads, 0 = TensorFlow's default (all cores) (default: chosen "
-                        "at the start by the measured table cbigan.training.INTRA_OP_THREADS: 1 for inputs "
-                        "up to 64 px on a machine without a GPU, else 0; stored in config.json)")
     g = p.add_argument_group("data")
     g.add_argument("--kind", choices=sorted(KINDS), default=None,
                    help="scoring protocol: objects whole, textures as patches " + data["kind"])
@@ -179,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between evaluations (snapshots for model selection, monitoring) "
                         + config_default("eval_every"))
     g.add_argument("--log-every", type=int, default=None,
-                   help="steps between train_log.csv rows and backups " + config_default("log_every"))
+                   help="steps between train_log.csv rows and backups (on one device a backup is written "
+                        "at most once a minute and held in memory in between; SIGINT/SIGTERM, the end and "
+                        "a non-finite loss write the latest good one) " + config_default("log_every"))
     g.add_argument("--preview-every", type=int, default=None,
                    help="steps between preview images " + config_default("preview_every"))
     g.add_argument("--select", choices=SELECTION_RULES, default=None,
