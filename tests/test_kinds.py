@@ -21,7 +21,7 @@ def data_fields(cfg):
 
 # ---------------------------------------------------------------------------------- the table
 def test_the_table_and_the_category_lists():
-    assert list(KINDS) == ["object", "texture"]
+    assert list(KINDS) == ["object", "texture", "tiles"]
     assert all(isinstance(k, InputKind) and KINDS[name] is k and k.name == name for name, k in KINDS.items())
     assert CATEGORIES == TEXTURES + OBJECTS and len(CATEGORIES) == 15
     assert [default_kind(c) for c in TEXTURES] == ["texture"] * 5
@@ -29,7 +29,7 @@ def test_the_table_and_the_category_lists():
     assert kind_of("texture") is KINDS["texture"] and kind_of(KINDS["object"]) is KINDS["object"]
     assert kind_of(Config(category="grid")) is KINDS["texture"]            # kind None: from the category
     assert kind_of(Config(category="grid", kind="object")) is KINDS["object"]
-    with pytest.raises(ValueError, match=r"^kind must be 'object' or 'texture', got 'tile'$"):
+    with pytest.raises(ValueError, match=r"^kind must be 'object' or 'texture' or 'tiles', got 'tile'$"):
         kind_of("tile")
 
 
@@ -52,7 +52,7 @@ def test_fast_preset_objects_are_64_px_and_textures_keep_theirs():
 
 
 def test_validation_messages():
-    with pytest.raises(ValueError, match=r"^kind must be 'object' or 'texture', got 'rug'$"):
+    with pytest.raises(ValueError, match=r"^kind must be 'object' or 'texture' or 'tiles', got 'rug'$"):
         Config(kind="rug").resolved()
     with pytest.raises(ValueError, match=r"^objects are scored whole: patch_size must equal image_size$"):
         Config(category="bottle", patch_size=64).resolved()
@@ -160,7 +160,7 @@ def test_a_new_kind_is_one_class_in_the_table(monkeypatch):
     assert data_fields(cfg) == ("strip", 256, 64, 0.0) and kind_of(cfg).patches_per_image(cfg) == 16
     with pytest.raises(ValueError, match="strips are 4 patches wide"):
         Config(kind="strip", patch_size=32).resolved()
-    with pytest.raises(ValueError, match=r"^kind must be 'object' or 'texture' or 'strip', got 'x'$"):
+    with pytest.raises(ValueError, match=r"^kind must be 'object' or 'texture' or 'tiles' or 'strip', got 'x'$"):
         Config(kind="x").resolved()
     from cbigan.evaluation import resolve_stride
 
