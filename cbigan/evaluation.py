@@ -275,7 +275,7 @@ def scores_table(scored: ImageResults, lam: float, threshold: dict | None = None
 
 # ---------------------------------------------------------------------------------- the whole thing
 @dataclass
-class RunEvaluation:
+class EvaluationResult:
     run_dir: Path
     summary: dict
     metrics: pd.DataFrame
@@ -286,7 +286,7 @@ class RunEvaluation:
 def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | None = None,
                  label: str | None = None, data_dir: str | None = None, rescore: bool = False,
                  skip_bad_images: bool = False, progress: bool = True, model=None, pixel: bool = True,
-                 sigma: float | None = None, stride: int | None = None, rules=None) -> RunEvaluation:
+                 sigma: float | None = None, stride: int | None = None, rules=None) -> EvaluationResult:
     """Score (or reuse the stored parts of) a run's test set and write the evaluation files.
 
     ``lambdas``: the sweep (default: just the chosen lambda). ``score_lambda``: the chosen lambda for
@@ -420,7 +420,7 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         summary["at_threshold"] = {k: float(row[f"thr_{k}"])
                                    for k in ("precision", "recall", "f1", "balanced_accuracy")}
     write_evaluation(run_dir, summary)
-    return RunEvaluation(run_dir, summary, metrics_df, scores_df, reused)
+    return EvaluationResult(run_dir, summary, metrics_df, scores_df, reused)
 
 
 def _float_or_none(v) -> float | None:
@@ -441,7 +441,7 @@ def _load_pixel_maps(path: Path, fingerprint: str, paths: list, sigma: float, st
     return px
 
 
-def format_report(ev: RunEvaluation) -> str:
+def format_report(ev: EvaluationResult) -> str:
     """A few lines for the terminal: the chosen lambda's metrics, the sweep, the threshold."""
     s = ev.summary
     lines = [f"{s['run_dir']}: {s['method_label']}, {s['category']}, {s['n_test']} test images "

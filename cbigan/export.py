@@ -223,8 +223,8 @@ def decode_image_bytes(b):
         return branch
 
     branches = [png, jpeg, bmp, bmp8,
-                refuse(f"cbigan: serving_bytes decodes uncompressed 24/32-bit and 8-bit palette BMP files "
-                       f"only; this BMP has bits per pixel", bpp, "and compression", compression,
+                refuse("cbigan: serving_bytes decodes uncompressed 24/32-bit and 8-bit palette BMP files "
+                       "only; this BMP has bits per pixel", bpp, "and compression", compression,
                        f"; {_FALLBACK}"),
                 refuse(f"cbigan: serving_bytes cannot decode TIFF files (TensorFlow has no TIFF decoder); "
                        f"send PNG, or {_FALLBACK}"),

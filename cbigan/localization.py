@@ -81,7 +81,7 @@ def extract_patches(x, pos: np.ndarray, patch: int):
 
     Two gathers, no loop: for ``pos = 0, p, 2p...`` it is :func:`cbigan.data.to_patches`.
     """
-    k, p = len(pos), int(patch)
+    p = int(patch)
     idx = tf.constant((pos[:, None] + np.arange(p)[None, :]).astype(np.int32))  # [K, p]
     rows = tf.gather(x, idx, axis=1)                     # [N, K, p, S, C]
     cells = tf.gather(rows, idx, axis=3)                 # [N, K, p, K, p, C]

@@ -69,7 +69,7 @@ def image_key(path, defect_type: str | None = None) -> tuple[str, str]:
 _SCORERS: dict = {}
 
 
-class Run:
+class RunFolderView:
     """A run folder: its config, stored scores and threshold without TensorFlow; model on demand."""
 
     def __init__(self, run_dir: str | Path, data_dir: str | None = None):
@@ -254,7 +254,7 @@ def recon_data(run_dirs: list, n_rows: int | None = None, data_dir: str | None =
 
     The images are chosen by the first run's scores; every run reconstructs the same images.
     """
-    runs = [Run(d, data_dir) for d in run_dirs]
+    runs = [RunFolderView(d, data_dir) for d in run_dirs]
     ref = runs[0]
     cats = {r.cfg.category for r in runs}
     if len(cats) > 1:
@@ -324,7 +324,7 @@ def maps_data(run_dir, n_rows: int | None = None, data_dir: str | None = None, s
     from .data import load_image
     from .localization import to_original_size
 
-    run = Run(run_dir, data_dir)
+    run = RunFolderView(run_dir, data_dir)
     test = run.test_set()
     loc = run.localizer(sigma, stride)
     keys = [image_key(p, t) for p, t in zip(test.paths, test.defect_types)]
@@ -360,7 +360,7 @@ def maps_data(run_dir, n_rows: int | None = None, data_dir: str | None = None, s
     return rows, title, note
 
 
-def _pixel_summary(run: Run, sigma: float, stride: int) -> str:
+def _pixel_summary(run: RunFolderView, sigma: float, stride: int) -> str:
     """'; test pixel auROC ... AUPRO ...' from evaluation.json when it used the same maps."""
     try:
         s = json.loads((run.dir / EVALUATION_JSON).read_text())
@@ -374,7 +374,7 @@ def _pixel_summary(run: Run, sigma: float, stride: int) -> str:
         return ""
 
 
-def _same_test_set(run: Run, ref: Run):
+def _same_test_set(run: RunFolderView, ref: RunFolderView):
     """Reuse the reference run's loaded test set when it is the same data at the same size."""
     a, b = run.cfg, ref.cfg
     if (a.data_dir, a.category, a.image_size) == (b.data_dir, b.category, b.image_size):

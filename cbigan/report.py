@@ -329,9 +329,9 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
         except (OSError, ValueError, KeyError):
             maps = None
     if maps is None and len(test.images):
-        from .plots import Run
+        from .plots import RunFolderView
 
-        _, diffs, _ = Run(run_dir, data_dir=data_dir).reconstruct(test.images)
+        _, diffs, _ = RunFolderView(run_dir, data_dir=data_dir).reconstruct(test.images)
         maps = diffs
         map_note = ("Maps: |x - G(E(x))| (channel mean) of the model"
                     + (", mask outlines in cyan." if masks is not None else "; the category has no masks."))

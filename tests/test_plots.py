@@ -170,7 +170,7 @@ def test_maps_rows_and_figure(obj_run, tex_run, tmp_path):
     assert len(rows) == 4 and "anomaly maps" in title and "sigma 0" in note
     assert all(r.amap.shape == (64, 64) and r.image.shape == (64, 64, 3) for r in rows)
     assert [r.mask is not None and r.mask.any() for r in rows] == [r.defect_type != "good" for r in rows]
-    run = plots.Run(obj_run)
+    run = plots.RunFolderView(obj_run)
     maps = Localizer(run.scorer.model, run.cfg, sigma=0, lam=run.lam).maps(np.stack([r.image for r in rows]))
     np.testing.assert_allclose(np.stack([r.amap for r in rows]), maps, rtol=1e-5, atol=1e-6)
     fig = figures.maps_figure(rows, title=title, note=note)
@@ -202,7 +202,7 @@ def test_stored_scores_and_threshold_are_used(obj_run, tmp_path):
                          "l_r": 0.0, "l_fd": 0.0, "score": [1.0, 2.0, 3.0, 2.5, 4.0, 5.0]})
     fake.to_csv(run / "scores.csv", index=False)
     (run / "threshold.json").write_text(json.dumps({"threshold": 2.2, "score_lambda": 0.1}))
-    s = plots.Run(run).score_set()
+    s = plots.RunFolderView(run).score_set()
     assert s.scores.tolist() == fake["score"].tolist() and s.threshold == 2.2
     out = tmp_path / "hist.png"
     assert main(["hist", str(run), "--out", str(out), "--dpi", str(DPI)]) == 0
@@ -211,7 +211,7 @@ def test_stored_scores_and_threshold_are_used(obj_run, tmp_path):
     (run / "threshold.json").write_text(json.dumps({"threshold": None}))
     later = (run / "scores.csv").stat().st_mtime + 10
     os.utime(run / "model.weights.h5", (later, later))
-    r = plots.Run(run)
+    r = plots.RunFolderView(run)
     assert r.threshold is None and r.stored is None
 
 

@@ -1,7 +1,6 @@
 """Native-resolution tiles for images of any size and aspect ratio (issue 15, part 1)."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 

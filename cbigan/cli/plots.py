@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from ..figures import ScoreSet, curves_figure, hist_figure, maps_figure, recon_figure, roc_figure
-from ..plots import DPI, PlotError, Run, default_out, maps_data, read_table, recon_data, save_figure
+from ..plots import DPI, PlotError, RunFolderView, default_out, maps_data, read_table, recon_data, save_figure
 from ..previews import make_preview_gif
 from ..runfolder import EVAL_LOG, SUMMARY_JSON, TRAIN_LOG
 from . import parser as new_parser
@@ -61,7 +61,7 @@ def cmd_curves(args) -> list[Path]:
 
 
 def _score_sets(args) -> list[ScoreSet]:
-    runs = [Run(d, args.data_dir) for d in args.runs]
+    runs = [RunFolderView(d, args.data_dir) for d in args.runs]
     cats = [r.cfg.category for r in runs]
     names = args.names or [c if cats.count(c) == 1 else r.label for c, r in zip(cats, runs)]
     if len(names) != len(runs):
