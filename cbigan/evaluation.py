@@ -61,7 +61,6 @@ from .runfolder import (
     SCORES_CSV,
     check_run_dir,
     read_config,
-    read_evaluation,
     selected_on_test,
     weights_fingerprint,
     write_atomic,
@@ -193,12 +192,14 @@ def pixel_selection(scored: ImageResults, warn: bool = True) -> tuple[np.ndarray
     return select_images(scored.labels, scored.has_mask, warn=warn)
 
 
-def pixel_row(scored: ImageResults, lam: float, keep: np.ndarray) -> dict:
-    """``pixel_auroc`` and ``aupro`` of the maps at ``lam`` (NaN when undefined)."""
+def pixel_row(scored: ImageResults, lam: float, keep: np.ndarray, maps: np.ndarray | None = None) -> dict:
+    """``pixel_auroc`` and ``aupro`` of the maps at ``lam`` (NaN when undefined); ``maps``: those maps
+    when the caller has them already."""
     from .pixel_metrics import PixelMetricError, pixel_metrics, region_masks
 
     px = scored
-    maps = px.maps(lam)[keep] if not keep.all() else px.maps(lam)
+    maps = px.maps(lam) if maps is None else maps
+    maps = maps[keep] if not keep.all() else maps
     masks = px.masks[keep] if not keep.all() else px.masks
     valid = None
     if px.regions is not None and np.any(np.asarray(px.regions) != np.asarray(maps.shape[1:])):
@@ -224,14 +225,15 @@ def metrics_table(scored: ImageResults, lambdas, chosen: float, threshold: dict 
     others = [r for r in dict.fromkeys(rules) if r != rule]
     rows, details = [], None
     for lam in lambdas:
-        s = scored.image_scores(lam, rule, topk)
+        maps = scored.maps(lam) if scored.has_maps else None  # combined once, for every rule and pixel metric
+        s = scored.image_scores(lam, rule, topk, maps)
         row = {"lambda": lam, "chosen": bool(math.isclose(lam, chosen))}
         row.update(lambda_metrics(scored.labels, scored.defect_types, s))
         for other in others:
-            m = lambda_metrics(scored.labels, scored.defect_types, scored.image_scores(lam, other, topk))
+            m = lambda_metrics(scored.labels, scored.defect_types, scored.image_scores(lam, other, topk, maps))
             row.update({f"{k}[{other}]": m[k] for k in ("auroc", "max_balanced_accuracy", "f1_max")})
         if keep is not None:
-            px = pixel_row(scored, lam, keep)
+            px = pixel_row(scored, lam, keep, maps)
             if row["chosen"]:
                 details = dict(px.pop("_pixel"), n_excluded=int(np.sum(~keep)))
             px.pop("_pixel", None)
@@ -488,7 +490,3 @@ def format_report(ev: EvaluationResult) -> str:
     files = [SCORES_CSV, METRICS_CSV, PARTS_NPZ] + ([PIXEL_NPZ] if s.get("pixel") else []) + [EVALUATION_JSON]
     lines.append(f"wrote {', '.join(files)} in {s['run_dir']}")
     return "\n".join(lines)
-
-
-#: the evaluation record of a run (kept under its old name for callers)
-load_evaluation = read_evaluation

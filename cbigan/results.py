@@ -53,10 +53,13 @@ class ImageResults:
         return len(self.l_r)
 
     # -- the score, through the one rule
-    def image_scores(self, lam: float, rule: str = "paper", topk: float = DEFAULT_TOPK) -> np.ndarray:
+    def image_scores(self, lam: float, rule: str = "paper", topk: float = DEFAULT_TOPK,
+                     maps: np.ndarray | None = None) -> np.ndarray:
         """[N] float64 image scores at ``lam`` by ``rule`` (:func:`cbigan.anomaly_score.rule_scores`:
-        ``paper`` from the parts, the map rules from :meth:`maps`)."""
-        maps = self.maps(lam) if rule in MAP_RULES else None
+        ``paper`` from the parts, the map rules from :meth:`maps`; ``maps``: those maps at ``lam`` when
+        the caller has them already)."""
+        if rule in MAP_RULES and maps is None:
+            maps = self.maps(lam)
         return np.asarray(rule_scores(rule, lam, l_r=self.l_r, l_fd=self.l_fd, maps=maps, topk=topk), np.float64)
 
     def best_patch(self, lam: float) -> np.ndarray:
