@@ -27,6 +27,11 @@ Image-score rules (``Config.image_score``, ``--image-score``; :data:`IMAGE_SCORE
 * ``map_topk``: the mean of the highest ``score_topk`` share (default 1%) of the map's pixels, a less
   noisy version of the maximum.
 
+The map rules look only at each image's own pixels (``regions``: tiles put an image on a mirrored
+canvas) less a border ``margin`` (``Config.score_margin``; tiles leave half a tile out by default: the
+image's edge and the seam with the mirrored canvas raise the map there on normal images, which the
+maximum would pick up; evidence in results/small_defects).
+
 :func:`rule_scores` is the one place that applies a rule; every user (evaluation, threshold, selection,
 predict, export) calls it.
 """
@@ -98,33 +103,83 @@ def topk_count(n_pixels: int, topk: float) -> int:
     return max(1, min(int(n_pixels), int(math.ceil(float(topk) * int(n_pixels) - 1e-9))))
 
 
-def map_scores(maps, rule: str, topk: float = DEFAULT_TOPK):
+def scored_box(h, w, margin: int):
+    """``(top, bottom, left, right)``: the part of an image region of ``h`` x ``w`` map pixels (its
+    top-left corner at 0, 0) that the map rules score: ``margin`` pixels left out on every side, at
+    most a quarter of each side (so half of a small image still counts). NumPy ints or tensors."""
+    if _is_tensor(h) or _is_tensor(w):
+        import tensorflow as tf
+
+        m = tf.minimum(tf.minimum(tf.cast(margin, h.dtype), h // 4), w // 4)
+    else:
+        m = np.minimum(np.minimum(int(margin), np.asarray(h) // 4), np.asarray(w) // 4)
+    return m, h - m, m, w - m
+
+
+def map_scores(maps, rule: str, topk: float = DEFAULT_TOPK, regions=None, margin: int = 0):
     """Image scores [N] from anomaly maps [N, H, W] (static H, W for tensors) by a map rule.
 
     ``map_max``: the maximum pixel; ``map_topk``: the mean of the :func:`topk_count` highest pixels.
+    Only the pixels of :func:`scored_box` count: ``regions`` [N, 2] int ``(h, w)``, the top-left part of
+    each map that is the image (None: the whole map), less ``margin`` >= 0 map pixels at its border.
     NumPy in, float64 NumPy out; tensors in, a tensor out.
     """
     if rule not in MAP_RULES:
         raise ValueError(f"{rule!r} is not a map rule ({', '.join(MAP_RULES)})")
-    if _is_tensor(maps):
-        import tensorflow as tf
+    if int(margin) < 0:
+        raise ValueError(f"the score margin must be >= 0 map pixels, got {margin}")
+    if _is_tensor(maps) or _is_tensor(regions):
+        return _map_scores_tf(maps, rule, topk, regions, int(margin))
+    maps = np.asarray(maps, np.float64)
+    n, h, w = maps.shape
+    regions = np.tile([h, w], (n, 1)) if regions is None else np.asarray(regions, np.int64).reshape(n, 2)
+    out = np.empty(n, np.float64)
+    for i, (rh, rw) in enumerate(regions):
+        top, bottom, left, right = scored_box(min(int(rh), h), min(int(rw), w), margin)
+        flat = maps[i, top:bottom, left:right].ravel()
+        if rule == "map_max":
+            out[i] = flat.max()
+        else:
+            k = topk_count(flat.size, topk)
+            out[i] = np.partition(flat, flat.size - k)[-k:].mean()
+    return out
 
-        flat = tf.reshape(maps, (tf.shape(maps)[0], -1))
+
+def _map_scores_tf(maps, rule, topk, regions, margin):
+    import tensorflow as tf
+
+    maps = tf.convert_to_tensor(maps)
+    n, h, w = tf.shape(maps)[0], int(maps.shape[1]), int(maps.shape[2])
+    flat = tf.reshape(maps, (n, h * w))
+    if regions is None and margin == 0:  # every pixel counts
         if rule == "map_max":
             return tf.reduce_max(flat, axis=1)
-        n = int(maps.shape[1]) * int(maps.shape[2])
-        return tf.reduce_mean(tf.math.top_k(flat, k=topk_count(n, topk), sorted=False).values, axis=1)
-    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+        return tf.reduce_mean(tf.math.top_k(flat, k=topk_count(h * w, topk), sorted=False).values, axis=1)
+    regions = (tf.tile(tf.constant([[h, w]], tf.int32), [n, 1]) if regions is None
+               else tf.minimum(tf.cast(regions, tf.int32), [[h, w]]))
+    top, bottom, left, right = scored_box(regions[:, 0], regions[:, 1], margin)
+    rows, cols = tf.range(h)[None, :, None], tf.range(w)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < bottom[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < right[:, None, None]))
+    lowest = tf.fill(tf.shape(flat), tf.constant(-np.inf, maps.dtype))
+    flat = tf.where(tf.reshape(inside, (n, h * w)), flat, lowest)
     if rule == "map_max":
-        return flat.max(axis=1)
-    k = topk_count(flat.shape[1], topk)
-    return np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+        return tf.reduce_max(flat, axis=1)
+    # k of each image from its own number of scored pixels: the k_max highest, then the first k of them
+    counts = (bottom - top) * (right - left)
+    k = tf.maximum(1, tf.cast(tf.math.ceil(float(topk) * tf.cast(counts, tf.float64) - 1e-9), tf.int32))
+    best = tf.math.top_k(flat, k=topk_count(h * w, topk), sorted=True).values
+    take = tf.range(tf.shape(best)[1])[None, :] < k[:, None]
+    total = tf.reduce_sum(tf.where(take, best, tf.zeros_like(best)), axis=1)
+    return total / tf.cast(k, maps.dtype)
 
 
-def rule_scores(rule: str, lam: float, *, l_r=None, l_fd=None, maps=None, topk: float = DEFAULT_TOPK):
+def rule_scores(rule: str, lam: float, *, l_r=None, l_fd=None, maps=None, topk: float = DEFAULT_TOPK,
+                regions=None, margin: int = 0):
     """Image scores [N] by ``rule`` at ``lam``: ``paper`` from the per-patch parts ``l_r``, ``l_fd``
     [N, P] (:func:`image_scores`), the map rules from the anomaly maps ``maps`` [N, H, W] at the same
-    lambda (:func:`map_scores`). ValueError for an unknown rule or a missing input."""
+    lambda, over each image's ``regions`` less ``margin`` (:func:`map_scores`). ValueError for an
+    unknown rule or a missing input."""
     if rule == "paper":
         if l_r is None or l_fd is None:
             raise ValueError("the paper's score needs the per-patch parts l_r and l_fd")
@@ -133,4 +188,4 @@ def rule_scores(rule: str, lam: float, *, l_r=None, l_fd=None, maps=None, topk: 
         raise ValueError(f"image score rule must be one of {', '.join(IMAGE_SCORE_RULES)}, got {rule!r}")
     if maps is None:
         raise ValueError(f"the {rule} score needs the anomaly maps")
-    return map_scores(maps, rule, topk)
+    return map_scores(maps, rule, topk, regions, margin)

@@ -70,6 +70,7 @@ class Config:
     score_lambda: float = 0.1
     image_score: str = "paper"         # image score rule (cbigan/anomaly_score.py): paper, map_max, map_topk
     score_topk: float = 0.01           # map_topk: share of the map's pixels averaged
+    score_margin: int | None = None    # map rules: map pixels left out at the image's border (None: the kind's)
     threshold_percentile: float = 99.0
     eval_every: int = 1000
     log_every: int = 100
@@ -90,6 +91,8 @@ class Config:
         for name, value in kind.defaults(c.category, image_size=c.image_size).items():
             if getattr(c, name) is None:
                 setattr(c, name, value)
+        if c.score_margin is None:
+            c.score_margin = kind.default_score_margin(c)
         kind.validate(c)
         if not 0 <= c.val_split < 1:
             raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")
@@ -103,6 +106,8 @@ class Config:
             raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORE_RULES)}, got {c.image_score!r}")
         if not 0 < c.score_topk <= 1:
             raise ValueError(f"score_topk must be in (0, 1], got {c.score_topk}")
+        if c.score_margin < 0:
+            raise ValueError(f"score_margin must be >= 0 map pixels, got {c.score_margin}")
         if c.d_iter < 0:
             raise ValueError(f"d_iter must be >= 0, got {c.d_iter}")
         if c.intra_op_threads is not None and c.intra_op_threads < 0:

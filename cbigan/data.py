@@ -219,6 +219,7 @@ class TrainSet:
     val_images: np.ndarray    # held-out train/good images (threshold, model selection)
     val_paths: list
     skipped: list
+    val_regions: np.ndarray | None = None  # [N_val, 2] (h, w): the part of each that is the image (tiles)
 
     @property
     def n_images(self) -> int:
@@ -248,12 +249,14 @@ def load_train_set(cfg: Config, skip_bad: bool = False) -> TrainSet:
         raise DataError(f"no images in {good}; expected PNG/JPEG/BMP files there")
     train_paths, val_paths = split_train_val(paths, cfg.val_split, cfg.seed)
     images, bad1 = load_resized(train_paths, cfg, "train images", skip_bad)
-    val_images, bad2 = load_resized(val_paths, cfg, "held-out images", skip_bad)
+    val_regions = []
+    val_images, bad2 = load_resized(val_paths, cfg, "held-out images", skip_bad, val_regions)
     bad = set(bad1 + bad2)
     if len(images) == 0:
         raise DataError(f"no readable training images in {good}")
     return TrainSet(images, [p for p in train_paths if p not in bad], val_images,
-                    [p for p in val_paths if p not in bad], sorted(bad))
+                    [p for p in val_paths if p not in bad], sorted(bad),
+                    np.array(val_regions, np.int32).reshape(-1, 2))
 
 
 @dataclass

@@ -212,11 +212,12 @@ def pixel_row(scored: ImageResults, lam: float, keep: np.ndarray, maps: np.ndarr
 
 
 def metrics_table(scored: ImageResults, lambdas, chosen: float, threshold: dict | None = None, *,
-                  rule: str = "paper", rules=(), topk: float = DEFAULT_TOPK) -> pd.DataFrame:
+                  rule: str = "paper", rules=(), topk: float = DEFAULT_TOPK, margin: int = 0) -> pd.DataFrame:
     """One row per lambda (sorted), recombined from the stored parts; raises MetricError if undefined.
 
     The image metrics are those of the image-score ``rule``; every other rule of ``rules`` adds
-    ``auroc[<rule>]``, ``max_balanced_accuracy[<rule>]`` and ``f1_max[<rule>]`` (same pass, same maps).
+    ``auroc[<rule>]``, ``max_balanced_accuracy[<rule>]`` and ``f1_max[<rule>]`` (same pass, same maps;
+    the map rules with ``topk`` and ``margin``, :func:`cbigan.anomaly_score.map_scores`).
     With anomaly maps and masks in ``scored`` every row also has ``pixel_auroc`` and ``aupro``.
     """
     lambdas = sorted({float(x) for x in lambdas} | {float(chosen)}
@@ -226,11 +227,11 @@ def metrics_table(scored: ImageResults, lambdas, chosen: float, threshold: dict 
     rows, details = [], None
     for lam in lambdas:
         maps = scored.maps(lam) if scored.has_maps else None  # combined once, for every rule and pixel metric
-        s = scored.image_scores(lam, rule, topk, maps)
+        s = scored.image_scores(lam, rule, topk, maps, margin)
         row = {"lambda": lam, "chosen": bool(math.isclose(lam, chosen))}
         row.update(lambda_metrics(scored.labels, scored.defect_types, s))
         for other in others:
-            m = lambda_metrics(scored.labels, scored.defect_types, scored.image_scores(lam, other, topk, maps))
+            m = lambda_metrics(scored.labels, scored.defect_types, scored.image_scores(lam, other, topk, maps, margin))
             row.update({f"{k}[{other}]": m[k] for k in ("auroc", "max_balanced_accuracy", "f1_max")})
         if keep is not None:
             px = pixel_row(scored, lam, keep, maps)
@@ -256,7 +257,7 @@ def metrics_table(scored: ImageResults, lambdas, chosen: float, threshold: dict 
 
 
 def scores_table(scored: ImageResults, lam: float, threshold: dict | None = None, *, rule: str = "paper",
-                 topk: float = DEFAULT_TOPK) -> pd.DataFrame:
+                 topk: float = DEFAULT_TOPK, margin: int = 0) -> pd.DataFrame:
     """One row per test image at ``lam``: its score by ``rule`` (textures: ``l_r``, ``l_fd`` and
     ``patch`` of the highest-scoring patch)."""
     idx = scored.best_patch(lam)
@@ -268,7 +269,7 @@ def scores_table(scored: ImageResults, lam: float, threshold: dict | None = None
         "l_r": np.asarray(scored.l_r, np.float64)[rows, idx],
         "l_fd": np.asarray(scored.l_fd, np.float64)[rows, idx],
         "patch": idx.astype(int),
-        "score": scored.image_scores(lam, rule, topk),
+        "score": scored.image_scores(lam, rule, topk, margin=margin),
     })
     if threshold is not None and math.isclose(threshold["score_lambda"], lam):
         df["anomalous"] = (df["score"] > threshold["threshold"]).astype(int)
@@ -357,12 +358,12 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         if scored.has_maps:
             scored.save_maps(pixel_file)
 
-    scores_df = scores_table(scored, chosen, threshold, rule=rule, topk=cfg.score_topk)
+    scores_df = scores_table(scored, chosen, threshold, rule=rule, topk=cfg.score_topk, margin=cfg.score_margin)
     write_atomic(run_dir / SCORES_CSV, lambda p: scores_df.to_csv(p, index=False, float_format="%.6g"))
     t0 = time.monotonic()
     try:
         metrics_df = metrics_table(scored, lambdas, chosen, threshold, rule=rule, rules=rules,
-                                   topk=cfg.score_topk)
+                                   topk=cfg.score_topk, margin=cfg.score_margin)
     except MetricError as e:
         raise MetricError(f"metrics of {run_dir} are undefined: {e} (per-image scores are in "
                           f"{run_dir / SCORES_CSV})") from None
@@ -386,6 +387,7 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         "score_lambda": chosen,
         "image_score": rule,
         "image_score_rules": [rule] + [r for r in rules if r != rule],
+        "score_margin": int(cfg.score_margin),  # map rules: map pixels left out at the image's border
         "lambdas": sorted(metrics_df["lambda"].tolist()),
         "n_test": n,
         "n_good": int(np.sum(np.asarray(scored.labels) == 0)),

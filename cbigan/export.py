@@ -249,10 +249,13 @@ class ServingGraph:
         size = self.cfg.image_size
         # The networks are traced once, in this inner function, and shared by every signature.
         self._core = tf.function(self.score_resized,
-                                 input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+                                 input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8),
+                                                  tf.TensorSpec([None, 2], tf.int32)])
 
-    def score_resized(self, images_uint8):
-        """Outputs for a batch already resized to [N, S, S, 3] uint8.
+    def score_resized(self, images_uint8, regions):
+        """Outputs for a batch already resized to [N, S, S, 3] uint8; ``regions`` [N, 2] int32 ``(h, w)``:
+        the part of each that is the image (tiles; else ``(S, S)``), which the map rules score less
+        ``cfg.score_margin`` at its border.
 
         Scores and maps come from :func:`cbigan.localization.localize`, the implementation evaluation
         and figures use, so served and in-framework results agree.
@@ -263,7 +266,7 @@ class ServingGraph:
         out = localize(self.encoder, self.generator, self.features, to_model_range(images_uint8, cfg.normalize),
                        patch=cfg.patch_size, lam=lam, sigma=sigma, stride=stride)
         score = rule_scores(cfg.image_score, lam, l_r=out["l_r"], l_fd=out["l_fd"], maps=out["anomaly_map"],
-                            topk=cfg.score_topk)
+                            topk=cfg.score_topk, regions=regions, margin=cfg.score_margin)
         thr = tf.constant(math.nan if self.threshold is None else self.threshold, tf.float32)
         n = tf.shape(score)[0]
         return {
@@ -283,7 +286,8 @@ class ServingGraph:
         """Raw pixels [N, H, W, 3] (uint8 or 0..255 floats), any H, W."""
         images = validate_images(images)
         fitted, region = self._fit(images)
-        out = dict(self._core(fitted))
+        regions = tf.tile(tf.reshape(tf.cast(tf.stack(region), tf.int32), [1, 2]), [tf.shape(fitted)[0], 1])
+        out = dict(self._core(fitted, regions))
         size_hw = (tf.shape(images)[1], tf.shape(images)[2])
         for key in ("anomaly_map", "reconstruction"):  # tiles: back to the input's own size
             out[key] = kind_of(self.cfg).to_input_size(out[key], region, size_hw)
@@ -296,10 +300,12 @@ class ServingGraph:
         image_bytes = tf.ensure_shape(image_bytes, [None])
 
         def decode(b):  # tiles: each image on its own canvas (the maps stay at the canvas resolution)
-            return self._fit(decode_image_bytes(b)[None])[0][0]
+            fitted, region = self._fit(decode_image_bytes(b)[None])
+            return fitted[0], tf.cast(tf.stack(region), tf.int32)
 
-        x8 = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
-        return self._core(x8)
+        x8, regions = tf.map_fn(decode, image_bytes, fn_output_signature=(
+            tf.TensorSpec([size, size, 3], tf.uint8), tf.TensorSpec([2], tf.int32)))
+        return self._core(x8, regions)
 
     def python_fn(self):
         """A ``tf.function`` of :meth:`serve_images` for in-process use (retraces per dtype only)."""
@@ -336,6 +342,7 @@ def metadata(cfg: Config, threshold_info: dict | None, run_dir: str | Path | Non
     return {
         "format": EXPORT_FORMAT, "category": cfg.category, "kind": cfg.kind,
         "image_size": cfg.image_size, "patch_size": cfg.patch_size, "score_lambda": cfg.score_lambda,
+        "image_score": cfg.image_score, "score_topk": cfg.score_topk, "score_margin": cfg.score_margin,
         "feature_layer": cfg.feature_layer, "threshold": info.get("threshold"), "threshold_info": info,
         "run_dir": None if run_dir is None else str(Path(run_dir).resolve()),
         "signatures": {
@@ -411,7 +418,8 @@ def resolve_threshold(run_dir: Path, cfg: Config, model, *, threshold: float | N
         from .data import load_train_set
 
         train_set = load_train_set(cfg, skip_bad=skip_bad_images)
-        info = calibrate_threshold(model, cfg, train_set.val_images, n_images=train_set.n_images)
+        info = calibrate_threshold(model, cfg, train_set.val_images, n_images=train_set.n_images,
+                                   regions=train_set.val_regions)
         write_threshold(run_dir, info)
         if verbose:
             print(f"calibrated threshold: {info['threshold']} ({info['rule']})")

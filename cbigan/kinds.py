@@ -82,6 +82,12 @@ class InputKind:
         """The map stride when none is asked for: the patch size (non-overlapping patches)."""
         return int(cfg.patch_size)
 
+    def default_score_margin(self, cfg) -> int:
+        """Map pixels the map-based image scores leave out at the image's border when the config
+        does not say (``Config.score_margin``): none here (on bottle, leaving 4 of 64 px out cost
+        image auROC: results/small_defects)."""
+        return 0
+
     def fit(self, images, cfg):
         """Decoded images of one size [N, H, W, C] (uint8) -> ``(model-size uint8 images [N, S, S, C],
         (h, w))``: the kind's resize, in the graph (training, evaluation and the export run this one op).
@@ -237,6 +243,12 @@ class TilesKind(TextureKind):
 
     def default_stride(self, cfg) -> int:
         return max(1, int(cfg.patch_size) // 2)
+
+    def default_score_margin(self, cfg) -> int:
+        """Half a tile: the image's edge and the seam with the mirrored canvas raise the map there on
+        normal images (magnetic tile, seed 1: map_max image auROC 0.575 with the whole image, 0.682
+        without a 32 px border; results/small_defects)."""
+        return max(0, int(cfg.patch_size) // 2)
 
     def fit(self, images, cfg):
         import tensorflow as tf

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
@@ -358,15 +359,19 @@ class ImageScorer:
         else:
             self.engine = Scorer(model, self.cfg)
 
-    def results(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "scoring") -> ImageResults:
-        """Per-image results (parts, and maps for a map rule) of [N, S, S, 3] uint8 images."""
+    def results(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "scoring",
+                regions=None) -> ImageResults:
+        """Per-image results (parts, and maps for a map rule) of [N, S, S, 3] uint8 images; ``regions``
+        [N, 2] ``(h, w)``: the part of each that is the image (tiles; None: all of it)."""
         if isinstance(self.engine, Localizer):
-            return self.engine.run(images_uint8, progress=progress, desc=desc)
-        from .scoring import score_images
+            out = self.engine.run(images_uint8, progress=progress, desc=desc)
+        else:
+            from .scoring import score_images
 
-        return score_images(self.engine, images_uint8, progress=progress, desc=desc)
+            out = score_images(self.engine, images_uint8, progress=progress, desc=desc)
+        return out if regions is None else replace(out, regions=np.asarray(regions, np.int32).reshape(-1, 2))
 
-    def __call__(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "scoring") -> np.ndarray:
-        """[N] float64 image scores by the run's rule."""
-        c = self.cfg
-        return self.results(images_uint8, progress, desc).image_scores(c.score_lambda, c.image_score, c.score_topk)
+    def __call__(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "scoring",
+                 regions=None) -> np.ndarray:
+        """[N] float64 image scores by the run's rule (:meth:`cbigan.results.ImageResults.rule_scores`)."""
+        return self.results(images_uint8, progress, desc, regions).rule_scores(self.cfg)

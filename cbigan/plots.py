@@ -20,6 +20,8 @@ implementation evaluation and the export use.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -185,7 +187,8 @@ class RunFolderView:
             results = self.localizer(sigma, stride).run(test.images)
         else:
             results = self.scorer.score(test.images)
-        scores = results.image_scores(self.lam, c.image_score, c.score_topk)
+        results = dataclasses.replace(results, regions=test.regions)  # tiles: the images' own parts
+        scores = results.image_scores(self.lam, c.image_score, c.score_topk, margin=c.score_margin)
         return ScoreSet(name or self.label, test.labels, scores, list(test.defect_types), self.threshold)
 
     def scores_for(self, keys: list) -> np.ndarray | None:
@@ -329,12 +332,14 @@ def maps_data(run_dir, n_rows: int | None = None, data_dir: str | None = None, s
     loc = run.localizer(sigma, stride)
     keys = [image_key(p, t) for p, t in zip(test.paths, test.defect_types)]
     scores = run.scores_for(keys)
-    rule = (run.lam, run.cfg.image_score, run.cfg.score_topk)  # the run's own image score
+    c = run.cfg
+    rule = dict(lam=run.lam, rule=c.image_score, topk=c.score_topk, margin=c.score_margin)  # the run's own
     if scores is None:
-        scores = loc.run(test.images).image_scores(*rule)
+        scores = dataclasses.replace(loc.run(test.images), regions=test.regions).image_scores(**rule)
     picked = select_examples(test.defect_types, scores, n_rows)
-    out = loc.run(test.images[picked])
-    maps, image_scores = out.maps(run.lam), out.image_scores(*rule)
+    out = dataclasses.replace(loc.run(test.images[picked]),
+                              regions=None if test.regions is None else test.regions[picked])
+    maps, image_scores = out.maps(run.lam), out.image_scores(**rule)
     rows = []
     for k, i in enumerate(picked):
         mask = test.masks[i] if test.masks is not None and test.has_mask[i] else None

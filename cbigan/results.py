@@ -54,13 +54,19 @@ class ImageResults:
 
     # -- the score, through the one rule
     def image_scores(self, lam: float, rule: str = "paper", topk: float = DEFAULT_TOPK,
-                     maps: np.ndarray | None = None) -> np.ndarray:
+                     maps: np.ndarray | None = None, margin: int = 0) -> np.ndarray:
         """[N] float64 image scores at ``lam`` by ``rule`` (:func:`cbigan.anomaly_score.rule_scores`:
-        ``paper`` from the parts, the map rules from :meth:`maps`; ``maps``: those maps at ``lam`` when
-        the caller has them already)."""
+        ``paper`` from the parts, the map rules from :meth:`maps` over :attr:`regions` less ``margin``
+        map pixels; ``maps``: those maps at ``lam`` when the caller has them already)."""
         if rule in MAP_RULES and maps is None:
             maps = self.maps(lam)
-        return np.asarray(rule_scores(rule, lam, l_r=self.l_r, l_fd=self.l_fd, maps=maps, topk=topk), np.float64)
+        return np.asarray(rule_scores(rule, lam, l_r=self.l_r, l_fd=self.l_fd, maps=maps, topk=topk,
+                                      regions=self.regions, margin=margin), np.float64)
+
+    def rule_scores(self, cfg) -> np.ndarray:
+        """[N] image scores by the run's own rule: ``cfg.image_score`` at ``cfg.score_lambda`` with its
+        ``score_topk`` and ``score_margin`` (a resolved :class:`cbigan.config.Config`)."""
+        return self.image_scores(cfg.score_lambda, cfg.image_score, cfg.score_topk, margin=cfg.score_margin)
 
     def best_patch(self, lam: float) -> np.ndarray:
         """[N] row-major index of each image's highest-scoring patch at ``lam``."""

@@ -81,8 +81,9 @@ def threshold_from_scores(scores, percentile: float) -> float | None:
 
 
 def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
-                        n_images: int | None = None) -> dict:
-    """Score the held-out uint8 images [N, S, S, 3] (already resized) and derive the threshold
+                        n_images: int | None = None, regions=None) -> dict:
+    """Score the held-out uint8 images [N, S, S, 3] (already resized; ``regions`` [N, 2]: the part of
+    each that is the image, :attr:`cbigan.data.TrainSet.val_regions`) and derive the threshold
     (``progress``: a bar on a terminal, :func:`cbigan.progress.progress`).
 
     Returns ``{"threshold", "percentile", "score_lambda", "n_val", "rule"}`` plus a few statistics of
@@ -99,7 +100,8 @@ def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
         return info
     from .localization import ImageScorer
 
-    scores = ImageScorer(model, cfg)(np.asarray(val_images), progress=progress, desc="calibrating the threshold")
+    scores = ImageScorer(model, cfg)(np.asarray(val_images), progress=progress, desc="calibrating the threshold",
+                                     regions=regions)
     info["threshold"] = threshold_from_scores(scores, percentile)
     info["rule"] = threshold_rule(percentile, n_val, cfg.score_lambda, cfg.image_score)
     info["image_score"] = cfg.image_score

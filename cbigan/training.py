@@ -84,12 +84,15 @@ class TrainingMonitor:
     """Test-set monitoring and previews during training (uses the EMA networks, like every output)."""
 
     def __init__(self, model, cfg: Config, run_dir: Path, test_set, val_images, start_step: int = 0,
-                 tensorboard: cb.TensorBoardLogger | None = None):
+                 tensorboard: cb.TensorBoardLogger | None = None, val_regions=None):
         self.model, self.cfg, self.run_dir = model, cfg, run_dir
         self.tensorboard = tensorboard  # also writes evaluations and previews there, when given
         self.test_set, self.val_images = test_set, val_images
         self.scorer = Scorer(model, cfg)              # previews
-        self.image_scorer = ImageScorer(model, cfg)   # the run's own image-score rule
+        scorer = ImageScorer(model, cfg)              # the run's own image-score rule
+        # held-out images (clean, and with synthetic defects: the same regions) and test images
+        self.image_scorer = lambda images: scorer(images, regions=val_regions)
+        self.test_scorer = lambda images: scorer(images, regions=getattr(test_set, "regions", None))
         self.best = None  # (auroc, step, weights) for --select-on-test
         self.t0 = time.monotonic()
         self.last = {}
@@ -138,7 +141,7 @@ class TrainingMonitor:
             row["val_score_mean"] = float(np.mean(val))
             row.update(self.selector.observe(step, val))
         if self.test_set is not None:
-            scores = self.image_scorer(self.test_set.images)
+            scores = self.test_scorer(self.test_set.images)
             try:
                 m = image_metrics(self.test_set.labels, scores)
                 row.update(test_auroc=m["auroc"], test_max_balanced_accuracy=m["max_balanced_accuracy"])
@@ -289,7 +292,7 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
 
     tensorboard = cb.TensorBoardLogger(run_dir / TENSORBOARD) if chief else None
     evaluator = TrainingMonitor(model, cfg, run_dir, test_set, train_set.val_images, start_step=start,
-                                tensorboard=tensorboard)
+                                tensorboard=tensorboard, val_regions=train_set.val_regions)
     multiworker = dist.is_multiworker(strategy)
     budget = cb.StepBudget(cfg.steps, None if multiworker else cfg.minutes)
     checkpointer = None
@@ -352,7 +355,7 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
     if not chief:
         return model, None
     threshold = calibrate_threshold(model, cfg, train_set.val_images, progress=bool(verbose),
-                                    n_images=train_set.n_images)
+                                    n_images=train_set.n_images, regions=train_set.val_regions)
     write_threshold(run_dir, threshold)
     print(f"threshold: {threshold['threshold']} ({threshold['rule']})")
     stopped = budget.reason or getattr(stopper, "reason", None) or "fit ended"

@@ -41,6 +41,58 @@ def test_tensorflow_flavour_equals_numpy():
     np.testing.assert_allclose(got, image_scores(l_r, l_fd, 0.3), rtol=1e-6)
 
 
+def _reference_with_regions(maps, rule, topk, regions, margin):
+    """Slow reference: a boolean mask of the scored pixels built pixel by pixel."""
+    out = []
+    for m, (h, w) in zip(maps, regions):
+        e = min(margin, h // 4, w // 4)
+        mask = np.zeros(m.shape, bool)
+        for y in range(m.shape[0]):
+            for x in range(m.shape[1]):
+                mask[y, x] = e <= y < h - e and e <= x < w - e
+        v = np.sort(m[mask])[::-1]
+        out.append(v[0] if rule == "map_max" else v[:int(np.ceil(topk * v.size))].mean())
+    return np.array(out)
+
+
+def test_map_rules_score_each_images_region_less_its_margin():
+    """Tiles: only the image's own part of the canvas counts, less a border margin; a hot border or a
+    hot mirrored canvas outside it changes nothing (issue 15: border responses dominated map_max)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    maps = rng.random((4, 24, 32)).astype(np.float32)
+    regions = np.array([[24, 32], [10, 30], [24, 12], [7, 9]])
+    maps[1, 15:, :] = 50.0                    # the mirrored canvas below image 1's region
+    maps[2, :, 0] = 50.0                      # image 2's left edge: inside its region, inside the margin
+    maps[0, 12, 16] = 9.0                     # a defect well inside image 0
+    for margin in (0, 2, 5):
+        for rule, topk in (("map_max", 0.01), ("map_topk", 0.1)):
+            want = _reference_with_regions(maps, rule, topk, regions, margin)
+            np.testing.assert_allclose(map_scores(maps, rule, topk, regions, margin), want, rtol=1e-6)
+            got = map_scores(tf.constant(maps), rule, topk, tf.constant(regions, tf.int32), margin).numpy()
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert map_scores(maps, "map_max", regions=regions)[1] < 50 and map_scores(maps, "map_max")[1] == 50
+    assert map_scores(maps, "map_max", regions=regions)[2] == 50                  # no margin: the edge counts
+    assert map_scores(maps, "map_max", regions=regions, margin=2)[2] < 50         # a margin: it does not
+    assert map_scores(maps, "map_max", regions=regions, margin=5)[0] == np.float32(9.0)
+    res = ImageResults(np.zeros((4, 1)), np.zeros((4, 1)), map_r=maps, map_fd=maps, regions=regions)
+    np.testing.assert_allclose(res.image_scores(0.1, "map_max", margin=2),
+                               _reference_with_regions(maps, "map_max", 0, regions, 2), rtol=1e-6)
+    with pytest.raises(ValueError, match="margin"):
+        map_scores(maps, "map_max", margin=-1)
+
+
+def test_score_margin_defaults_by_kind():
+    assert Config(category="bottle").resolved().score_margin == 0
+    assert Config(category="leather").resolved().score_margin == 0
+    tiles = Config(category="strips", kind="tiles", patch_size=64).resolved()
+    assert tiles.score_margin == 32
+    assert Config(category="strips", kind="tiles", score_margin=0).resolved().score_margin == 0
+    with pytest.raises(ValueError, match="score_margin"):
+        Config(category="bottle", score_margin=-3).resolved()
+
+
 def test_rule_scores_and_results_record():
     rng = np.random.default_rng(2)
     l_r, l_fd = rng.random((5, 4)), rng.random((5, 4))

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "map, which small defects raise (cbigan/anomaly_score.py) " + config_default("image_score"))
     g.add_argument("--score-topk", type=float, default=None,
                    help="map_topk: share of the map's pixels averaged " + config_default("score_topk"))
+    g.add_argument("--score-margin", type=int, default=None,
+                   help="map rules: map pixels left out at each image's border, whose edge raises the map "
+                        "on normal images (default: 0, half a tile with --kind tiles)")
     g.add_argument("--threshold-percentile", type=float, default=None,
                    help="decision threshold = this percentile of the held-out train/good scores "
                         + config_default("threshold_percentile"))
