@@ -115,7 +115,9 @@ def test_gaussian_smoothing_matches_scipy():
 
     from cbigan.localization import gaussian_blur
 
-    for shape, sigmas in (((2, 64, 64), (1.0, 4.0, 2.5)), ((1, 12, 20), (0.5, 9.0))):  # 9: longer than a side
+    # 9: longer than a side; 256 x 320: the banded path (both sides >= BANDED_MIN_SIDE), 256 x 200: dense
+    for shape, sigmas in (((2, 64, 64), (1.0, 4.0, 2.5)), ((1, 12, 20), (0.5, 9.0)),
+                          ((2, 256, 320), (4.0, 1.5)), ((1, 256, 200), (4.0,))):
         maps = np.random.default_rng(0).random(shape).astype(np.float32)
         for sigma in sigmas:
             got = gaussian_blur(tf.constant(maps), sigma).numpy()
