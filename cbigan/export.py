@@ -426,11 +426,11 @@ def resolve_threshold(run_dir: Path, cfg: Config, model, *, threshold: float | N
     return info
 
 
-def export_run(run_dir: str | Path, export_dir: str | Path | None = None, *, model_name: str | None = None,
-               version: int | None = None, overwrite: bool = False, threshold: float | None = None,
-               recalibrate: bool = False, percentile: float | None = None,
-               skip_bad_images: bool = False, verbose: bool = True) -> Path:
-    """Export a finished run folder (config.json + model.weights.h5); returns the version folder."""
+def load_for_export(run_dir: str | Path, *, threshold: float | None = None, recalibrate: bool = False,
+                    percentile: float | None = None, skip_bad_images: bool = False,
+                    verbose: bool = True) -> tuple[Config, object, dict]:
+    """``(cfg, model, threshold record)`` of a finished run folder, as every export format needs them
+    (the SavedModel here, the LiteRT file in :mod:`cbigan.litert`); ``percentile`` recalibrates at it."""
     import dataclasses
 
     from .model import load_trained
@@ -442,6 +442,17 @@ def export_run(run_dir: str | Path, export_dir: str | Path | None = None, *, mod
         recalibrate = True
     info = resolve_threshold(run_dir, cfg, model, threshold=threshold, recalibrate=recalibrate,
                              skip_bad_images=skip_bad_images, verbose=verbose)
+    return cfg, model, info
+
+
+def export_run(run_dir: str | Path, export_dir: str | Path | None = None, *, model_name: str | None = None,
+               version: int | None = None, overwrite: bool = False, threshold: float | None = None,
+               recalibrate: bool = False, percentile: float | None = None,
+               skip_bad_images: bool = False, verbose: bool = True) -> Path:
+    """Export a finished run folder (config.json + model.weights.h5); returns the version folder."""
+    run_dir = Path(run_dir)
+    cfg, model, info = load_for_export(run_dir, threshold=threshold, recalibrate=recalibrate,
+                                       percentile=percentile, skip_bad_images=skip_bad_images, verbose=verbose)
     return export_model(model, cfg, export_dir or run_dir / EXPORT, threshold_info=info,
                         model_name=model_name, version=version, overwrite=overwrite, run_dir=run_dir)
 

@@ -4,7 +4,9 @@ The model is either a run folder (``config.json`` + ``model.weights.h5``: scored
 same graph that is exported) or a SavedModel export (a version folder, a model folder whose latest
 version is used, or an export folder holding one model), loaded with ``tf.saved_model.load`` and
 called through ``serving_default``. Images are decoded with Pillow (any mode -> RGB) and handed over
-raw: resizing, scaling and texture patching happen in the model's graph, as in TF Serving.
+raw: resizing, scaling and texture patching happen in the model's graph, as in TF Serving. A LiteRT
+export (a ``.tflite`` file, or a folder holding one) runs in the LiteRT interpreter, the kind's resize
+before it in TensorFlow (:class:`cbigan.litert.LiteRTModel`).
 
 Folders are searched recursively for PNG/JPEG/BMP/TIFF files. Unreadable files are reported by name
 on stderr and skipped; the others are still scored. Output: a table on stdout and a CSV
@@ -117,9 +119,14 @@ class ExportedModel:
 
 
 def open_model(path: str | Path):
+    """A run folder, a LiteRT ``.tflite`` file (or a folder holding one), or a SavedModel export."""
     path = Path(path)
     if is_run_dir(path):
         return TrainedModel(path)
+    from .litert import LiteRTModel, is_litert
+
+    if is_litert(path):
+        return LiteRTModel(path)
     return ExportedModel(path)
 
 

@@ -1,4 +1,5 @@
-"""``python -m cbigan.export RUN``: write a TF Serving SavedModel of a trained run (:mod:`cbigan.export`)."""
+"""``python -m cbigan.export RUN``: write a TF Serving SavedModel of a trained run (:mod:`cbigan.export`),
+or with ``--format litert`` a LiteRT (TensorFlow Lite) model for edge devices (:mod:`cbigan.litert`)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,19 @@ from . import parser
 
 def build_parser() -> argparse.ArgumentParser:
     p = parser("python -m cbigan.export",
-               "Write a TF Serving SavedModel <export-dir>/<model-name>/<version>/ of a trained run.")
+               "Write a TF Serving SavedModel <export-dir>/<model-name>/<version>/ of a trained run, or "
+               "with --format litert a LiteRT model <export-dir>/litert/<model-name>.tflite (+ .json).")
     p.add_argument("run_dir", help="runs/<category>/<run> (config.json + model.weights.h5)")
+    p.add_argument("--format", choices=("savedmodel", "litert"), default="savedmodel",
+                   help="savedmodel: TF Serving (default); litert: one .tflite file of the frozen scoring "
+                        "graph for the LiteRT interpreter (ai-edge-litert), the resize done outside it")
     p.add_argument("--export-dir", default=None, help="base folder (default: RUN_DIR/export)")
     p.add_argument("--model-name", default=None, help="TF Serving model name (default: the category)")
     p.add_argument("--version", type=int, default=None,
-                   help="version number (default: highest existing + 1, or 1)")
+                   help="version number (default: highest existing + 1, or 1; savedmodel only)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace --version (without --version: the highest existing one) instead of adding one")
+                   help="replace --version (without --version: the highest existing one) instead of adding one "
+                        "(savedmodel; a LiteRT file is always replaced)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, default=None,
                    help="use this decision threshold instead of the run's calibrated one")
@@ -30,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.format == "litert":
+        if args.version is not None:
+            p.error("--version is for --format savedmodel (a LiteRT export is one file)")
+        return _litert(args)
     from ..data import DataError
     from ..export import ExportError, export_run, read_metadata
 
@@ -48,6 +59,27 @@ def main(argv=None) -> int:
     print(f"threshold: {'none (no calibrated threshold; is_anomaly is always false)' if thr is None else thr}"
           f" - {meta.get('threshold_info', {}).get('rule', '')}")
     print(f"inspect: saved_model_cli show --dir {target} --all")
+    return 0
+
+
+def _litert(args) -> int:
+    from ..data import DataError
+    from ..export import ExportError
+    from ..litert import export_litert, read_litert_metadata
+
+    try:
+        target = export_litert(args.run_dir, export_dir=args.export_dir, model_name=args.model_name,
+                               threshold=args.threshold, recalibrate=args.recalibrate,
+                               percentile=args.threshold_percentile, skip_bad_images=args.skip_bad_images)
+    except (DataError, ExportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    meta = read_litert_metadata(target)
+    thr = meta.get("threshold")
+    print(f"exported {target} (+ {target.with_suffix('.json').name})")
+    print(f"threshold: {'none (no calibrated threshold; is_anomaly is always false)' if thr is None else thr}"
+          f" - {meta.get('threshold_info', {}).get('rule', '')}")
+    print(f"score images: python -m cbigan.predict {target} IMAGES...")
     return 0
 
 

@@ -15,7 +15,8 @@ from . import parser
 def build_parser() -> argparse.ArgumentParser:
     p = parser("python -m cbigan.predict", "Score images with a trained run or a SavedModel export.")
     p.add_argument("model",
-                   help="run folder (runs/<category>/<run>) or export folder (.../<model>/<version>)")
+                   help="run folder (runs/<category>/<run>), export folder (.../<model>/<version>) or "
+                        "LiteRT model (.../litert/<model>.tflite)")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--csv", default="predictions.csv", help="where to write path,score,is_anomaly")
     p.add_argument("--maps", default=None, metavar="DIR",
