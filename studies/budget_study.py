@@ -15,7 +15,11 @@ compute whatever runs beside it. Writes, under ``--results``:
 * ``<category>-<arm>-seed<s>/``: each run's config, logs, metrics and summary;
 * ``study.png``: test auROC over steps per arm and seed (monitoring), the label-free choice marked.
 
-``--plot-only`` redraws ``study.png`` from those files.
+* ``recipes.csv`` / ``recipes.md``: per arm and image-score rule, the median over categories of the
+  per-category medians over seeds (how a recipe is chosen) and the worst category.
+
+``--plot-only`` redraws ``study.png`` from those files; ``--reevaluate`` evaluates finished runs again
+with today's scoring code (stored maps reused) and rewrites their rows.
 """
 
 from __future__ import annotations
@@ -84,9 +88,37 @@ def run_one(category: str, arm: str, seed: int, slot: int, args) -> dict:
         f.flush()
         subprocess.run(train, stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
         if args.evaluate:
-            subprocess.run(pin + [sys.executable, str(ROOT / "evaluate.py"), str(run_dir), "--quiet",
-                                  "--rules", *RULES], stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
-    total = time.monotonic() - t0
+            evaluate(run_dir, pin, env, f)
+    return result_row(category, arm, seed, run_dir, " ".join(train[len(pin):]), time.monotonic() - t0, args)
+
+
+def evaluate(run_dir: Path, pin: list, env: dict, log) -> None:
+    """``evaluate.py RUN --rules ...``: every image-score rule from one scoring pass (stored score parts
+    and maps are reused when the weights have not changed, so re-evaluating costs no network pass)."""
+    subprocess.run(pin + [sys.executable, str(ROOT / "evaluate.py"), str(run_dir), "--quiet", "--rules", *RULES],
+                   stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
+
+
+def no_margin_auroc(run_dir: Path, rule: str) -> float | None:
+    """Test auROC of a map rule over each image's whole region (margin 0), for a run whose own margin is
+    larger: the same stored maps and the one rule implementation (cbigan.anomaly_score), so the study
+    shows what the border margin changes. None without stored maps or a margin."""
+    sys.path.insert(0, str(ROOT))
+    from cbigan.config import Config
+    from cbigan.metrics import auroc
+    from cbigan.results import ImageResults
+
+    cfg = Config.from_json(run_dir / "config.json")
+    if not cfg.score_margin or not (run_dir / "pixel_maps.npz").is_file():
+        return None
+    parts = ImageResults.load_parts(run_dir / "scores_parts.npz")
+    maps = ImageResults.load_maps(run_dir / "pixel_maps.npz")
+    scores = maps.image_scores(cfg.score_lambda, rule, cfg.score_topk, margin=0)
+    return float(auroc(parts.labels, scores))
+
+
+def result_row(category: str, arm: str, seed: int, run_dir: Path, command: str, total: float, args) -> dict:
+    name = run_dir.name
     summary = json.loads((run_dir / "summary.json").read_text())
     log = run_dir / "eval_log.csv"
     ev = pd.read_csv(log) if log.is_file() and log.stat().st_size else pd.DataFrame({"step": []})
@@ -109,10 +141,15 @@ def run_one(category: str, arm: str, seed: int, slot: int, args) -> dict:
                                         if "test_auroc" in ev else float("nan")),
            "best_snapshot_test_auroc": (round(float(ev["test_auroc"].max()), 4)
                                         if "test_auroc" in ev else float("nan")),
-           "command": " ".join(train[len(pin):])}
+           "command": command}
     if args.evaluate:  # every rule from the same scoring pass, and the localization where there are masks
         row.update({f"auroc_{r}": round(float(v), 4) for r, v in by_rule.items() if v is not None and v == v})
         row["pixel_auroc"], row["aupro"] = chosen.get("pixel_auroc"), chosen.get("aupro")
+        row["score_margin"] = json.loads((run_dir / "evaluation.json").read_text()).get("score_margin", 0)
+        for r in ("map_max", "map_topk"):
+            whole = no_margin_auroc(run_dir, r)
+            if whole is not None:
+                row[f"auroc_{r}_no_margin"] = round(whole, 4)
     dest = Path(args.results) / f"{category}-{name}"
     dest.mkdir(parents=True, exist_ok=True)
     for f in KEEP:
@@ -195,11 +232,16 @@ def main(argv=None) -> int:
     p.add_argument("--output-dir", default="runs/budget")
     p.add_argument("--results", default="results/budget")
     p.add_argument("--plot-only", action="store_true", help="only redraw study.png from --results")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="run evaluate.py again on the finished runs of --category/--arms/--seeds (stored "
+                        "maps reused: the scoring code of today on the same weights) and rewrite their rows")
     p.add_argument("extra", nargs="*", help="more train.py flags for every run (after --)")
     args = p.parse_args(argv)
     if args.plot_only:
         print(plot_study(Path(args.results)))
         return 0
+    if args.reevaluate:
+        return reevaluate(args)
     jobs = [(c, a, int(s)) for c, a, s in (j.split(":") for j in args.also)]
     jobs += [(c, a, int(s)) for s in args.seeds.split(",") for c in args.category.split(",")
              for a in args.arms.split(",")]
@@ -232,13 +274,67 @@ def main(argv=None) -> int:
                 runs.to_csv(Path(args.results) / "runs.csv", index=False)
     if not rows:
         return 1
-    pd.DataFrame(rows).to_csv(Path(args.results) / "runs.csv", index=False)
-    summary = summarize(pd.DataFrame(rows))
-    summary.to_csv(Path(args.results) / "summary.csv", index=False)
-    (Path(args.results) / "summary.md").write_text(markdown(summary))
-    print(summary.to_string(index=False))
-    plot_study(Path(args.results))
+    write_tables(rows, Path(args.results))
     return 0 if len(rows) >= len(jobs) + len(finished) else 1
+
+
+def write_tables(rows: list, results: Path) -> None:
+    """runs.csv, summary.csv/.md (per category and arm) and recipes.csv/.md (per arm and rule, the
+    median over categories of the per-category medians over seeds), then study.png."""
+    runs = pd.DataFrame(rows)
+    results.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(results / "runs.csv", index=False)
+    summary = summarize(runs)
+    summary.to_csv(results / "summary.csv", index=False)
+    (results / "summary.md").write_text(markdown(summary))
+    recipes = recipe_table(summary)
+    recipes.to_csv(results / "recipes.csv", index=False)
+    (results / "recipes.md").write_text(markdown(recipes))
+    print(summary.to_string(index=False))
+    print(recipes.to_string(index=False))
+    plot_study(results)
+
+
+def recipe_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arm, image-score rule): the per-category median image auROC over seeds, their
+    median and minimum over categories (the recipe is chosen by the median, never by one category)."""
+    rows = []
+    for arm, g in summary.groupby("arm", sort=False):
+        for col in [c for c in g.columns if c.startswith("auroc_") and c.endswith("_median")
+                    and c not in ("auroc_median",)]:
+            per_cat = dict(zip(g["category"], g[col]))
+            if all(pd.isna(v) for v in per_cat.values()):
+                continue
+            rule = col[len("auroc_"):-len("_median")]
+            rows.append({"arm": arm, "rule": rule, **{c: round(float(v), 4) for c, v in per_cat.items()},
+                         "median_over_categories": round(float(pd.Series(per_cat).median()), 4),
+                         "worst_category": round(float(pd.Series(per_cat).min()), 4)})
+    return pd.DataFrame(rows).sort_values("median_over_categories", ascending=False)
+
+
+def reevaluate(args) -> int:
+    """Evaluate the finished runs again with today's scoring code (same weights) and rewrite their rows."""
+    path = Path(args.results) / "runs.csv"
+    rows = pd.read_csv(path).to_dict("records")
+    wanted = {(Path(c).name, a, int(s)) for s in args.seeds.split(",") for c in args.category.split(",")
+              for a in args.arms.split(",")}
+    env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    todo = [i for i, r in enumerate(rows) if (r["category"], r["arm"], int(r["seed"])) in wanted]
+
+    def work(i):
+        r = rows[i]
+        run_dir = Path(args.output_dir) / r["category"] / f"{r['arm']}-seed{int(r['seed'])}"
+        with open(Path(args.output_dir) / f"{r['category']}-{run_dir.name}.reevaluate.log", "w") as f:
+            evaluate(run_dir, [], env, f)
+        new = result_row(r["category"], r["arm"], int(r["seed"]), run_dir, r["command"], r["total_seconds"], args)
+        return i, new
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        for i, new in pool.map(work, todo):
+            rows[i] = new
+            print(f"{new['category']}/{new['arm']}-seed{new['seed']}: auROC {new['auroc']}", flush=True)
+    write_tables(rows, Path(args.results))
+    return 0
 
 
 if __name__ == "__main__":
