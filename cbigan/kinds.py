@@ -98,6 +98,11 @@ class InputKind:
         size = int(cfg.image_size)
         return resize_uint8(images, size), (size, size)
 
+    def fit_is_identity(self, h: int, w: int, cfg) -> bool:
+        """Whether :meth:`fit` returns uint8 images of ``h`` x ``w`` unchanged (region: the whole image),
+        so a caller may skip it: a square resize to the size they already have."""
+        return int(h) == int(w) == int(cfg.image_size)
+
     def to_input_size(self, t, region, size_hw):
         """Model-size outputs [N, S, S, ...] of images fitted by :meth:`fit` -> what the export returns
         for inputs of ``size_hw``: here unchanged (maps at the model resolution, as evaluation has them)."""
@@ -257,6 +262,9 @@ class TilesKind(TextureKind):
 
         x, hw = fit_to_canvas(images, int(cfg.image_size), float(cfg.scale))
         return tf.cast(x, tf.uint8), hw
+
+    def fit_is_identity(self, h: int, w: int, cfg) -> bool:
+        return float(cfg.scale) == 1.0 and super().fit_is_identity(h, w, cfg)
 
     def to_input_size(self, t, region, size_hw):
         """The image's region of the canvas, resized (bilinear) to the input's own size."""

@@ -203,3 +203,22 @@ def test_kinds_and_config_import_without_tensorflow():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert kinds.TEXTURES is TEXTURES
+
+
+def test_fit_is_identity_means_what_it_says():
+    """Callers skip fit when a kind says it would change nothing (LiteRT at batch 1): check it does not."""
+    import numpy as np
+
+    from cbigan.config import Config
+    from cbigan.kinds import KINDS
+
+    rng = np.random.default_rng(0)
+    for name in KINDS:
+        cfg = Config(category="x", kind=name, image_size=64).resolved()
+        kind = KINDS[name]
+        img = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+        assert kind.fit_is_identity(64, 64, cfg)
+        fitted, region = kind.fit(img, cfg)
+        np.testing.assert_array_equal(np.asarray(fitted), img)
+        assert (int(region[0]), int(region[1])) == (64, 64)
+        assert not kind.fit_is_identity(64, 80, cfg) and not kind.fit_is_identity(32, 32, cfg)

@@ -1,7 +1,8 @@
 """``python -m cbigan.bench serve``: images/s of the exported SavedModel vs the in-process Python path.
 
-For a 128 px object model and a 512 px texture model (64 px patches, 64 per image), each at batch 1
-and batch 32, in one run:
+For 64 px and 128 px object models and a 512 px texture model (64 px patches, 64 per image), each at
+batch 1 and batch 32, in one run, beside the ceiling that the graph's FLOPs and the machine's matrix
+product rate allow:
 
 * **SavedModel**: the export written by :func:`cbigan.export.export_model`, loaded with
   ``tf.saved_model.load`` and called through its ``serving_default`` signature with a float32 batch of
@@ -10,7 +11,8 @@ and batch 32, in one run:
   :class:`cbigan.scoring.Scorer` (score parts only, combined on the host);
 * **LiteRT**: the ``.tflite`` export (:func:`cbigan.litert.write_litert`) run by
   :class:`cbigan.litert.LiteRTModel` (XNNPACK, the interpreter's default threads), the resize before
-  it in TensorFlow; ``n/a`` without ``ai-edge-litert``.
+  it in TensorFlow, and the ``.tflite`` model alone on model-size images ("LiteRT core"); ``n/a``
+  without ``ai-edge-litert``.
 
 Weights are untrained (speed does not depend on them). Each figure is the mean over repeated calls
 after one warm-up call, for at least ``--seconds`` and ``--min-calls`` calls.
@@ -49,9 +51,47 @@ def _litert(model, cfg, tmp):
     return LiteRTModel(path)
 
 
+#: Models benchmarked: name -> (input kind, image size).
+MODELS = {"object64": ("object", 64), "object128": ("object", 128), "texture512": ("texture", 512)}
+
+
+def peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a float32 ``size`` x ``size`` matrix product in TensorFlow with the process's thread
+    settings: the compute ceiling the serving figures are set against."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_uniform((size, size), (1, 2))
+    f = tf.function(lambda x: tf.matmul(x, x))
+    f(a).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).numpy()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def graph_flops(model, cfg) -> int:
+    """Floating-point operations of the exported scoring graph for one image (TensorFlow's profiler on
+    :meth:`cbigan.export.ServingGraph.score_resized` at batch 1: networks, stitching, blur, score)."""
+    import tensorflow as tf
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    from cbigan.export import ServingGraph
+
+    graph = ServingGraph(model, cfg, 0.0)
+    s = cfg.image_size
+    concrete = tf.function(graph.score_resized).get_concrete_function(
+        tf.TensorSpec([1, s, s, 3], tf.uint8), tf.TensorSpec([1, 2], tf.int32))
+    opts = option_builder.ProfileOptionBuilder(option_builder.ProfileOptionBuilder.float_operation())
+    opts = opts.with_empty_output().build()
+    return int(model_analyzer.profile(graph=concrete.graph, options=opts).total_float_ops)
+
+
 def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int) -> int:
-    """Images/s of the SavedModel and of the Python path for each kind (``object``, ``texture``) and
-    batch size, each timed for at least ``seconds`` and ``min_calls`` calls; prints the figures."""
+    """Images/s of the SavedModel, the Python path and the LiteRT export for each model of ``kinds``
+    (:data:`MODELS` names, or ``object`` / ``texture`` for all of that kind) and batch size, each timed
+    for at least ``seconds`` and ``min_calls`` calls, beside the FLOP ceiling; prints the figures."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
     import tensorflow as tf
@@ -63,18 +103,26 @@ def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int)
     from cbigan.model import build_model
     from cbigan.scoring import Scorer
 
+    names = [n for k in kinds for n in ([k] if k in MODELS else [m for m, (kk, _) in MODELS.items() if kk == k])]
+    unknown = [k for k in kinds if k not in MODELS and k not in {kk for kk, _ in MODELS.values()}]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {list(MODELS)} or object, texture")
     gpus = tf.config.list_physical_devices("GPU")
     device = f"GPU ({gpus[0].name})" if gpus else f"CPU ({os.cpu_count()} cores visible)"
-    print(f"serve benchmark: TensorFlow {tf.__version__} on {device}; untrained width-3 models")
-    header = (f"{'model':<28} {'batch':>5} {'SavedModel img/s':>17} {'Python img/s':>13} {'ratio':>6}"
-              f" {'LiteRT img/s':>13}")
+    peak = peak_gflops()
+    print(f"serve benchmark: TensorFlow {tf.__version__} on {device}; untrained width-3 models; "
+          f"2048 matmul: {peak:.0f} GFLOP/s (the ceiling = that / the graph's FLOPs per image)")
+    header = (f"{'model':<26} {'batch':>5} {'SavedModel':>10} {'Python':>8} {'LiteRT':>8} {'LiteRT core':>11}"
+              f" {'ceiling':>8}  img/s")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="cbigan-bench-serve-") as tmp:
-        for kind in kinds:
-            cfg = Config(category=f"bench_{kind}", kind=kind).resolved()
+        for name in dict.fromkeys(names):
+            kind, size = MODELS[name]
+            cfg = Config(category=f"bench_{name}", kind=kind, image_size=size).resolved()
             model = build_model(cfg)
+            flops = graph_flops(model, cfg)
             t0 = time.perf_counter()
             path = export_model(model, cfg, tmp, threshold_info={"threshold": 0.0, "rule": "benchmark"})
             export_s = time.perf_counter() - t0
@@ -88,6 +136,7 @@ def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int)
             for batch in batches:
                 raw = rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
                 raw_f = tf.constant(raw.astype(np.float32))
+                regions = np.tile(np.array([[s, s]], np.int32), (batch, 1))
 
                 def served():
                     return sig(images=raw_f)["score"].numpy()
@@ -101,8 +150,15 @@ def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int)
                 rel = float(np.max(np.abs(a - b) / np.abs(b)))
                 r_saved = _rate(served, batch, seconds, min_calls)
                 r_python = _rate(python, batch, seconds, min_calls)
-                r_lite = "n/a" if lite is None else f"{_rate(lambda: lite(raw), batch, seconds, min_calls):.1f}"
-                print(f"{label:<28} {batch:>5} {r_saved:>17.1f} {r_python:>13.1f} {r_saved / r_python:>6.2f}"
-                      f" {r_lite:>13}   (max rel. score diff {rel:.1e})", flush=True)
-            print(f"{'':<28} export took {export_s:.1f} s")
+                r_lite = r_core = "n/a"
+                if lite is not None:
+                    rel = max(rel, float(np.max(np.abs(lite(raw)["score"] - a) / np.abs(a))))
+                    r_lite = f"{_rate(lambda: lite(raw), batch, seconds, min_calls):.1f}"
+                    r_core = f"{_rate(lambda: lite.run_resized(raw, regions), batch, seconds, min_calls):.1f}"
+                print(f"{label:<26} {batch:>5} {r_saved:>10.1f} {r_python:>8.1f} {r_lite:>8} {r_core:>11}"
+                      f" {peak * 1e9 / flops:>8.0f}   (max rel. score diff {rel:.1e})", flush=True)
+            print(f"{'':<26} {flops / 1e6:.1f} MFLOP per image; SavedModel export took {export_s:.1f} s")
+    print("SavedModel: serving_default on float32 raw pixels (resize in the graph); Python: evaluate.py's "
+          "path; LiteRT: the .tflite export (XNNPACK) with the kind's resize before it in TensorFlow; "
+          "LiteRT core: the .tflite model alone on model-size uint8 images.")
     return 0
