@@ -47,7 +47,9 @@ class Scorer:
         self.model = model
         self.features = feature_extractor(model.critic, self.cfg.feature_layer)
         self.patches_per_call = patches_per_call
-        self._fn = tf.function(self._score, reduce_retracing=True)
+        size = self.cfg.image_size  # one trace for every batch size (textures: 4 images a call, then the rest)
+        self._fn = tf.function(self._score, reduce_retracing=True,
+                               input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
 
     @property
     def patches_per_image(self) -> int:
