@@ -109,8 +109,13 @@ def test_a_three_pixel_scratch_on_a_strip_is_found_and_mapped_at_the_input_size(
     from cbigan.data import load_image
     from cbigan.export import find_saved_model
 
-    sig = tf.saved_model.load(str(find_saved_model(strips_run["export"] / "strips"))).signatures["serving_default"]
+    loaded = tf.saved_model.load(str(find_saved_model(strips_run["export"] / "strips")))
+    sig, by_bytes = loaded.signatures["serving_default"], loaded.signatures["serving_bytes"]
+    assert strips_run["cfg"].score_margin == 32  # half a tile left out at each image's border
     for path, score in zip(df["path"], df["score"]):
         out = sig(images=tf.constant(load_image(path)[None].astype(np.float32)))
         assert out["anomaly_map"].shape == (1, 200, 520) and out["reconstruction"].shape == (1, 200, 520, 3)
         assert float(out["score"][0]) == pytest.approx(score, rel=1e-4)
+    # encoded files, each on its own canvas with its own region: the same scores
+    files = tf.constant([open(p, "rb").read() for p in df["path"][:4]])
+    np.testing.assert_allclose(by_bytes(image_bytes=files)["score"].numpy(), df["score"][:4], rtol=1e-4)
