@@ -76,7 +76,8 @@ class Config:
     log_every: int = 100
     preview_every: int = 1000
     select_on_test: bool = False
-    select: str = "synthetic"          # label-free snapshot choice (cbigan/selection.py): synthetic, final
+    select: str | None = None          # label-free snapshot choice (cbigan/selection.py): synthetic, final
+                                       # (None: the kind's: synthetic, final for tiles)
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "Config":
@@ -93,6 +94,8 @@ class Config:
                 setattr(c, name, value)
         if c.score_margin is None:
             c.score_margin = kind.default_score_margin(c)
+        if c.select is None:
+            c.select = kind.default_select
         kind.validate(c)
         if not 0 <= c.val_split < 1:
             raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")

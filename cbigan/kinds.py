@@ -82,6 +82,9 @@ class InputKind:
         """The map stride when none is asked for: the patch size (non-overlapping patches)."""
         return int(cfg.patch_size)
 
+    #: The label-free snapshot choice when the config does not say (``Config.select``).
+    default_select: str = "synthetic"
+
     def default_score_margin(self, cfg) -> int:
         """Map pixels the map-based image scores leave out at the image's border when the config
         does not say (``Config.score_margin``): none here (on bottle, leaving 4 of 64 px out cost
@@ -237,6 +240,11 @@ class TilesKind(TextureKind):
 
     name = "tiles"
     categories = ()
+    #: The last weights: choosing a snapshot would score the map of every held-out image and of its
+    #: synthetic-defect copy at every evaluation (about a minute each on magnetic tile's 640 px
+    #: canvases, every 50 steps of the fast preset: most of a 15-minute budget); the study's tiles runs
+    #: used the last weights (results/small_defects).
+    default_select = "final"
 
     def defaults(self, category: str, image_size: int | None = None) -> dict:
         return {"image_size": 512, "patch_size": 64, "rotation": 0.0}

@@ -90,8 +90,16 @@ class TrainingMonitor:
         self.test_set, self.val_images = test_set, val_images
         self.scorer = Scorer(model, cfg)              # previews
         scorer = ImageScorer(model, cfg)              # the run's own image-score rule
-        # held-out images (clean, and with synthetic defects: the same regions) and test images
-        self.image_scorer = lambda images: scorer(images, regions=val_regions)
+
+        def held_out_scores(images):
+            """The held-out images, or their synthetic-defect copies: two per image, in the same order
+            (:func:`cbigan.selection.synthetic_defects`), so each copy has its image's region."""
+            regions = val_regions
+            if regions is not None and len(regions) and len(images) == 2 * len(regions):
+                regions = np.concatenate([regions, regions])
+            return scorer(images, regions=regions)
+
+        self.image_scorer = held_out_scores
         self.test_scorer = lambda images: scorer(images, regions=getattr(test_set, "regions", None))
         self.best = None  # (auroc, step, weights) for --select-on-test
         self.t0 = time.monotonic()

@@ -63,7 +63,7 @@ def test_train_help_tells_the_paper_values_and_the_switches_truthfully():
     assert "default: off" in blocks["--no-table"]
     assert "(default: 0.0001;" in blocks["--lr-eg"] and "--preset fast: 0.001" in blocks["--lr-eg"]
     assert "(default: 5;" in blocks["--d-iter"]
-    assert "default: synthetic" in blocks["--select"] and blocks["--select"].count("synthetic)") == 1
+    assert "default: synthetic, final with --kind tiles" in blocks["--select"]
     assert "128 objects, 512 textures" in blocks["--image-size"]
 
 

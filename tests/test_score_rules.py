@@ -83,6 +83,12 @@ def test_map_rules_score_each_images_region_less_its_margin():
         map_scores(maps, "map_max", margin=-1)
 
 
+def test_selection_defaults_by_kind():
+    assert Config(category="bottle").resolved().select == "synthetic"
+    assert Config(category="strips", kind="tiles").resolved().select == "final"
+    assert Config(category="strips", kind="tiles", select="synthetic").resolved().select == "synthetic"
+
+
 def test_score_margin_defaults_by_kind():
     assert Config(category="bottle").resolved().score_margin == 0
     assert Config(category="leather").resolved().score_margin == 0

@@ -72,10 +72,12 @@ def test_selector_inactive_without_held_out_images_or_with_rule_final():
         SnapshotSelector(_images(), None, None, rule="best")
 
 
-def test_training_selects_a_snapshot_without_test_labels(synthetic_root, tmp_path):
+@pytest.mark.parametrize("image_score", ["paper", "map_max"])  # map_max: the fast preset's rule, from maps
+def test_training_selects_a_snapshot_without_test_labels(synthetic_root, tmp_path, image_score):
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="s",
                  image_size=64, patch_size=64, steps=8, batch_size=4, width=2, latent_dim=16,
-                 d_iter=1, log_every=2, eval_every=2, preview_every=100, val_split=0.25, seed=1)
+                 d_iter=1, log_every=2, eval_every=2, preview_every=100, val_split=0.25, seed=1,
+                 image_score=image_score)
     run = train(cfg, verbose=0, export=False)
     ev = pd.read_csv(run / "eval_log.csv")
     assert list(ev["step"]) == [2, 4, 6, 8] and ev["val_synthetic_auroc"].between(0, 1).all()

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which snapshot is the model, without test labels: 'synthetic' = the evaluation "
                         "(every --eval-every steps) that best separates held-out normal images from "
                         "synthetic-defect copies of them; 'final' = the last weights "
-                        + config_default("select"))
+                        + config_default("select", "synthetic, final with --kind tiles"))
     g.add_argument("--select-on-test", action="store_true", default=None,
                    help="keep the checkpoint with the best TEST auROC (the original's rule; leaks test labels)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
