@@ -38,48 +38,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if args.format == "litert":
-        if args.version is not None:
-            p.error("--version is for --format savedmodel (a LiteRT export is one file)")
-        return _litert(args)
-    from ..data import DataError
-    from ..export import ExportError, export_run, read_metadata
-
-    try:
-        target = export_run(args.run_dir, args.export_dir, model_name=args.model_name, version=args.version,
-                            overwrite=args.overwrite, threshold=args.threshold,
-                            recalibrate=args.recalibrate, percentile=args.threshold_percentile,
-                            skip_bad_images=args.skip_bad_images)
-    except (DataError, ExportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    meta = read_metadata(target)
-    thr = meta.get("threshold")
-    print(f"exported {target}")
-    print(f"threshold: {'none (no calibrated threshold; is_anomaly is always false)' if thr is None else thr}"
-          f" - {meta.get('threshold_info', {}).get('rule', '')}")
-    print(f"inspect: saved_model_cli show --dir {target} --all")
-    return 0
-
-
-def _litert(args) -> int:
+    if args.format == "litert" and args.version is not None:
+        p.error("--version is for --format savedmodel (a LiteRT export is one file)")
     from ..data import DataError
     from ..export import ExportError
-    from ..litert import export_litert, read_litert_metadata
 
+    threshold = dict(threshold=args.threshold, recalibrate=args.recalibrate,
+                     percentile=args.threshold_percentile, skip_bad_images=args.skip_bad_images)
     try:
-        target = export_litert(args.run_dir, export_dir=args.export_dir, model_name=args.model_name,
-                               threshold=args.threshold, recalibrate=args.recalibrate,
-                               percentile=args.threshold_percentile, skip_bad_images=args.skip_bad_images)
+        if args.format == "litert":
+            from ..litert import export_litert, read_litert_metadata as read_meta
+
+            target = export_litert(args.run_dir, export_dir=args.export_dir, model_name=args.model_name,
+                                   **threshold)
+            written = f"{target} (+ {target.with_suffix('.json').name})"
+            next_step = f"score images: python -m cbigan.predict {target} IMAGES..."
+        else:
+            from ..export import export_run, read_metadata as read_meta
+
+            target = export_run(args.run_dir, args.export_dir, model_name=args.model_name, version=args.version,
+                                overwrite=args.overwrite, **threshold)
+            written, next_step = str(target), f"inspect: saved_model_cli show --dir {target} --all"
     except (DataError, ExportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    meta = read_litert_metadata(target)
+    meta = read_meta(target)
     thr = meta.get("threshold")
-    print(f"exported {target} (+ {target.with_suffix('.json').name})")
+    print(f"exported {written}")
     print(f"threshold: {'none (no calibrated threshold; is_anomaly is always false)' if thr is None else thr}"
           f" - {meta.get('threshold_info', {}).get('rule', '')}")
-    print(f"score images: python -m cbigan.predict {target} IMAGES...")
+    print(next_step)
     return 0
 
 
