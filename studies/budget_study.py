@@ -50,6 +50,10 @@ ARMS = {
     # on maps of every held-out image each --eval-every would cost most of a 15-minute budget)
     "tiles": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
               "--eval-every", "1000000"],
+    # tiles with every image standardized per channel (--normalize per_image): magnetic tiles differ
+    # several-fold in brightness between images, and the L1 residual with them (issue 15 maps figure)
+    "tiles_norm": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
+                   "--eval-every", "1000000", "--normalize", "per_image"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0"],
     "autoencoder": ["--preset", "fast", "--alpha", "1"],
@@ -62,6 +66,7 @@ ARM_CATEGORY_FLAGS = {
     ("tiles", "leather"): ["--image-size", "512"],       # 512 px images
     ("tiles", "magnetic_tile"): ["--image-size", "640"],  # up to about 630 px a side
 }
+ARM_CATEGORY_FLAGS.update({("tiles_norm", c): f for (a, c), f in list(ARM_CATEGORY_FLAGS.items()) if a == "tiles"})
 #: Image-score rules evaluate.py reports side by side on every run (one scoring pass).
 RULES = ("paper", "map_max", "map_topk")
 
