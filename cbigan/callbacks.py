@@ -264,30 +264,33 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
 class PeriodicCallback(keras.callbacks.Callback):
     """Calls ``fn(step)`` at the end of each epoch in which the step counter crossed a multiple of
-    ``every`` and, if ``at_end``, once more when training ends."""
+    ``every`` and, if ``at_end``, once more when training ends. ``last_fn`` (default ``fn``) is
+    called instead for the run's last call: in the epoch where training stops, or at its end."""
 
-    def __init__(self, every: int, fn, at_end: bool = True):
+    def __init__(self, every: int, fn, at_end: bool = True, last_fn=None):
         super().__init__()
         self.every, self.fn, self.at_end = max(1, int(every)), fn, at_end
+        self.last_fn = last_fn or fn
         self.last_done = self.last_step = None
 
     def on_train_begin(self, logs=None):
         self.last_done = model_step(self.model) // self.every
 
-    def _call(self, step):
+    def _call(self, step, last: bool = False):
         self.last_step = step
-        self.fn(step)
+        (self.last_fn if last else self.fn)(step)
 
     def on_epoch_end(self, epoch, logs=None):
         step = model_step(self.model)
         if step // self.every > self.last_done:
             self.last_done = step // self.every
-            self._call(step)
+            epochs = (self.params or {}).get("epochs")
+            self._call(step, last=bool(self.model.stop_training) or (epochs is not None and epoch + 1 >= epochs))
 
     def on_train_end(self, logs=None):
         step = model_step(self.model)
         if self.at_end and step != self.last_step:
-            self._call(step)
+            self._call(step, last=True)
 
 
 class Checkpointer(keras.callbacks.Callback):

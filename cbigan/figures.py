@@ -337,9 +337,9 @@ def curves_figure(train_log, eval_log=None, title: str = ""):
         marker = "o" if len(es) < 30 else None
         for col, label, color in (("test_auroc", "test auROC", "C0"),
                                   ("test_max_balanced_accuracy", "test max balanced accuracy", "C1")):
-            if col in eval_log:
-                ax.plot(es, np.asarray(eval_log[col], np.float64), color=color, marker=marker, ms=3,
-                        label=label)
+            if col in eval_log:  # rows without monitoring (--monitor-every) are empty: left out
+                ys = np.asarray(eval_log[col], np.float64)
+                ax.plot(es[np.isfinite(ys)], ys[np.isfinite(ys)], color=color, marker=marker, ms=3, label=label)
         ax.set_ylim(0.0, 1.02)
         ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
         ax.set_ylabel("metric")

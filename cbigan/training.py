@@ -4,8 +4,9 @@ Run folder ``<output_dir>/<category>/<run_name>/``:
 
 * ``config.json``: the resolved configuration (rebuilds the model);
 * ``train_log.csv``: every loss and critic score, one row per ``log_every`` steps;
-* ``eval_log.csv``: test metrics every ``eval_every`` steps (monitoring only: never used to pick the
-  model unless ``--select-on-test``);
+* ``eval_log.csv``: every ``eval_every`` steps the label-free selection's figures and, every
+  ``monitor_every`` steps and at the end, test metrics (monitoring only: never used to pick the model
+  unless ``--select-on-test``; empty in the rows between);
 * ``previews/``: inputs, reconstructions, differences and samples G(z) every ``preview_every`` steps;
 * ``tensorboard/``: TensorBoard event files: losses every ``log_every`` steps, evaluations, preview grids;
 * ``model.weights.h5``: the final model; its EMA encoder/generator are what evaluation uses;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import shutil
 import signal
@@ -102,6 +104,8 @@ class TrainingMonitor:
         self.image_scorer = held_out_scores
         self.test_scorer = lambda images: scorer(images, regions=getattr(test_set, "regions", None))
         self.best = None  # (auroc, step, weights) for --select-on-test
+        # test-set monitoring: at the first evaluation past each multiple of monitor_every, at the end
+        self.monitored = start_step // cfg.monitor_every if cfg.monitor_every else None
         self.t0 = time.monotonic()
         self.last = {}
         self.selector = SnapshotSelector(
@@ -142,26 +146,46 @@ class TrainingMonitor:
         write_json_atomic(self.run_dir / SELECTED_INFO, best)
         self.pending_selected = None
 
-    def evaluate(self, step: int) -> dict:
+    def evaluate(self, step: int, final: bool = False) -> dict:
+        """One ``eval_log.csv`` row: the label-free snapshot selection (held-out images), and the
+        test-set monitoring when it is due (:meth:`monitor_due`; ``final``: the run's last evaluation),
+        else empty test columns."""
         row = {"step": step, "seconds": round(time.monotonic() - self.t0, 1)}
         if len(self.val_images):
             val = self.image_scorer(self.val_images)
             row["val_score_mean"] = float(np.mean(val))
             row.update(self.selector.observe(step, val))
         if self.test_set is not None:
-            scores = self.test_scorer(self.test_set.images)
-            try:
-                m = image_metrics(self.test_set.labels, scores)
-                row.update(test_auroc=m["auroc"], test_max_balanced_accuracy=m["max_balanced_accuracy"])
-            except MetricError as e:
-                row["test_error"] = str(e)
-            if self.cfg.select_on_test and "test_auroc" in row:
-                if self.best is None or row["test_auroc"] > self.best[0]:
-                    self.best = (row["test_auroc"], step, self.model.get_weights())
+            row.update(test_auroc=float("nan"), test_max_balanced_accuracy=float("nan"))
+            if final or self.monitor_due(step):
+                row.update(self.monitor(step))
         append_csv(self.run_dir / EVAL_LOG, row)
         if self.tensorboard is not None:
-            self.tensorboard.scalars(step, {k: v for k, v in row.items() if k != "seconds"}, "eval/")
+            self.tensorboard.scalars(step, {k: v for k, v in row.items() if k != "seconds" and v == v}, "eval/")
         self.last = row
+        return row
+
+    def monitor_due(self, step: int) -> bool:
+        """Test-set monitoring at this evaluation: always with ``select_on_test``, else when ``step``
+        passed a multiple of ``monitor_every`` since the last one (never when it is 0)."""
+        if self.cfg.select_on_test:
+            return True
+        if not self.cfg.monitor_every or step // self.cfg.monitor_every <= self.monitored:
+            return False
+        self.monitored = step // self.cfg.monitor_every
+        return True
+
+    def monitor(self, step: int) -> dict:
+        """Test auROC and max balanced accuracy of the current model (monitoring: never the choice,
+        except with ``select_on_test``, which keeps the best weights here)."""
+        scores = self.test_scorer(self.test_set.images)
+        try:
+            m = image_metrics(self.test_set.labels, scores)
+        except MetricError as e:
+            return {"test_error": str(e)}
+        row = {"test_auroc": m["auroc"], "test_max_balanced_accuracy": m["max_balanced_accuracy"]}
+        if self.cfg.select_on_test and (self.best is None or row["test_auroc"] > self.best[0]):
+            self.best = (row["test_auroc"], step, self.model.get_weights())
         return row
 
     def preview(self, step: int, n: int = 8) -> None:
@@ -315,7 +339,8 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
     if tensorboard is not None:
         callbacks.append(tensorboard)
     if chief:
-        callbacks += [cb.PeriodicCallback(cfg.eval_every, evaluator.evaluate),
+        callbacks += [cb.PeriodicCallback(cfg.eval_every, evaluator.evaluate,
+                                          last_fn=functools.partial(evaluator.evaluate, final=True)),
                       cb.PeriodicCallback(cfg.preview_every, evaluator.preview),
                       cb.DurationEstimate(cfg.steps, None if multiworker else cfg.minutes, cfg.preset,
                                           gpu=_has_gpu())]

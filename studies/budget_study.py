@@ -196,7 +196,7 @@ def plot_study(results: Path) -> Path:
             if not log.is_file() or "test_auroc" not in pd.read_csv(log).columns:  # no monitoring (tiles)
                 ax.plot([r.steps], [r.auroc], "s", ms=7, label=f"seed {r.seed} (last weights)")
                 continue
-            ev = pd.read_csv(log)
+            ev = pd.read_csv(log).dropna(subset=["test_auroc"])  # rows between monitorings are empty
             line, = ax.plot(ev["step"], ev["test_auroc"], lw=1.2, label=f"seed {r.seed}")
             ax.plot([r.selected_step], [r.auroc], "o", color=line.get_color(), ms=7, mfc="none", mew=1.8)
         ax.axhline(0.5, color="0.7", lw=0.8, ls=":")

@@ -69,6 +69,24 @@ def test_select_on_test_is_labelled(synthetic_root, tmp_path):
     assert summary["selected_on_test"] is True and "test labels used" in summary["model"]
 
 
+@pytest.mark.parametrize("monitor_every, monitored", [(4, [4, 8, 9]), (0, [9]), (None, [2, 4, 6, 8, 9])])
+def test_test_set_monitoring_every_monitor_every_steps_and_at_the_end(synthetic_root, tmp_path, monitor_every,
+                                                                      monitored):
+    """Selection every eval_every steps; the test set scored at the first evaluation past each multiple of
+    monitor_every (None: every evaluation; 0: never before the end) and at the run's last step."""
+    cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="mon",
+                 image_size=64, patch_size=64, steps=9, batch_size=4, log_every=2, eval_every=2,
+                 preview_every=100, monitor_every=monitor_every, val_split=0.3)
+    run = train(cfg, verbose=0, export=False)
+    ev = pd.read_csv(run / "eval_log.csv")
+    assert list(ev["step"]) == [2, 4, 6, 8, 9]
+    assert ev["val_synthetic_auroc"].notna().all()  # the label-free selection runs at every evaluation
+    assert list(ev["step"][ev["test_auroc"].notna()]) == monitored
+    assert ev["test_auroc"].dropna().between(0, 1).all()
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 <= summary["last_eval"]["test_auroc"] <= 1
+
+
 def test_time_budget_stops_training(synthetic_root, tmp_path):
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="m",
                  image_size=64, patch_size=64, steps=10_000, minutes=0.001, batch_size=4, log_every=2,

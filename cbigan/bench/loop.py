@@ -92,6 +92,7 @@ def _patched(timers: Timers):
     saved.append((CBiGAN, "fit", original_fit))
     CBiGAN.fit = fit
     wrap(training.TrainingMonitor, "evaluate", "evaluation + selection (incl. its snapshot writes)")
+    wrap(training.TrainingMonitor, "monitor", "evaluation, of which test-set monitoring")
     wrap(training.TrainingMonitor, "preview", "previews")
     wrap(training.TrainingMonitor, "_save_selected", "selected-snapshot bookkeeping")
     wrap(training, "save_weights_atomic", "weights writes (.h5: backups, snapshot, final)")

@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=None,
                    help="steps between evaluations (snapshots for model selection, monitoring) "
                         + config_default("eval_every"))
+    g.add_argument("--monitor-every", type=int, default=None,
+                   help="steps between scorings of the test set for monitoring (test auROC in eval_log.csv, "
+                        "never used to choose the model), at the first evaluation past each multiple and at "
+                        "the end; 0: only at the end; always every evaluation with --select-on-test "
+                        + config_default("monitor_every", "1000: every evaluation"))
     g.add_argument("--log-every", type=int, default=None,
                    help="steps between train_log.csv rows and backups (on one device a backup is written "
                         "at most once a minute and held in memory in between; SIGINT/SIGTERM, the end and "
