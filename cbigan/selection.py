@@ -60,27 +60,35 @@ def separation_auroc(clean_scores, defect_scores) -> float:
 class SnapshotSelector:
     """Tracks the best snapshot of a run by the held-out statistic.
 
-    ``score_fn(images_uint8) -> image scores`` is the run's own scorer at its evaluation lambda;
-    ``save_fn(step)`` persists the current weights as the selected snapshot (called on improvement).
+    ``score_fn(images_uint8, regions) -> image scores`` is the run's own scorer at its evaluation
+    lambda; ``regions`` ([N, 2] int, each image's own height and width on its canvas, or None) are
+    ``val_regions`` for the held-out images and the same for their synthetic-defect copies (made
+    here: two per image, :func:`synthetic_defects`). ``save_fn(step)`` persists the current weights as
+    the selected snapshot (called on improvement).
     """
 
     def __init__(self, val_images, score_fn, save_fn, rule: str = "synthetic", seed: int = 0,
-                 best: dict | None = None):
+                 best: dict | None = None, val_regions=None):
         if rule not in RULES:
             raise ValueError(f"unknown selection rule {rule!r}; choose one of {RULES}")
         self.rule, self.score_fn, self.save_fn = rule, score_fn, save_fn
         self.val_images = np.asarray(val_images) if val_images is not None else np.zeros((0,))
+        self.val_regions = None if val_regions is None else np.asarray(val_regions)
         self.active = rule == "synthetic" and len(self.val_images) > 0
         self.defects = synthetic_defects(self.val_images, seed) if self.active else None
+        # the copies come paste-block then invert-block, each in the held-out images' order
+        self.defect_regions = (None if self.val_regions is None
+                               else np.concatenate([self.val_regions, self.val_regions]))
         self.best = best  # {"step": int, "value": float}
 
     def observe(self, step: int, clean_scores=None) -> dict:
-        """Judge the current weights; returns the row fields to log (empty when inactive)."""
+        """Judge the current weights; returns the row fields to log (empty when inactive).
+        ``clean_scores``: the held-out images' scores when the caller has them already."""
         if not self.active:
             return {}
-        clean = self.score_fn(self.val_images) if clean_scores is None else clean_scores
+        clean = self.score_fn(self.val_images, self.val_regions) if clean_scores is None else clean_scores
         try:
-            value = separation_auroc(clean, self.score_fn(self.defects))
+            value = separation_auroc(clean, self.score_fn(self.defects, self.defect_regions))
         except MetricError:  # NaN scores: never selected
             return {"val_synthetic_auroc": float("nan")}
         if self.best is None or value >= self.best["value"]:

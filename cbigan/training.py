@@ -92,16 +92,7 @@ class TrainingMonitor:
         self.test_set, self.val_images = test_set, val_images
         self.scorer = Scorer(model, cfg)              # previews
         scorer = ImageScorer(model, cfg)              # the run's own image-score rule
-
-        def held_out_scores(images):
-            """The held-out images, or their synthetic-defect copies: two per image, in the same order
-            (:func:`cbigan.selection.synthetic_defects`), so each copy has its image's region."""
-            regions = val_regions
-            if regions is not None and len(regions) and len(images) == 2 * len(regions):
-                regions = np.concatenate([regions, regions])
-            return scorer(images, regions=regions)
-
-        self.image_scorer = held_out_scores
+        self.image_scorer = lambda images, regions: scorer(images, regions=regions)
         self.test_scorer = lambda images: scorer(images, regions=getattr(test_set, "regions", None))
         self.best = None  # (auroc, step, weights) for --select-on-test
         # test-set monitoring: at the first evaluation past each multiple of monitor_every, at the end
@@ -111,7 +102,7 @@ class TrainingMonitor:
         self.selector = SnapshotSelector(
             val_images, self.image_scorer,
             self._save_selected, rule="final" if cfg.select_on_test else cfg.select, seed=cfg.seed,
-            best=self._previous_selection(start_step))
+            best=self._previous_selection(start_step), val_regions=val_regions)
 
     def _previous_selection(self, start_step: int):
         """On resume: the snapshot chosen before the interruption, if it precedes the resumed step
@@ -152,7 +143,7 @@ class TrainingMonitor:
         else empty test columns."""
         row = {"step": step, "seconds": round(time.monotonic() - self.t0, 1)}
         if len(self.val_images):
-            val = self.image_scorer(self.val_images)
+            val = self.image_scorer(self.val_images, self.selector.val_regions)
             row["val_score_mean"] = float(np.mean(val))
             row.update(self.selector.observe(step, val))
         if self.test_set is not None:

@@ -48,7 +48,7 @@ def test_selector_keeps_the_best_snapshot_and_prefers_later_ties():
     state = {"quality": 0.0}
     defect_ids = {d.tobytes() for d in defects}
 
-    def score(batch):  # defect copies score higher by a noisy margin that grows with 'quality'
+    def score(batch, regions):  # defect copies score higher by a noisy margin that grows with 'quality'
         rng = np.random.default_rng(len(batch))
         is_defect = np.array([im.tobytes() in defect_ids for im in batch], float)
         return is_defect * state["quality"] + rng.normal(0, 1, len(batch))
@@ -104,3 +104,24 @@ def test_select_final_keeps_the_last_weights(synthetic_root, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["model"] == "final EMA weights" and summary["selected_step"] == 4
     assert not (run / SELECTED).exists()
+
+
+def test_selector_gives_each_synthetic_defect_copy_its_images_region():
+    """Map rules score each image's own region: the copies (paste block, then invert block, each in
+    the held-out images' order) get the regions of the images they were made from."""
+    imgs = _images()
+    regions = np.stack([np.arange(len(imgs)) + 10, np.arange(len(imgs)) + 20], axis=1)
+    defects = synthetic_defects(imgs, seed=0)
+    seen = []
+
+    def score(batch, batch_regions):
+        seen.append((batch, batch_regions))
+        return np.zeros(len(batch))
+
+    SnapshotSelector(imgs, score, lambda step: None, seed=0, val_regions=regions).observe(5)
+    (clean, clean_regions), (copies, copy_regions) = seen
+    assert np.array_equal(clean, imgs) and np.array_equal(clean_regions, regions)
+    assert np.array_equal(copies, defects) and len(copy_regions) == len(defects)
+    for copy, region, k in zip(copies, copy_regions, list(range(len(imgs))) * 2):
+        assert tuple(region) == (10 + k, 20 + k)
+        assert (copy != imgs[k]).mean() < 0.5  # a copy of image k: most pixels unchanged
