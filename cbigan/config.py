@@ -42,7 +42,8 @@ class Config:
     rotation: float | None = None      # max degrees: objects +-rotation, textures 0..rotation
     scale: float = 1.0                 # tiles: one scale factor for every image (1.0: native resolution)
     val_split: float = 0.1             # share of train/good held out (threshold, model selection)
-    normalize: str = "none"            # input normalization: "none" (paper) or "per_image" (lighting drift)
+    normalize: str | None = None       # input normalization: "none" (paper) or "per_image" (lighting drift);
+                                       # None: the kind's ("none"; "per_image" for tiles)
     # networks
     latent_dim: int = 64
     width: int = 3
@@ -99,6 +100,8 @@ class Config:
             c.score_margin = kind.default_score_margin(c)
         if c.select is None:
             c.select = kind.default_select
+        if c.normalize is None:
+            c.normalize = kind.default_normalize
         kind.validate(c)
         if not 0 <= c.val_split < 1:
             raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")

@@ -116,6 +116,19 @@ def test_rule_scores_and_results_record():
     assert Config().resolved().image_score == "paper" and Config().resolved().normalize == "none"
 
 
+def test_normalization_default_is_the_kinds():
+    """The paper's inputs for objects and textures; tiles standardize every image unless told otherwise."""
+    from cbigan.cli.train import parse_args
+
+    assert Config(category="bottle").resolved().normalize == "none"
+    assert Config(category="leather").resolved().normalize == "none"
+    assert Config(category="x", kind="tiles").resolved().normalize == "per_image"
+    assert Config(category="x", kind="tiles", normalize="none").resolved().normalize == "none"
+    assert parse_args(["--kind", "tiles", "--preset", "fast"])[0].normalize == "per_image"
+    assert parse_args(["--kind", "tiles", "--normalize", "none"])[0].normalize == "none"
+    assert parse_args(["--category", "bottle", "--normalize", "per_image"])[0].normalize == "per_image"
+
+
 def test_small_defect_is_found_by_the_map_rule_not_by_the_sum():
     """A 3x3 defect among 64x64 pixels of normal noise: the summed score drowns it, the map maximum not."""
     rng = np.random.default_rng(3)

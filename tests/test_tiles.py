@@ -70,7 +70,7 @@ def test_stitching_overlapping_tiles_equals_a_per_tile_loop():
     imgs = np.random.default_rng(1).integers(0, 256, (2, 128, 128, 3)).astype(np.uint8)
     out = Localizer(model, cfg, sigma=0, stride=32).run(imgs)
     feats = feature_extractor(model.critic, cfg.feature_layer)
-    x = to_model_range(imgs)
+    x = to_model_range(imgs, cfg.normalize)  # the kind's normalization (per_image for tiles)
     total, count = np.zeros((2, 128, 128)), np.zeros((128, 128))
     for y0 in (0, 32, 64):
         for x0 in (0, 32, 64):

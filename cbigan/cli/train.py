@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--normalize", choices=NORMALIZATIONS, default=None,
                    help="input normalization: 'per_image' standardizes every image per channel, so a global "
                         "brightness or contrast change (lighting drift) does not change the score "
-                        + config_default("normalize"))
+                        + config_default("normalize", "none, per_image with --kind tiles"))
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, default=None, help="size of z " + config_default("latent_dim"))
     g.add_argument("--width", type=int, default=None, help="width multiplier c " + config_default("width"))
