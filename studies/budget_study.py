@@ -48,8 +48,9 @@ ARMS = {
     # native-resolution tiles (issue 15): the fast recipe on 64 px crops of each image at its own scale,
     # scored on overlapping tiles by the anomaly map's maximum; the last weights are the model (selection
     # on maps of every held-out image each --eval-every would cost most of a 15-minute budget)
+    # (--normalize none: the paper's inputs, as these runs had them before tiles standardized by default)
     "tiles": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-              "--eval-every", "1000000"],
+              "--eval-every", "1000000", "--normalize", "none"],
     # tiles with every image standardized per channel (--normalize per_image): magnetic tiles differ
     # several-fold in brightness between images, and the L1 residual with them (issue 15 maps figure)
     "tiles_norm": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
