@@ -49,13 +49,23 @@ from .threshold import calibrate_threshold, write_threshold
 #: On one device, backups (every ``log_every`` steps) are written at most this often; the ones in
 #: between are held in memory (:class:`cbigan.callbacks.Checkpointer`). A weights file costs 0.5-0.9 s.
 BACKUP_INTERVAL_S = 60.0
-#: TensorFlow intra-op threads by network input side, on a machine without a GPU (``intra_op_threads``
-#: left unset): ``((largest side, threads), ...)``, first match; otherwise 0, TensorFlow's default
-#: (every core). Empty by measurement: ``python -m cbigan.bench train`` (results/benchmarks.md,
-#: 2026-11-29, 2 shared cores) found one thread slower than the default at 64 and at 128 px (an earlier
-#: measurement on a quiet machine had found one thread 1.5x faster at 64 px; rerun the benchmark on
-#: the machine that trains and add e.g. ``(64, 1)`` here when it wins there).
-INTRA_OP_THREADS: tuple = ()
+#: TensorFlow intra-op threads by network input side and core count, on a machine without a GPU
+#: (``intra_op_threads`` left unset): ``((largest side, most cores, threads), ...)``, first match;
+#: otherwise 0, TensorFlow's default (every core). By measurement (``python -m cbigan.bench train``,
+#: results/benchmarks.md, 2 cores, quiet machine): one thread makes our 64 px step 1.28x faster than
+#: the default (TensorFlow spreads each small convolution over both cores and leaves them idle), 1.06x
+#: at 128 px (within the noise: not used). Machines with more cores keep the default until measured.
+INTRA_OP_THREADS: tuple = ((64, 2, 1),)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under ``taskset``)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def choose_intra_op_threads(cfg: Config) -> int:
@@ -65,7 +75,8 @@ def choose_intra_op_threads(cfg: Config) -> int:
         return int(cfg.intra_op_threads)
     if cfg.distribute != "none" or _has_gpu():
         return 0
-    return next((n for side, n in INTRA_OP_THREADS if cfg.patch_size <= side), 0)
+    cores = available_cores()
+    return next((n for side, most, n in INTRA_OP_THREADS if cfg.patch_size <= side and cores <= most), 0)
 
 
 def apply_intra_op_threads(n: int) -> bool:

@@ -173,10 +173,14 @@ def test_intra_op_threads_are_chosen_by_input_size_and_an_explicit_value_wins(mo
     from cbigan import training
 
     monkeypatch.setattr(training, "_has_gpu", lambda: False)
-    monkeypatch.setattr(training, "INTRA_OP_THREADS", ((64, 1),))  # e.g. one thread up to 64 px
+    monkeypatch.setattr(training, "INTRA_OP_THREADS", ((64, 2, 1),))  # one thread up to 64 px, <= 2 cores
+    monkeypatch.setattr(training, "available_cores", lambda: 2)
     cfg = lambda **kw: Config(category="tiny", kind="object", **kw).resolved()
     assert training.choose_intra_op_threads(cfg(image_size=64)) == 1
     assert training.choose_intra_op_threads(cfg(image_size=128)) == 0
+    monkeypatch.setattr(training, "available_cores", lambda: 16)  # not measured there: TF's default
+    assert training.choose_intra_op_threads(cfg(image_size=64)) == 0
+    monkeypatch.setattr(training, "available_cores", lambda: 2)
     assert training.choose_intra_op_threads(cfg(image_size=64, intra_op_threads=2)) == 2
     assert training.choose_intra_op_threads(cfg(image_size=64, distribute="mirrored")) == 0
     monkeypatch.setattr(training, "_has_gpu", lambda: True)

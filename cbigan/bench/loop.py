@@ -108,19 +108,23 @@ def _patched(timers: Timers):
             setattr(owner, name, original)
 
 
-def measure(category: str, data_dir: Path, steps: int, preset: str) -> dict:
+def measure(category: str, data_dir: Path, steps: int, preset: str, intra_op_threads: int | None = None) -> dict:
     from ..config import Config, apply_preset
     from ..training import train
 
     timers = Timers()
     with tempfile.TemporaryDirectory(prefix="cbigan-bench-loop-") as out:
         cfg = dataclasses.replace(apply_preset(Config(category=category), preset), data_dir=str(data_dir),
-                                  output_dir=out, run_name="bench", steps=int(steps))
+                                  output_dir=out, run_name="bench", steps=int(steps),
+                                  intra_op_threads=intra_op_threads)
         t = time.perf_counter()
         with _patched(timers):
             train(cfg.resolved(), verbose=0, export=False)
         wall = time.perf_counter() - t
-    return {"timers": timers, "wall": wall, "cfg": cfg.resolved()}
+    import tensorflow as tf
+
+    return {"timers": timers, "wall": wall, "cfg": cfg.resolved(),
+            "threads": tf.config.threading.get_intra_op_parallelism_threads()}
 
 
 def report(category: str, res: dict, minutes: float = 15.0) -> None:
@@ -131,7 +135,8 @@ def report(category: str, res: dict, minutes: float = 15.0) -> None:
     in_steps = sum(rest)
     outside = fit - in_steps - first
     print(f"\n{category}: {len(steps)} steps ({res['cfg'].preset} preset, {res['cfg'].patch_size} px, batch "
-          f"{res['cfg'].batch_size}); whole train() {res['wall']:.1f} s, fit loop {fit:.1f} s")
+          f"{res['cfg'].batch_size}, intra-op threads {res['threads'] or 'TensorFlow default'}); whole train() "
+          f"{res['wall']:.1f} s, fit loop {fit:.1f} s")
     print(f"  train steps (after the first) {in_steps:7.1f} s  ({len(rest) / in_steps:.1f} steps/s)")
     print(f"  first step (graph tracing)    {first:7.1f} s")
     print("  of which (timers may nest: snapshot writes are inside the evaluation, weights writes inside both):")
@@ -153,7 +158,9 @@ def report(category: str, res: dict, minutes: float = 15.0) -> None:
             print(f"  {name:54s} {t.total[name]:6.2f} s")
 
 
-def run(*, data: str | None, categories, steps: int, preset: str) -> int:
+def run(*, data: str | None, categories, steps: int, preset: str, intra_op_threads: int | None = None) -> int:
+    """Times one run per category (``intra_op_threads``: as train.py's ``--intra-op-threads``; None: the
+    measured choice of :data:`cbigan.training.INTRA_OP_THREADS`; one setting per process)."""
     data_dir = Path(data or DEFAULT_DATA)
     try:
         load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -164,7 +171,7 @@ def run(*, data: str | None, categories, steps: int, preset: str) -> int:
         if not (data_dir / category / "train" / "good").is_dir():
             print(f"(no data at {data_dir / category}: skipped)")
             continue
-        report(category, measure(category, data_dir, steps, preset))
+        report(category, measure(category, data_dir, steps, preset, intra_op_threads))
     try:
         print("load average " + " / ".join(f"{v:.2f}" for v in os.getloadavg()))
     except OSError:

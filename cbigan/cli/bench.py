@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", type=_csv(str), default="bottle", metavar="C,C", help="categories to run")
     p.add_argument("--steps", type=int, default=300, help="train steps per run")
     p.add_argument("--preset", default="fast", help="training preset")
+    p.add_argument("--intra-op-threads", type=int, default=None,
+                   help="TensorFlow intra-op threads, as train.py's flag (0: every core; default: "
+                        "train.py's measured choice by input size and cores)")
 
     p = add("score", "test-time scoring: batched (Scorer) vs a per-patch loop like the original's")
     p.add_argument("--texture-images", type=int, default=4, help="512x512 texture images scored batched")
