@@ -358,6 +358,15 @@ def shuffled_indices(step, batch: int, n: int, seed: int):
     return tf.gather_nd(perms, tf.stack([epoch - first, pos], axis=1))
 
 
+def pool_stats(images: np.ndarray, chunk: int = 32):
+    """:func:`cbigan.imageops.image_stats` of every image [N, H, W, C] (uint8), ``chunk`` at a time:
+    ``(mean, std)``, each a float32 tensor [N, 1, 1, C]."""
+    from .imageops import image_stats
+
+    parts = [image_stats(images[i:i + chunk]) for i in range(0, len(images), chunk)]
+    return tuple(tf.concat([p[k] for p in parts], 0) for k in (0, 1))
+
+
 def train_dataset(images: np.ndarray, cfg: Config, start_step: int = 0) -> tf.data.Dataset:
     """Infinite, shuffled, augmented batches of [-1, 1] images from the in-memory uint8 array.
 
@@ -368,11 +377,15 @@ def train_dataset(images: np.ndarray, cfg: Config, start_step: int = 0) -> tf.da
     augment = kind_of(cfg).augment  # the input kind's training augmentation (cbigan/kinds.py)
     pool = tf.convert_to_tensor(images)
     n = len(images)
+    # per-image normalization: each whole image's statistics once, not for every batch (on 640 px tile
+    # canvases that took about as long as the train step itself)
+    stats = pool_stats(images) if cfg.normalize != "none" else None
 
     def batch_at(step):
         idx = shuffled_indices(step, cfg.batch_size, n, cfg.seed)
         aug_seed = tf.stack([tf.constant(cfg.seed + 7919, tf.int64), step])
-        return augment(tf.gather(pool, idx), cfg, aug_seed)
+        batch_stats = None if stats is None else (tf.gather(stats[0], idx), tf.gather(stats[1], idx))
+        return augment(tf.gather(pool, idx), cfg, aug_seed, stats=batch_stats)
 
     ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
     ds = ds.map(batch_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

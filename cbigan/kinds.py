@@ -154,13 +154,16 @@ class InputKind:
 
         return tf.cast(images_uint8, tf.float32)
 
-    def augment(self, images_uint8, cfg, seed):
+    def augment(self, images_uint8, cfg, seed, stats=None):
         """One training batch: :meth:`geometric_augment` of resized uint8 images, then the pixel range and
-        ``cfg.normalize`` with the statistics of the whole images (as at scoring time) -> float32."""
+        ``cfg.normalize`` with the statistics of the whole images (as at scoring time) -> float32.
+        ``stats``: those images' :func:`cbigan.imageops.image_stats`, when computed once beforehand
+        (:func:`cbigan.data.train_dataset`); else computed here."""
         from .imageops import image_stats, to_model_range
 
         x = self.geometric_augment(images_uint8, cfg, seed)
-        stats = image_stats(images_uint8) if cfg.normalize != "none" else None
+        if cfg.normalize != "none" and stats is None:
+            stats = image_stats(images_uint8)
         return to_model_range(x, cfg.normalize, stats)
 
     def __repr__(self) -> str:

@@ -162,6 +162,29 @@ def test_train_dataset_batches_in_range(synthetic_root):
     assert b.shape == (4, 64, 64, 3) and b.min() >= -1 and b.max() <= 1
 
 
+@pytest.mark.parametrize("kind", ["texture", "tiles"])
+def test_per_image_normalization_of_crops_uses_each_whole_images_statistics(synthetic_root, kind):
+    """Training crops are standardized with their whole image's mean and std (computed once for the
+    pool), exactly as the batch's own images would give: what scoring the whole image does."""
+    from cbigan.data import shuffled_indices
+    from cbigan.imageops import image_stats, to_model_range
+    from cbigan.kinds import kind_of
+
+    cfg = Config(category="synth_tex", data_dir=str(synthetic_root), kind=kind, image_size=128,
+                 patch_size=64, batch_size=4, normalize="per_image").resolved()
+    images = load_train_set(cfg).images
+    got = [b.numpy() for b in train_dataset(images, cfg).take(2)]
+    for step in (0, 1):
+        batch = tf.gather(images, shuffled_indices(tf.constant(step, tf.int64), 4, len(images), cfg.seed))
+        seed = tf.stack([tf.constant(cfg.seed + 7919, tf.int64), tf.constant(step, tf.int64)])
+        crops = kind_of(cfg).geometric_augment(batch, cfg, seed)
+        want = to_model_range(crops, "per_image", image_stats(batch)).numpy()
+        np.testing.assert_allclose(got[step], want, rtol=1e-5, atol=1e-5)
+    # a crop's own statistics would differ: the whole image's are what scoring uses
+    own = to_model_range(crops, "per_image").numpy()
+    assert np.abs(own - want).max() > 1e-3
+
+
 def _serve(directory):
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
