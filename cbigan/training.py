@@ -151,19 +151,19 @@ class TrainingMonitor:
     def evaluate(self, step: int, final: bool = False) -> dict:
         """One ``eval_log.csv`` row: the label-free snapshot selection (held-out images), and the
         test-set monitoring when it is due (:meth:`monitor_due`; ``final``: the run's last evaluation),
-        else empty test columns."""
+        else empty test columns (None)."""
         row = {"step": step, "seconds": round(time.monotonic() - self.t0, 1)}
         if len(self.val_images):
             val = self.image_scorer(self.val_images, self.selector.val_regions)
             row["val_score_mean"] = float(np.mean(val))
             row.update(self.selector.observe(step, val))
         if self.test_set is not None:
-            row.update(test_auroc=float("nan"), test_max_balanced_accuracy=float("nan"))
+            row.update(test_auroc=None, test_max_balanced_accuracy=None)  # empty cells unless monitored
             if final or self.monitor_due(step):
                 row.update(self.monitor(step))
         append_csv(self.run_dir / EVAL_LOG, row)
         if self.tensorboard is not None:
-            self.tensorboard.scalars(step, {k: v for k, v in row.items() if k != "seconds" and v == v}, "eval/")
+            self.tensorboard.scalars(step, {k: v for k, v in row.items() if k != "seconds" and v is not None}, "eval/")
         self.last = row
         return row
 
