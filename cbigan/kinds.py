@@ -253,7 +253,7 @@ class TilesKind(TextureKind):
     #: Every image standardized per channel: images of one set taken under other lighting scale the
     #: residual and the map with it (magnetic tile: normal images' scores differ 2x between lighting
     #: groups; per-image standardization evens them out). Study, map_max image auROC, with vs without
-    #: (median of 3 seeds; every seed with it above every seed without): magnetic tile 0.708 / 0.680,
+    #: (median of 3 seeds; every seed with it at least every seed without): magnetic tile 0.708 / 0.680,
     #: bottle 0.73 / 0.720, leather sample 1.000 / 1.000, its AUPRO 0.909 / 0.805 (results/small_defects,
     #: arm tiles_norm).
     default_normalize = "per_image"

@@ -216,3 +216,20 @@ def test_download_from_local_server(tmp_path):
         assert not [p for p in data_dir.iterdir() if p.name.startswith(".")]  # no temporary folders left
     finally:
         httpd.shutdown()
+
+
+def test_square_resize_of_an_image_of_that_size_is_the_identity_and_what_the_resize_gives():
+    """resize_uint8 skips the resize for images already at the size, in eager and in a graph whose input
+    size is known only at run time (the SavedModel), with exactly the antialiased resize's result."""
+    from cbigan.imageops import resize_uint8
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    full = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(tf.cast(x, tf.float32), (48, 48), "bilinear",
+                                                               antialias=True)), 0, 255), tf.uint8).numpy()
+    np.testing.assert_array_equal(full, x)  # the antialiased resize to the same size is the identity
+    graph = tf.function(lambda t: resize_uint8(t, 48), input_signature=[tf.TensorSpec([None, None, None, 3])])
+    np.testing.assert_array_equal(resize_uint8(x, 48).numpy(), x)
+    np.testing.assert_array_equal(graph(tf.constant(x, tf.float32)).numpy(), x)
+    other = graph(tf.constant(x[:, :40, :44], tf.float32)).numpy()  # another size is resized
+    assert other.shape == (2, 48, 48, 3)
+    np.testing.assert_array_equal(other, resize_uint8(x[:, :40, :44], 48).numpy())
