@@ -24,6 +24,9 @@ SELECTION_RULES = ("synthetic", "final")
 #: ``--normalize`` choices (:func:`cbigan.imageops.to_model_range`): ``per_image`` standardizes every
 #: image per channel, so a global brightness or contrast change does not change the score.
 NORMALIZATIONS = ("none", "per_image")
+#: ``--train-crops`` choices (tiles; :meth:`cbigan.kinds.InputKind.geometric_augment`): training crops
+#: anywhere on the canvas (its mirrored padding included) or centred inside each image's own region.
+TRAIN_CROPS = ("canvas", "image")
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Config:
     val_split: float = 0.1             # share of train/good held out (threshold, model selection)
     normalize: str | None = None       # input normalization: "none" (paper) or "per_image" (lighting drift);
                                        # None: the kind's ("none"; "per_image" for tiles)
+    train_crops: str | None = None     # tiles: "canvas" (anywhere) or "image" (centred in the image's
+                                       # region); None: the kind's. Same thing for objects and textures
     # networks
     latent_dim: int = 64
     width: int = 3
@@ -102,6 +107,8 @@ class Config:
             c.select = kind.default_select
         if c.normalize is None:
             c.normalize = kind.default_normalize
+        if c.train_crops is None:
+            c.train_crops = kind.default_train_crops
         kind.validate(c)
         if not 0 <= c.val_split < 1:
             raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")
@@ -111,6 +118,8 @@ class Config:
             raise ValueError(f"select must be one of {', '.join(SELECTION_RULES)}, got {c.select!r}")
         if c.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {c.normalize!r}")
+        if c.train_crops not in TRAIN_CROPS:
+            raise ValueError(f"train_crops must be one of {', '.join(TRAIN_CROPS)}, got {c.train_crops!r}")
         if c.image_score not in IMAGE_SCORE_RULES:
             raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORE_RULES)}, got {c.image_score!r}")
         if not 0 < c.score_topk <= 1:

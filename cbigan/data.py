@@ -220,6 +220,7 @@ class TrainSet:
     val_paths: list
     skipped: list
     val_regions: np.ndarray | None = None  # [N_val, 2] (h, w): the part of each that is the image (tiles)
+    regions: np.ndarray | None = None      # [N, 2] (h, w) of each training image, likewise
 
     @property
     def n_images(self) -> int:
@@ -248,15 +249,15 @@ def load_train_set(cfg: Config, skip_bad: bool = False) -> TrainSet:
     if not paths:
         raise DataError(f"no images in {good}; expected PNG/JPEG/BMP files there")
     train_paths, val_paths = split_train_val(paths, cfg.val_split, cfg.seed)
-    images, bad1 = load_resized(train_paths, cfg, "train images", skip_bad)
-    val_regions = []
+    regions, val_regions = [], []
+    images, bad1 = load_resized(train_paths, cfg, "train images", skip_bad, regions)
     val_images, bad2 = load_resized(val_paths, cfg, "held-out images", skip_bad, val_regions)
     bad = set(bad1 + bad2)
     if len(images) == 0:
         raise DataError(f"no readable training images in {good}")
     return TrainSet(images, [p for p in train_paths if p not in bad], val_images,
                     [p for p in val_paths if p not in bad], sorted(bad),
-                    np.array(val_regions, np.int32).reshape(-1, 2))
+                    np.array(val_regions, np.int32).reshape(-1, 2), np.array(regions, np.int32).reshape(-1, 2))
 
 
 @dataclass
@@ -367,8 +368,12 @@ def pool_stats(images: np.ndarray, chunk: int = 32):
     return tuple(tf.concat([p[k] for p in parts], 0) for k in (0, 1))
 
 
-def train_dataset(images: np.ndarray, cfg: Config, start_step: int = 0) -> tf.data.Dataset:
+def train_dataset(images: np.ndarray, cfg: Config, start_step: int = 0,
+                  regions: np.ndarray | None = None) -> tf.data.Dataset:
     """Infinite, shuffled, augmented batches of [-1, 1] images from the in-memory uint8 array.
+
+    ``regions``: [N, 2] (h, w) of each image's own part (:attr:`TrainSet.regions`), where the kind's
+    crops may be confined to it (``cfg.train_crops`` "image"); None: the whole of every image.
 
     Batch ``i`` depends only on (seed, start_step + i): shuffling and augmentation use stateless
     random ops, so resuming at a step reproduces the batches an uninterrupted run would have seen.
@@ -380,12 +385,15 @@ def train_dataset(images: np.ndarray, cfg: Config, start_step: int = 0) -> tf.da
     # per-image normalization: each whole image's statistics once, not for every batch (on 640 px tile
     # canvases that took about as long as the train step itself)
     stats = pool_stats(images) if cfg.normalize != "none" else None
+    if regions is None:
+        regions = np.tile(np.array(images.shape[1:3], np.int32), (n, 1))
+    regions = tf.convert_to_tensor(np.asarray(regions, np.int32).reshape(n, 2))
 
     def batch_at(step):
         idx = shuffled_indices(step, cfg.batch_size, n, cfg.seed)
         aug_seed = tf.stack([tf.constant(cfg.seed + 7919, tf.int64), step])
         batch_stats = None if stats is None else (tf.gather(stats[0], idx), tf.gather(stats[1], idx))
-        return augment(tf.gather(pool, idx), cfg, aug_seed, stats=batch_stats)
+        return augment(tf.gather(pool, idx), cfg, aug_seed, stats=batch_stats, regions=tf.gather(regions, idx))
 
     ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
     ds = ds.map(batch_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -100,10 +100,13 @@ def _rotation_matrix_transforms(angles, centers, out_size: int):
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
-def rotated_texture_crops(images, patch: int, max_degrees: float, seed):
+def rotated_texture_crops(images, patch: int, max_degrees: float, seed, regions=None):
     """Random ``patch`` crops of each image, rotated by U(0, max_degrees) **degrees**.
 
     The crop centre is drawn so that the rotated square lies inside the image: no empty corner.
+    ``regions``: [N, 2] (h, w) int, the top-left part of each image that is the image itself (a tiles
+    canvas, the rest its mirrored padding): the centre is then also drawn inside that part (uniform over
+    the pixels where both hold; at the nearest allowed position where the part is smaller than a crop).
     ``seed`` is a stateless seed (shape [2]): the same seed gives the same crops.
     Only a window around each crop (side ``ceil(patch * sqrt 2) + 4``, every pixel the rotated square
     and its bilinear neighbours can touch) is cut out of the image, in its own dtype, and cast to
@@ -116,10 +119,12 @@ def rotated_texture_crops(images, patch: int, max_degrees: float, seed):
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
     angles = tf.random.stateless_uniform((n,), seeds[0], 0.0, max_degrees) * (math.pi / 180.0)
     half_extent = (patch / 2.0) * (tf.abs(tf.cos(angles)) + tf.abs(tf.sin(angles)))
-    lo = half_extent
-    hi = size - half_extent
+    lo = half_extent[:, None]                                      # [N, 1]
+    hi = (size - half_extent)[:, None]                             # [N, 1]
+    if regions is not None:  # centres inside the image's (w, h) (less half a pixel), never below lo
+        hi = tf.maximum(lo, tf.minimum(hi, tf.cast(tf.reverse(regions, axis=[1]), tf.float32) - 0.5))  # [N, 2]
     u = tf.random.stateless_uniform((n, 2), seeds[1])
-    centers = lo[:, None] + u * (hi - lo)[:, None] - 0.5
+    centers = lo + u * (hi - lo) - 0.5
     window = min(math.ceil(patch * math.sqrt(2.0)) + 4, int(images.shape[1] or 1 << 30))
     # top-left corner (x, y) of each window, kept inside the image (the crop is, see the centres)
     corner = tf.clip_by_value(tf.cast(tf.floor(centers), tf.int32) - window // 2, 0, side - window)

@@ -86,6 +86,9 @@ class InputKind:
     default_select: str = "synthetic"
     #: The input normalization when the config does not say (``Config.normalize``): the paper's.
     default_normalize: str = "none"
+    #: Where training crops lie when the config does not say (``Config.train_crops``): anywhere on the
+    #: model-size image. Only tiles have a region smaller than that image.
+    default_train_crops: str = "canvas"
 
     def default_score_margin(self, cfg) -> int:
         """Map pixels the map-based image scores leave out at the image's border when the config
@@ -147,21 +150,22 @@ class InputKind:
 
         return self.to_network_inputs(to_model_range(images_uint8, cfg.normalize), cfg)
 
-    def geometric_augment(self, images_uint8, cfg, seed):
+    def geometric_augment(self, images_uint8, cfg, seed, regions=None):
         """The paper's geometric training augmentation: uint8 images -> float32 0..255 network-sized
-        inputs. ``seed``: a stateless seed (shape [2]); the same seed gives the same batch."""
+        inputs. ``seed``: a stateless seed (shape [2]); the same seed gives the same batch. ``regions``:
+        [N, 2] (h, w), each image's own part of the model-size image (:meth:`fit`), or None: all of it."""
         import tensorflow as tf
 
         return tf.cast(images_uint8, tf.float32)
 
-    def augment(self, images_uint8, cfg, seed, stats=None):
+    def augment(self, images_uint8, cfg, seed, stats=None, regions=None):
         """One training batch: :meth:`geometric_augment` of resized uint8 images, then the pixel range and
         ``cfg.normalize`` with the statistics of the whole images (as at scoring time) -> float32.
         ``stats``: those images' :func:`cbigan.imageops.image_stats`, when computed once beforehand
-        (:func:`cbigan.data.train_dataset`); else computed here."""
+        (:func:`cbigan.data.train_dataset`); else computed here. ``regions``: see :meth:`geometric_augment`."""
         from .imageops import image_stats, to_model_range
 
-        x = self.geometric_augment(images_uint8, cfg, seed)
+        x = self.geometric_augment(images_uint8, cfg, seed, regions)
         if cfg.normalize != "none" and stats is None:
             stats = image_stats(images_uint8)
         return to_model_range(x, cfg.normalize, stats)
@@ -185,7 +189,7 @@ class ObjectKind(InputKind):
         if cfg.patch_size != cfg.image_size:
             raise ValueError("objects are scored whole: patch_size must equal image_size")
 
-    def geometric_augment(self, images_uint8, cfg, seed):
+    def geometric_augment(self, images_uint8, cfg, seed, regions=None):
         if cfg.rotation > 0:
             from .imageops import rotate_objects
 
@@ -225,10 +229,13 @@ class TextureKind(InputKind):
 
         return from_patches(t, self.grid(cfg))
 
-    def geometric_augment(self, images_uint8, cfg, seed):
+    def geometric_augment(self, images_uint8, cfg, seed, regions=None):
+        """Random ``patch_size`` crops rotated by up to ``rotation`` degrees; with ``train_crops`` "image"
+        and ``regions``, centred inside each image's region (tiles: not on the mirrored padding)."""
         from .imageops import rotated_texture_crops
 
-        return rotated_texture_crops(images_uint8, cfg.patch_size, cfg.rotation, seed)
+        inside = regions if cfg.train_crops == "image" else None
+        return rotated_texture_crops(images_uint8, cfg.patch_size, cfg.rotation, seed, inside)
 
 
 class TilesKind(TextureKind):

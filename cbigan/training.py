@@ -355,7 +355,7 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
     per_epoch = max(1, min(cfg.log_every, remaining))
     t0 = time.monotonic()
     if remaining:
-        data = train_dataset(train_set.images, cfg, start_step=start)
+        data = train_dataset(train_set.images, cfg, start_step=start, regions=train_set.regions)
         if strategy is not None:
             data = dist.distribute_options(data)
         with _stop_on_signals(stopper):

@@ -58,6 +58,42 @@ def test_canvas_keeps_the_aspect_ratio_and_the_pixels():
         Config(category="x", kind="tiles", scale=0).resolved()
 
 
+@pytest.mark.parametrize("rotation", [0.0, 30.0])
+def test_image_train_crops_are_centred_inside_each_images_region(tmp_path, rotation):
+    """--train-crops image: every crop's centre pixel lies in its image's region of the canvas, spread
+    over all of it; 'canvas' (and a region of the whole canvas) leaves the crops as they were."""
+    import tensorflow as tf
+
+    from cbigan.data import load_train_set, train_dataset
+    from cbigan.imageops import rotated_texture_crops
+
+    regions = np.array([[40, 100], [120, 30], [20, 20], [128, 128]] * 16, np.int32)  # [64, 2] (h, w)
+    canvas = np.zeros((64, 128, 128, 1), np.uint8)
+    for i, (h, w) in enumerate(regions):
+        canvas[i, :h, :w] = 255                          # the image white, its mirrored padding black
+    seed = tf.constant([3, 4], tf.int64)
+    inside = rotated_texture_crops(canvas, 16, rotation, seed, regions).numpy()
+    assert (inside[:, 7:9, 7:9].mean(axis=(1, 2, 3)) > 128).all()    # the centre: the image's own
+    anywhere = rotated_texture_crops(canvas, 16, rotation, seed).numpy()
+    assert (anywhere[:, 7:9, 7:9].mean(axis=(1, 2, 3)) < 128).any()  # the old ones land on the padding too
+    whole = np.tile(np.array([[128, 128]], np.int32), (64, 1))
+    np.testing.assert_array_equal(rotated_texture_crops(canvas, 16, rotation, seed, whole).numpy(), anywhere)
+    # through a tiles run's data: the training images' regions reach the crops, with 'image' only
+    root = make_strips(tmp_path, n_train=8, n_good=1, n_defect=1)
+    cfg = Config(category="strips", data_dir=str(tmp_path), kind="tiles", image_size=256, patch_size=32,
+                 rotation=rotation, train_crops="image", batch_size=8, val_split=0.25).resolved()
+    tr = load_train_set(cfg)
+    assert root.is_dir() and tr.regions.tolist() == [[98, 256]] * 6    # 200x520 strips scaled by 256/520
+    def first(c, regions):
+        return next(iter(train_dataset(tr.images, c, regions=regions))).numpy()
+    assert not np.allclose(first(cfg, tr.regions), first(cfg, None))
+    canvas_cfg = Config(**{**cfg.__dict__, "train_crops": "canvas"}).resolved()
+    np.testing.assert_array_equal(first(canvas_cfg, tr.regions), first(canvas_cfg, None))
+    assert cfg.train_crops == "image" and Config(category="x", kind="tiles").resolved().train_crops == "canvas"
+    with pytest.raises(ValueError, match="train_crops must be one of canvas, image"):
+        Config(category="x", train_crops="inside").resolved()
+
+
 def test_stitching_overlapping_tiles_equals_a_per_tile_loop():
     from cbigan.imageops import to_model_range
     from cbigan.localization import Localizer

@@ -15,8 +15,8 @@ import dataclasses
 import sys
 
 from ..anomaly_score import IMAGE_SCORE_RULES
-from ..config import (DISTRIBUTE, NORMALIZATIONS, PRESETS, ROTATED_OBJECTS, SELECTION_RULES, TEXTURES, Config, apply_preset,
-                      default_run_name)
+from ..config import (DISTRIBUTE, NORMALIZATIONS, PRESETS, ROTATED_OBJECTS, SELECTION_RULES, TEXTURES, TRAIN_CROPS,
+                      Config, apply_preset, default_run_name)
 from ..kinds import KINDS
 from . import config_default, parser, show
 
@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input normalization: 'per_image' standardizes every image per channel, so a global "
                         "brightness or contrast change (lighting drift) does not change the score "
                         + config_default("normalize", "none, per_image with --kind tiles"))
+    g.add_argument("--train-crops", choices=TRAIN_CROPS, default=None,
+                   help="tiles: where training crops lie: 'canvas' = anywhere on the canvas, its mirrored "
+                        "padding included; 'image' = centred inside each image (objects and textures: the "
+                        "same thing) " + config_default("train_crops", "canvas"))
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, default=None, help="size of z " + config_default("latent_dim"))
     g.add_argument("--width", type=int, default=None, help="width multiplier c " + config_default("width"))
