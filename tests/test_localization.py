@@ -89,6 +89,11 @@ def test_stride_64_maps_equal_the_plain_stitched_maps(tex):
     np.testing.assert_array_equal(out.map_r, plain)
     default = Localizer(tex["model"], tex["cfg"], sigma=0).run(images)  # the default stride is the patch
     np.testing.assert_array_equal(default.map_r, plain)
+    chunked = Localizer(tex["model"], tex["cfg"], sigma=0, stride=64, patches_per_call=12)  # 3 images a call
+    assert chunked.images_per_call == 3 and len(images) % 3
+    chunked = chunked.run(images)
+    for key in ("l_r", "l_fd", "map_r", "map_fd"):
+        np.testing.assert_allclose(getattr(chunked, key), getattr(out, key), rtol=1e-6, atol=1e-7)
     scores = scorer.score(images)
     np.testing.assert_allclose(out.l_r, scores.l_r, rtol=1e-6)
     np.testing.assert_allclose(out.l_fd, scores.l_fd, rtol=1e-6)
