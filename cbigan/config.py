@@ -48,7 +48,8 @@ class Config:
     normalize: str | None = None       # input normalization: "none" (paper) or "per_image" (lighting drift);
                                        # None: the kind's ("none"; "per_image" for tiles)
     train_crops: str | None = None     # tiles: "canvas" (anywhere) or "image" (centred in the image's
-                                       # region); None: the kind's. Same thing for objects and textures
+                                       # region); None: the kind's ("canvas"; "image" for tiles). The
+                                       # same crops for objects and textures
     # networks
     latent_dim: int = 64
     width: int = 3
@@ -142,6 +143,7 @@ class Config:
     @classmethod
     def from_json(cls, path: str | Path) -> "Config":
         data = json.loads(Path(path).read_text())
+        data.setdefault("train_crops", "canvas")  # written before the field: the crops it trained on
         known = {f.name for f in dataclasses.fields(cls)}
         extra = {k: v for k, v in data.items() if k not in known}
         cfg = cls(**{k: v for k, v in data.items() if k in known})

@@ -48,17 +48,18 @@ ARMS = {
     # native-resolution tiles (issue 15): the fast recipe on 64 px crops of each image at its own scale,
     # scored on overlapping tiles by the anomaly map's maximum; the last weights are the model (selection
     # on maps of every held-out image each --eval-every would cost most of a 15-minute budget)
-    # (--normalize none: the paper's inputs, as these runs had them before tiles standardized by default)
+    # (--normalize none: the paper's inputs, as these runs had them before tiles standardized by default;
+    # --train-crops canvas, before tiles cropped inside the image by default: likewise for the next two)
     "tiles": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-              "--eval-every", "1000000", "--normalize", "none"],
+              "--eval-every", "1000000", "--normalize", "none", "--train-crops", "canvas"],
     # tiles with every image standardized per channel (--normalize per_image): magnetic tiles differ
     # several-fold in brightness between images, and the L1 residual with them (issue 15 maps figure)
     "tiles_norm": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-                   "--eval-every", "1000000", "--normalize", "per_image"],
+                   "--eval-every", "1000000", "--normalize", "per_image", "--train-crops", "canvas"],
     # tiles_norm again after the input pipeline fix (per-image statistics once per pool, not per batch:
     # the tiles_norm runs made about half the steps on magnetic tile and leather): the tiles default
     "tiles_norm2": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-                    "--eval-every", "1000000", "--normalize", "per_image"],
+                    "--eval-every", "1000000", "--normalize", "per_image", "--train-crops", "canvas"],
     # tiles_norm2 trained only on crops centred inside each image, not on the canvas's mirrored padding
     # (a 200x500 magnetic tile fills a quarter of its 640 px canvas)
     "tiles_image": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",

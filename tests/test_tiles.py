@@ -89,7 +89,12 @@ def test_image_train_crops_are_centred_inside_each_images_region(tmp_path, rotat
     assert not np.allclose(first(cfg, tr.regions), first(cfg, None))
     canvas_cfg = Config(**{**cfg.__dict__, "train_crops": "canvas"}).resolved()
     np.testing.assert_array_equal(first(canvas_cfg, tr.regions), first(canvas_cfg, None))
-    assert cfg.train_crops == "image" and Config(category="x", kind="tiles").resolved().train_crops == "canvas"
+    assert cfg.train_crops == "image" and Config(category="x", kind="tiles").resolved().train_crops == "image"
+    assert Config(category="grid").resolved().train_crops == "canvas"
+    import json
+    old = {k: v for k, v in Config(category="x", kind="tiles").__dict__.items() if k != "train_crops"}
+    (tmp_path / "config.json").write_text(json.dumps(old))       # a run from before the field
+    assert Config.from_json(tmp_path / "config.json").train_crops == "canvas"
     with pytest.raises(ValueError, match="train_crops must be one of canvas, image"):
         Config(category="x", train_crops="inside").resolved()
 

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-crops", choices=TRAIN_CROPS, default=None,
                    help="tiles: where training crops lie: 'canvas' = anywhere on the canvas, its mirrored "
                         "padding included; 'image' = centred inside each image (objects and textures: the "
-                        "same thing) " + config_default("train_crops", "canvas"))
+                        "same thing) " + config_default("train_crops", "canvas, image with --kind tiles"))
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, default=None, help="size of z " + config_default("latent_dim"))
     g.add_argument("--width", type=int, default=None, help="width multiplier c " + config_default("width"))
