@@ -385,15 +385,15 @@ def train_dataset(images: np.ndarray, cfg: Config, start_step: int = 0,
     # per-image normalization: each whole image's statistics once, not for every batch (on 640 px tile
     # canvases that took about as long as the train step itself)
     stats = pool_stats(images) if cfg.normalize != "none" else None
-    if regions is None:
-        regions = np.tile(np.array(images.shape[1:3], np.int32), (n, 1))
-    regions = tf.convert_to_tensor(np.asarray(regions, np.int32).reshape(n, 2))
+    if regions is not None:
+        regions = tf.convert_to_tensor(np.asarray(regions, np.int32).reshape(n, 2))
 
     def batch_at(step):
         idx = shuffled_indices(step, cfg.batch_size, n, cfg.seed)
         aug_seed = tf.stack([tf.constant(cfg.seed + 7919, tf.int64), step])
         batch_stats = None if stats is None else (tf.gather(stats[0], idx), tf.gather(stats[1], idx))
-        return augment(tf.gather(pool, idx), cfg, aug_seed, stats=batch_stats, regions=tf.gather(regions, idx))
+        batch_regions = None if regions is None else tf.gather(regions, idx)
+        return augment(tf.gather(pool, idx), cfg, aug_seed, stats=batch_stats, regions=batch_regions)
 
     ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
     ds = ds.map(batch_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -266,7 +266,7 @@ class TilesKind(TextureKind):
     #: arm tiles_norm).
     default_normalize = "per_image"
     #: Crops centred inside each image, not on the canvas's mirrored padding (which is most of the
-    #: canvas for a small image): magnetic tile, map_max image auROC 0.715 / 0.716 / 0.714 (3 seeds) vs
+    #: canvas for a small image): magnetic tile, map_max image auROC 0.715 / 0.717 / 0.714 (3 seeds) vs
     #: 0.712 / 0.710 with crops anywhere (break 0.68 vs 0.66); bottle and the leather sample fill their
     #: canvas, where both are the same crops (results/small_defects, arms tiles_image / tiles_norm2).
     default_train_crops = "image"
