@@ -41,39 +41,35 @@ import pandas as pd
 #: to them as to this script.
 ROOT = Path(__file__).resolve().parents[1]
 
+#: The tiles arms' common flags (issue 15): the fast recipe on 64 px crops of each image at its own
+#: scale, scored on overlapping tiles by the anomaly map's maximum; the last weights are the model
+#: (selection on maps of every held-out image each --eval-every would cost most of a 15-minute budget).
+#: Each arm names its --normalize and --train-crops, so it keeps what it ran as the defaults change.
+TILES = ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
+         "--eval-every", "1000000"]
+
 #: Arm name -> train.py flags. EGBAD and the autoencoder use the fast recipe with alpha 0 / 1, so the
 #: three methods differ only in alpha; "paper" is the paper's recipe unchanged.
 ARMS = {
     "fast": ["--preset", "fast"],
-    # native-resolution tiles (issue 15): the fast recipe on 64 px crops of each image at its own scale,
-    # scored on overlapping tiles by the anomaly map's maximum; the last weights are the model (selection
-    # on maps of every held-out image each --eval-every would cost most of a 15-minute budget)
-    # (--normalize none: the paper's inputs, as these runs had them before tiles standardized by default;
-    # --train-crops canvas, before tiles cropped inside the image by default: likewise for the next two)
-    "tiles": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-              "--eval-every", "1000000", "--normalize", "none", "--train-crops", "canvas"],
+    # native-resolution tiles with the paper's inputs (before tiles standardized by default) and crops
+    # anywhere on the canvas (before tiles cropped inside the image by default)
+    "tiles": TILES + ["--normalize", "none", "--train-crops", "canvas"],
     # tiles with every image standardized per channel (--normalize per_image): magnetic tiles differ
     # several-fold in brightness between images, and the L1 residual with them (issue 15 maps figure)
-    "tiles_norm": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-                   "--eval-every", "1000000", "--normalize", "per_image", "--train-crops", "canvas"],
+    "tiles_norm": TILES + ["--normalize", "per_image", "--train-crops", "canvas"],
     # tiles_norm again after the input pipeline fix (per-image statistics once per pool, not per batch:
-    # the tiles_norm runs made about half the steps on magnetic tile and leather): the tiles default
-    "tiles_norm2": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-                    "--eval-every", "1000000", "--normalize", "per_image", "--train-crops", "canvas"],
+    # the tiles_norm runs made about half the steps on magnetic tile and leather)
+    "tiles_norm2": TILES + ["--normalize", "per_image", "--train-crops", "canvas"],
     # tiles_norm2 trained only on crops centred inside each image, not on the canvas's mirrored padding
-    # (a 200x500 magnetic tile fills a quarter of its 640 px canvas)
-    "tiles_image": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-                    "--eval-every", "1000000", "--normalize", "per_image", "--train-crops", "image"],
+    # (a 200x500 magnetic tile fills a quarter of its 640 px canvas): the tiles default since
+    "tiles_image": TILES + ["--normalize", "per_image", "--train-crops", "image"],
     # tiles_image with a 4x larger latent code z (256): more capacity for the fine streaks of normal
     # surfaces, at almost no extra cost per step (only the dense layers grow)
-    "tiles_z256": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-                   "--eval-every", "1000000", "--normalize", "per_image", "--train-crops", "image",
-                   "--latent-dim", "256"],
+    "tiles_z256": TILES + ["--normalize", "per_image", "--train-crops", "image", "--latent-dim", "256"],
     # tiles_image at half resolution (--scale 0.5, canvas half the side): a 64 px tile sees twice the
     # surface, and the image a quarter of the pixels to score
-    "tiles_half": ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-                   "--eval-every", "1000000", "--normalize", "per_image", "--train-crops", "image",
-                   "--scale", "0.5"],
+    "tiles_half": TILES + ["--normalize", "per_image", "--train-crops", "image", "--scale", "0.5"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0"],
     "autoencoder": ["--preset", "fast", "--alpha", "1"],
