@@ -132,8 +132,30 @@ def strips_run(tmp_path_factory):
                  steps=80, batch_size=16, d_iter=1, alpha=0.5, lr_d=1e-3, lr_eg=1e-3, width=2, latent_dim=16,
                  ema_decay=0.9, ema_every=1, log_every=40, eval_every=80, preview_every=80, seed=42,
                  select="final").resolved()
-    run = train(cfg, verbose=0, export_dir=str(root / "export"))
-    return {"run": run, "export": root / "export", "cfg": cfg}
+    import cbigan.training as training
+    from unittest import mock
+
+    handed = []                     # what the training loop hands the input pipeline
+
+    def spy(images, c, start_step=0, regions=None):
+        handed.append(None if regions is None else np.array(regions))
+        return train_dataset(images, c, start_step=start_step, regions=regions)
+
+    from cbigan.data import train_dataset
+    with mock.patch.object(training, "train_dataset", spy):
+        run = train(cfg, verbose=0, export_dir=str(root / "export"))
+    return {"run": run, "export": root / "export", "cfg": cfg, "handed_regions": handed}
+
+
+def test_the_training_loop_hands_each_training_images_region_to_the_crops(strips_run):
+    """train() passes the training images' regions (h, w on the canvas) to train_dataset, so
+    --train-crops image crops inside each image in a real run, not only in the pipeline's own tests."""
+    from cbigan.data import load_train_set
+
+    handed = strips_run["handed_regions"]
+    assert len(handed) == 1 and handed[0] is not None
+    np.testing.assert_array_equal(handed[0], load_train_set(strips_run["cfg"]).regions)
+    assert (handed[0] < strips_run["cfg"].image_size).any()          # strips do not fill their canvas
 
 
 def test_a_three_pixel_scratch_on_a_strip_is_found_and_mapped_at_the_input_size(strips_run):
