@@ -76,6 +76,11 @@ ARMS = {
     # objects at the paper's 128 px instead of the fast preset's 64 (4x the compute per step: fewer
     # steps in the budget, but small defects keep 4x the pixels)
     "fast128": ["--preset", "fast", "--image-size", "128"],
+    # tiles_image with networks twice as wide (width multiplier c = 6 instead of 3: 6 to 96 channels):
+    # more capacity to reconstruct the fine texture of normal surfaces, at a higher cost per step
+    "tiles_w6": TILES + ["--normalize", "per_image", "--train-crops", "image", "--width", "6"],
+    # the fast preset with networks twice as wide
+    "fast_w6": ["--preset", "fast", "--width", "6"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0"],
     "autoencoder": ["--preset", "fast", "--alpha", "1"],
@@ -89,7 +94,7 @@ ARM_CATEGORY_FLAGS = {
     ("tiles", "magnetic_tile"): ["--image-size", "640"],  # up to about 630 px a side
 }
 ARM_CATEGORY_FLAGS.update({(arm, c): f for (a, c), f in list(ARM_CATEGORY_FLAGS.items()) if a == "tiles"
-                           for arm in ("tiles_norm", "tiles_norm2", "tiles_image", "tiles_z256")})
+                           for arm in ("tiles_norm", "tiles_norm2", "tiles_image", "tiles_z256", "tiles_w6")})
 ARM_CATEGORY_FLAGS.update({("tiles_half", c): ["--image-size", str(int(f[1]) // 2)]
                            for (a, c), f in list(ARM_CATEGORY_FLAGS.items()) if a == "tiles"})
 #: Image-score rules evaluate.py reports side by side on every run (one scoring pass).
