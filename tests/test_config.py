@@ -21,6 +21,22 @@ def test_fast_preset_stays_cbigan_and_only_changes_objects_data():
     assert tex.d_iter == obj.d_iter and tex.lr_eg == obj.lr_eg
 
 
+def test_fast_preset_widens_objects_only(tmp_path):
+    """--preset fast: width 6 for objects, the paper's 3 for textures, tiles and every paper run;
+    --width wins; a config written before width could be None loads as it ran."""
+    import json
+
+    width = {(preset, kind): apply_preset(Config(category="x", kind=kind), preset).resolved().width
+             for preset in ("paper", "fast") for kind in ("object", "texture", "tiles")}
+    assert width == {("paper", "object"): 3, ("paper", "texture"): 3, ("paper", "tiles"): 3,
+                     ("fast", "object"): 6, ("fast", "texture"): 3, ("fast", "tiles"): 3}
+    assert parse_args(["--category", "bottle", "--preset", "fast", "--width", "3"])[0].width == 3
+    assert parse_args(["--category", "bottle", "--preset", "fast"])[0].width == 6
+    old = {**Config(category="bottle", preset="fast").__dict__, "width": 3}   # an earlier fast run
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert Config.from_json(tmp_path / "config.json").resolved().width == 3
+
+
 def test_cli_flags_override_the_preset():
     cfg, _ = parse_args(["--category", "bottle", "--preset", "fast", "--alpha", "0", "--image-size", "128",
                          "--rotation", "45"])

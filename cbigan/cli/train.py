@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "same thing) " + config_default("train_crops", "canvas, image with --kind tiles"))
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, default=None, help="size of z " + config_default("latent_dim"))
-    g.add_argument("--width", type=int, default=None, help="width multiplier c " + config_default("width"))
+    g.add_argument("--width", type=int, default=None, help="width multiplier c of the networks (default: 3; --preset fast: 6 for objects)")
     g.add_argument("--norm", choices=["none", "batch", "layer", "instance"], default=None,
                    help="normalization layers " + config_default("norm"))
     g.add_argument("--activation", default=None, help="hidden activation " + config_default("activation"))
