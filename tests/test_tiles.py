@@ -132,8 +132,10 @@ def strips_run(tmp_path_factory):
                  steps=80, batch_size=16, d_iter=1, alpha=0.5, lr_d=1e-3, lr_eg=1e-3, width=2, latent_dim=16,
                  ema_decay=0.9, ema_every=1, log_every=40, eval_every=80, preview_every=80, seed=42,
                  select="final").resolved()
-    import cbigan.training as training
     from unittest import mock
+
+    import cbigan.training as training
+    from cbigan.data import train_dataset
 
     handed = []                     # what the training loop hands the input pipeline
 
@@ -141,7 +143,6 @@ def strips_run(tmp_path_factory):
         handed.append(None if regions is None else np.array(regions))
         return train_dataset(images, c, start_step=start_step, regions=regions)
 
-    from cbigan.data import train_dataset
     with mock.patch.object(training, "train_dataset", spy):
         run = train(cfg, verbose=0, export_dir=str(root / "export"))
     return {"run": run, "export": root / "export", "cfg": cfg, "handed_regions": handed}

@@ -46,7 +46,8 @@ def _objects_alike(name: str) -> bool:
 
 
 def data_defaults() -> dict[str, str]:
-    """What ``--kind``, ``--image-size``, ``--patch-size`` and ``--rotation`` default to, per kind."""
+    """What ``--kind``, ``--image-size``, ``--patch-size``, ``--rotation`` and ``--width`` default to, per
+    kind."""
     paper = Config().preset
     obj, rot, tex = "object", ROTATED_OBJECTS[0], TEXTURES[0]  # "object": not an MVTec AD category
 
@@ -65,6 +66,7 @@ def data_defaults() -> dict[str, str]:
                                               f"for other objects, 0 to {val(tex, 'rotation')} for textures",
                                   ((rot, "for objects" if _objects_alike("rotation") else f"for {rotated}"),
                                    (tex, "for textures"))),
+        "width": _data_default("width", val(obj, "width"), ((obj, "for objects"), (tex, "for textures"))),
     }
 
 
@@ -133,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "same thing) " + config_default("train_crops", "canvas, image with --kind tiles"))
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, default=None, help="size of z " + config_default("latent_dim"))
-    g.add_argument("--width", type=int, default=None, help="width multiplier c of the networks (default: 3; --preset fast: 6 for objects)")
+    g.add_argument("--width", type=int, default=None, help="width multiplier c of the networks " + data["width"])
     g.add_argument("--norm", choices=["none", "batch", "layer", "instance"], default=None,
                    help="normalization layers " + config_default("norm"))
     g.add_argument("--activation", default=None, help="hidden activation " + config_default("activation"))
