@@ -64,7 +64,7 @@ def convert(graph: ServingGraph) -> tuple[bytes, dict]:
     import tensorflow as tf
     from tensorflow.python.framework import convert_to_constants
 
-    concrete = graph._core.get_concrete_function()
+    concrete = graph._single.get_concrete_function()
     frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
     # A dict is flattened in sorted key order: the order of the converted signature's output_<i>.
     names = sorted(concrete.structured_outputs)

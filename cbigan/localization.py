@@ -35,7 +35,6 @@ same network pass.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import replace
 
 import numpy as np
@@ -46,7 +45,7 @@ from .config import Config
 from .data import from_patches, to_model_range
 from .kinds import kind_of
 from .results import ImageResults
-from .scoring import score_patches
+from .scoring import PATCHES_PER_CALL, score_patches
 
 #: Default standard deviation (pixels of the model-resolution map) of the Gaussian smoothing.
 DEFAULT_SIGMA = DEFAULT_MAP_SIGMA
@@ -199,46 +198,10 @@ def to_original_size(amap, size_hw) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- the maps
-_IMAGE_ONLY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _image_only_features(features):
-    """``features`` as a model of the image alone when its output does not depend on z, else None.
-
-    The default layer (the critic's first convolution) sees only the image, so the feature part of the
-    map needs no latent code; other layers get z from ``score_patches``' outputs or from the encoder.
-    """
-    try:
-        return _IMAGE_ONLY[features]
-    except (KeyError, TypeError):
-        pass
-    import keras
-
-    model = None
-    inputs = getattr(features, "inputs", None)
-    if inputs is not None and len(inputs) == 2:
-        try:
-            model = keras.Model(inputs[0], features.outputs[0], name="image_feature_extractor")
-        except (ValueError, TypeError):
-            model = None
-    try:
-        _IMAGE_ONLY[features] = model
-    except TypeError:
-        pass
-    return model
-
-
-def feature_map(features, x, recon, z=None, encoder=None):
-    """Channel mean of |f_D(x, z) - f_D(G(E(x)), z)| for patches [B, p, p, 3], resized to [B, p, p]."""
-    image_only = _image_only_features(features)
-    if image_only is not None:
-        f_x, f_r = image_only(x, training=False), image_only(recon, training=False)
-    else:
-        if z is None:
-            z = encoder(x, training=False)
-        f_x, f_r = features([x, z], training=False), features([recon, z], training=False)
-    d = tf.abs(f_x - f_r)
-    p_h, p_w = x.shape[1], x.shape[2]
+def channel_mean_map(d, p_h: int, p_w: int):
+    """Per-patch feature differences ``d`` (a layer's output shape: [B, h, w, C] or flat [B, ...]) ->
+    their channel mean as a [B, p_h, p_w] map: resized (bilinear) when the layer is coarser than the
+    patch, one value per patch (its mean) when the layer is flat."""
     if d.shape.rank == 4:
         d = tf.reduce_mean(d, axis=-1)
         if d.shape[1] != p_h or d.shape[2] != p_w:
@@ -273,9 +236,7 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
     patches = x if k == 1 else extract_patches(x, pos, patch)
     out = score_patches(encoder, generator, features, patches)
     recon = out["reconstruction"]
-    fd = out.get("feature_diff")
-    if fd is None:
-        fd = feature_map(features, patches, recon, out.get("z"), encoder)
+    fd = channel_mean_map(out["feature_abs"], patch, patch)  # the features of score_patches' pass
     raw_r = stitch(out["diff"], pos, patch, size)
     raw_fd = stitch(fd, pos, patch, size)
     map_r, map_fd = gaussian_blur(raw_r, sigma), gaussian_blur(raw_fd, sigma)
@@ -300,7 +261,7 @@ class Localizer:
     """Maps (and the image-score parts) of resized uint8 images with a trained model's EMA networks."""
 
     def __init__(self, model, cfg: Config, *, sigma: float = DEFAULT_SIGMA, stride: int | None = None,
-                 lam: float | None = None, patches_per_call: int = 256):
+                 lam: float | None = None, patches_per_call: int = PATCHES_PER_CALL):
         from .networks import feature_extractor
 
         self.cfg = cfg.resolved()

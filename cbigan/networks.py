@@ -127,13 +127,30 @@ def build_critic(image_size: int, latent_dim: int = 64, width: int = 3, norm: st
 
 
 def feature_extractor(critic: keras.Model, layer_name: str = DEFAULT_FEATURE_LAYER) -> keras.Model:
-    """A model (x, z) -> f_D(x, z): the output of the named critic layer."""
+    """A model (x, z) -> f_D(x, z): the output of the named critic layer.
+
+    The model's attribute ``linear_in_image`` is True when the layer is a bias-free convolution of the
+    critic's image input itself (the default layer): then ``f_D(a) - f_D(b) = f_D(a - b)`` exactly in
+    real arithmetic, which :func:`cbigan.scoring.score_patches` uses to run the layer once, not twice.
+    """
     try:
         layer = critic.get_layer(layer_name)
     except ValueError:
         names = [l.name for l in critic.layers]
         raise ValueError(f"critic has no layer {layer_name!r}; available: {names}") from None
-    return keras.Model(critic.inputs, layer.output, name="critic_feature_extractor")
+    model = keras.Model(critic.inputs, layer.output, name="critic_feature_extractor")
+    model.linear_in_image = _is_linear_in_image(critic, layer)
+    return model
+
+
+def _is_linear_in_image(critic: keras.Model, layer) -> bool:
+    """True when ``layer`` is a bias-free, activation-free Conv2D applied to the critic's image input."""
+    if not isinstance(layer, layers.Conv2D) or layer.use_bias:
+        return False
+    if getattr(layer.activation, "__name__", "") != "linear":
+        return False
+    nodes = getattr(layer, "_inbound_nodes", [])
+    return len(nodes) == 1 and len(nodes[0].input_tensors) == 1 and nodes[0].input_tensors[0] is critic.inputs[0]
 
 
 def _check_size(image_size: int) -> None:

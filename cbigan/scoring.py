@@ -22,27 +22,38 @@ from .kinds import kind_of
 from .networks import feature_extractor
 
 
+#: Patches that go through the networks in one call when many images are scored (evaluation, the
+#: served batches of :meth:`cbigan.export.ServingGraph.score_in_chunks`): four 512 px texture images.
+PATCHES_PER_CALL = 256
+
+
 def score_patches(encoder, generator, features, x):
     """Per-patch score parts for float images ``x`` in [-1, 1], shape [B, p, p, 3].
 
-    Returns ``l_r`` [B], ``l_fd`` [B], ``reconstruction`` [B, p, p, 3] and ``diff`` [B, p, p] (channel
-    mean of |x - G(E(x))|, the anomaly map).
+    Returns ``l_r`` [B], ``l_fd`` [B], ``reconstruction`` [B, p, p, 3], ``diff`` [B, p, p] (channel
+    mean of |x - G(E(x))|, the anomaly map), ``z`` = E(x) [B, n] and ``feature_abs``
+    ``|f_D(x, z) - f_D(G(E(x)), z)|`` in the feature layer's own shape ([B, p, p, C] for the default
+    layer), from which :func:`cbigan.localization.localize` draws the feature part of the map without
+    running the critic's layer again.
     """
     z = encoder(x, training=False)
     recon = generator(z, training=False)
-    abs_diff = tf.abs(x - recon)
+    residual = x - recon
+    abs_diff = tf.abs(residual)
     l_r = tf.reduce_sum(tf.reshape(abs_diff, (tf.shape(x)[0], -1)), axis=1)
-    f_x = features([x, z], training=False)
-    f_r = features([recon, z], training=False)
-    l_fd = tf.reduce_sum(tf.reshape(tf.abs(f_x - f_r), (tf.shape(x)[0], -1)), axis=1)
+    if getattr(features, "linear_in_image", False):  # a bias-free conv of the image: f(x) - f(r) = f(x - r)
+        feature_abs = tf.abs(features([residual, z], training=False))
+    else:
+        feature_abs = tf.abs(features([x, z], training=False) - features([recon, z], training=False))
+    l_fd = tf.reduce_sum(tf.reshape(feature_abs, (tf.shape(x)[0], -1)), axis=1)
     return {"l_r": l_r, "l_fd": l_fd, "reconstruction": recon,
-            "diff": tf.reduce_mean(abs_diff, axis=-1)}
+            "diff": tf.reduce_mean(abs_diff, axis=-1), "z": z, "feature_abs": feature_abs}
 
 
 class Scorer:
     """Scores resized uint8 images with a trained model's EMA networks and its critic features."""
 
-    def __init__(self, model, cfg: Config, patches_per_call: int = 256):
+    def __init__(self, model, cfg: Config, patches_per_call: int = PATCHES_PER_CALL):
         self.cfg = cfg.resolved()
         self.model = model
         self.features = feature_extractor(model.critic, self.cfg.feature_layer)
@@ -58,7 +69,7 @@ class Scorer:
     def _score(self, images_uint8):
         x = kind_of(self.cfg).model_inputs(images_uint8, self.cfg)
         out = score_patches(self.model.ema_encoder, self.model.ema_generator, self.features, x)
-        return out
+        return {k: out[k] for k in ("l_r", "l_fd", "reconstruction", "diff")}
 
     def raw(self, images_uint8):
         """Score parts, reconstructions and maps for a batch of resized uint8 images (patches flat)."""

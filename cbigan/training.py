@@ -42,7 +42,7 @@ from .runfolder import (BACKUP, EVAL_LOG, EXPORT, SELECTED, SELECTED_INFO, SUMMA
                         WEIGHTS, RunLock, append_csv, check_resumable, clear_run, prepare_run_dir, run_dir_of,
                         save_weights_atomic, truncate_csv, write_config, write_json_atomic, write_summary)
 from .localization import ImageScorer
-from .scoring import Scorer
+from .scoring import Scorer, score_patches
 from .selection import SnapshotSelector
 from .threshold import calibrate_threshold, write_threshold
 
@@ -195,16 +195,17 @@ class TrainingMonitor:
         if source is None or not len(source):
             return
         idx = np.linspace(0, len(source) - 1, min(n, len(source))).astype(int)
-        out = self.scorer.raw(source[idx])
         ppi = self.scorer.patches_per_image
         pick = np.arange(len(idx)) * ppi + ppi // 2  # a central patch of each texture image
-        x = out["reconstruction"].numpy()[pick]
         inputs = kind_of(self.cfg).model_inputs(source[idx], self.cfg)
         inputs = np.asarray(inputs)[pick]
+        # only the shown patches go through the networks (eagerly: nothing to trace for n patches)
+        out = score_patches(self.model.ema_encoder, self.model.ema_generator, self.scorer.features, inputs)
+        x = out["reconstruction"].numpy()
         z = np.random.default_rng(step).standard_normal((len(idx), self.model.latent_dim)).astype("float32")
         samples = self.model.ema_generator(z, training=False).numpy()
         path = save_preview(self.run_dir / "previews" / f"step_{step:07d}.png", inputs, x,
-                            out["diff"].numpy()[pick], samples, title=f"{self.cfg.category} step {step}")
+                            out["diff"].numpy(), samples, title=f"{self.cfg.category} step {step}")
         if self.tensorboard is not None:
             self.tensorboard.image_file(step, "previews", path)
 

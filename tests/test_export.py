@@ -279,3 +279,28 @@ def test_cli(runs, tmp_path, capsys, stub_archive):
     assert "saved_model_cli show" in capsys.readouterr().out
     assert main([str(tmp_path / "nope")]) == 1
     assert "not a finished run folder" in capsys.readouterr().err
+
+
+def test_served_batches_are_scored_in_chunks_with_the_same_outputs(monkeypatch):
+    """serve_images runs the networks on chunks of PATCHES_PER_CALL patches (a remainder included):
+    every output equals one pass over the whole batch."""
+    import tensorflow as tf
+
+    import cbigan.export as export
+    from cbigan.config import Config
+    from cbigan.model import build_model
+
+    monkeypatch.setattr(export, "PATCHES_PER_CALL", 8)  # 4 patches an image: chunks of 2 images
+    cfg = Config(category="t", kind="texture", image_size=128, patch_size=64).resolved()
+    graph = export.ServingGraph(build_model(cfg), cfg, 0.5)
+    assert graph.images_per_chunk == 2
+    x = tf.constant(np.random.default_rng(0).integers(0, 256, (5, 128, 128, 3)).astype(np.uint8))
+    regions = tf.constant(np.tile([[128, 128]], (5, 1)).astype(np.int32))
+    chunked, whole = graph._core(x, regions), graph._single(x, regions)
+    assert set(chunked) == set(export.OUTPUTS)
+    for key in export.OUTPUTS:
+        assert chunked[key].shape == whole[key].shape, key
+        np.testing.assert_allclose(chunked[key].numpy().astype(float), whole[key].numpy().astype(float),
+                                   rtol=1e-5, atol=1e-5, err_msg=key)
+    served = graph.python_fn()(tf.cast(x, tf.float32))
+    np.testing.assert_allclose(served["score"].numpy(), whole["score"].numpy(), rtol=1e-5)

@@ -135,7 +135,10 @@ def test_coarse_feature_layers_are_resized():
     import keras
     import tensorflow as tf
 
-    from cbigan.localization import feature_map
+    from cbigan.localization import channel_mean_map
+
+    def feature_map(features, x, r, z):
+        return channel_mean_map(tf.abs(features([x, z]) - features([r, z])), 16, 16)
 
     x_in, z_in = keras.Input((16, 16, 3)), keras.Input((4,))
     pooled = keras.layers.AveragePooling2D(4)(x_in)                     # 4x4: a coarse layer
@@ -146,7 +149,7 @@ def test_coarse_feature_layers_are_resized():
     for out in (pooled, mixed, flat):
         m = feature_map(keras.Model([x_in, z_in], out), x, r, z=z)
         assert m.shape == (2, 16, 16)
-    coarse = feature_map(keras.Model([x_in, z_in], pooled), x, r)
+    coarse = feature_map(keras.Model([x_in, z_in], pooled), x, r, z)
     want = np.abs(tf.nn.avg_pool2d(x, 4, 4, "VALID") - tf.nn.avg_pool2d(r, 4, 4, "VALID")).mean(-1)
     np.testing.assert_allclose(coarse[:, ::4, ::4].numpy().mean(), want.mean(), rtol=0.2)
 

@@ -60,3 +60,30 @@ def test_activation_option_and_bad_values():
         build_encoder(96)
     with pytest.raises(ValueError, match="normalization"):
         build_encoder(64, norm="weird")
+
+
+def test_feature_difference_by_linearity_equals_two_critic_calls():
+    """The default f_D is a bias-free conv of the image: score_patches runs it once on x - G(E(x))
+    instead of twice; L_fD and the feature map must not change (float32 rounding only)."""
+    import tensorflow as tf
+
+    from cbigan.networks import build_encoder, build_generator
+    from cbigan.scoring import score_patches
+
+    critic, enc, gen = build_critic(64), build_encoder(64), build_generator(64)
+    f = feature_extractor(critic)
+    assert f.linear_in_image
+    after = critic.layers[critic.layers.index(critic.get_layer(DEFAULT_FEATURE_LAYER)) + 1]
+    assert isinstance(after, keras.layers.LeakyReLU)
+    assert not feature_extractor(critic, after.name).linear_in_image  # after the activation
+    x = tf.random.stateless_uniform((4, 64, 64, 3), (1, 2), -1.0, 1.0)
+    once = score_patches(enc, gen, f, x)
+    calls = []
+    f.linear_in_image = False
+    original_call = f.call
+    f.call = lambda inputs, *a, **k: calls.append(1) or original_call(inputs, *a, **k)
+    twice = score_patches(enc, gen, f, x)
+    assert len(calls) == 2
+    np.testing.assert_allclose(once["l_fd"].numpy(), twice["l_fd"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(once["feature_abs"].numpy(), twice["feature_abs"].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(once["l_r"].numpy(), twice["l_r"].numpy())
