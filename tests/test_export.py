@@ -282,21 +282,23 @@ def test_cli(runs, tmp_path, capsys, stub_archive):
 
 
 def test_served_batches_are_scored_in_chunks_with_the_same_outputs(monkeypatch):
-    """serve_images runs the networks on chunks of PATCHES_PER_CALL patches (a remainder included):
-    every output equals one pass over the whole batch."""
+    """serve_images runs the networks on chunks of at most PATCHES_PER_CALL patches, two at a time (a
+    remainder included): every output equals one pass over the whole batch."""
     import tensorflow as tf
 
     import cbigan.export as export
+    import cbigan.scoring as scoring
     from cbigan.config import Config
     from cbigan.model import build_model
 
-    monkeypatch.setattr(export, "PATCHES_PER_CALL", 8)  # 4 patches an image: chunks of 2 images
+    monkeypatch.setattr(scoring, "PATCHES_PER_CALL", 8)  # 4 patches an image: chunks of 2 images
     cfg = Config(category="t", kind="texture", image_size=128, patch_size=64).resolved()
     graph = export.ServingGraph(build_model(cfg), cfg, 0.5)
-    assert graph.images_per_chunk == 2
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (5, 128, 128, 3)).astype(np.uint8))
     regions = tf.constant(np.tile([[128, 128]], (5, 1)).astype(np.int32))
     chunked, whole = graph._core(x, regions), graph._single(x, regions)
+    ops = {op.type for op in graph._core.get_concrete_function().graph.get_operations()}
+    assert ops & {"While", "StatelessWhile"}, "no chunk loop in the served graph"
     assert set(chunked) == set(export.OUTPUTS)
     for key in export.OUTPUTS:
         assert chunked[key].shape == whole[key].shape, key
@@ -304,3 +306,22 @@ def test_served_batches_are_scored_in_chunks_with_the_same_outputs(monkeypatch):
                                    rtol=1e-5, atol=1e-5, err_msg=key)
     served = graph.python_fn()(tf.cast(x, tf.float32))
     np.testing.assert_allclose(served["score"].numpy(), whole["score"].numpy(), rtol=1e-5)
+
+
+def test_in_chunks_equals_one_pass_for_any_batch_size():
+    """cbigan.scoring.in_chunks: chunks of whole images, two at a time, concatenated in order."""
+    import tensorflow as tf
+
+    from cbigan.scoring import in_chunks
+
+    def fn(x, y):
+        return {"a": tf.reduce_sum(x, axis=[1, 2]) + tf.cast(y, tf.float32), "b": x * 2.0}
+
+    specs = {"a": (tf.float32, []), "b": (tf.float32, [3, 2])}
+    f = tf.function(lambda x, y, ppi: in_chunks(fn, (x, y), ppi, specs), reduce_retracing=True)
+    for n, ppi in ((7, 64), (7, 1), (1, 64), (2, 300)):
+        x = tf.constant(np.random.default_rng(n).random((n, 3, 2)), tf.float32)
+        y = tf.range(n)
+        got, want = f(x, y, ppi), fn(x, y)
+        np.testing.assert_allclose(got["a"].numpy(), want["a"].numpy(), rtol=1e-6)
+        np.testing.assert_array_equal(got["b"].numpy(), want["b"].numpy())

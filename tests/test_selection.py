@@ -119,7 +119,9 @@ def test_selector_gives_each_synthetic_defect_copy_its_images_region():
         return np.zeros(len(batch))
 
     SnapshotSelector(imgs, score, lambda step: None, seed=0, val_regions=regions).observe(5)
-    (clean, clean_regions), (copies, copy_regions) = seen
+    (batch, batch_regions), = seen  # one call: the held-out images, then their copies
+    n = len(imgs)
+    clean, clean_regions, copies, copy_regions = batch[:n], batch_regions[:n], batch[n:], batch_regions[n:]
     assert np.array_equal(clean, imgs) and np.array_equal(clean_regions, regions)
     assert np.array_equal(copies, defects) and len(copy_regions) == len(defects)
     for copy, region, k in zip(copies, copy_regions, list(range(len(imgs))) * 2):

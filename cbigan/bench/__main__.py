@@ -1,4 +1,4 @@
-"""``python -m cbigan.bench {train,score,serve,metrics} [options]`` (the command line: :mod:`cbigan.cli.bench`)."""
+"""``python -m cbigan.bench {train,ops,loop,score,serve,metrics} [options]`` (the command line: :mod:`cbigan.cli.bench`)."""
 
 from ..cli.bench import main
 

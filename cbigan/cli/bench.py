@@ -1,4 +1,4 @@
-"""``python -m cbigan.bench {train,score,serve,metrics} [options]``: the benchmarks (:mod:`cbigan.bench`).
+"""``python -m cbigan.bench {train,ops,loop,score,serve,metrics} [options]``: the benchmarks (:mod:`cbigan.bench`).
 
 The benchmark modules are imported only for the one that runs (``train``, ``score`` and ``serve``
 import TensorFlow).
@@ -46,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--previous", action="store_true",
                    help="also time the step before the gradient penalty got its own critic call (one call "
                         "on real, fake and interpolated pairs together)")
+    p.add_argument("--reference", default=None,
+                   help="the yardstick script (default: ../shared/bench/reference_step.py beside the "
+                        "repository; skipped when missing)")
+
+    p = add("ops", "where the train step's time goes: kernel time per op type of our step and of the "
+                   "yardstick (TensorFlow's profiler, same process, same thread settings)")
+    p.add_argument("--size", type=int, default=64, help="input side in pixels")
+    p.add_argument("--batch-size", type=int, default=32, help="batch per step")
+    p.add_argument("--steps", type=int, default=12, help="profiled steps (whole d_iter cycles of 6)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (0: TensorFlow's default)")
+    p.add_argument("--top", type=int, default=25, help="op types listed (the most time first)")
     p.add_argument("--reference", default=None,
                    help="the yardstick script (default: ../shared/bench/reference_step.py beside the "
                         "repository; skipped when missing)")
