@@ -281,10 +281,9 @@ class ServingGraph:
         }
 
     def score_in_chunks(self, images_uint8, regions):
-        """:meth:`score_resized` over the batch in chunks of at most
-        :data:`cbigan.scoring.PATCHES_PER_CALL` patches,
-        two chunks at a time (:func:`cbigan.scoring.in_chunks`), the outputs concatenated (the same
-        values as one pass over the batch).
+        """:meth:`score_resized` over the batch in chunks of at most :data:`cbigan.scoring.PATCHES_PER_CALL`
+        patches, two chunks at a time (:func:`cbigan.scoring.in_chunks`), the outputs concatenated (the
+        same values as one pass over the batch).
 
         A texture batch of 32 images is 2,048 patches: in one pass every activation of the networks is
         about 100 MB, far beyond the CPU caches, and memory grows with the batch; in chunks of 256
