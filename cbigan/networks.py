@@ -149,8 +149,7 @@ def _is_linear_in_image(critic: keras.Model, layer) -> bool:
         return False
     if getattr(layer.activation, "__name__", "") != "linear":
         return False
-    nodes = getattr(layer, "_inbound_nodes", [])
-    return len(nodes) == 1 and len(nodes[0].input_tensors) == 1 and nodes[0].input_tensors[0] is critic.inputs[0]
+    return layer.input is critic.inputs[0]
 
 
 def _check_size(image_size: int) -> None:

@@ -42,7 +42,8 @@ from .runfolder import (BACKUP, EVAL_LOG, EXPORT, SELECTED, SELECTED_INFO, SUMMA
                         WEIGHTS, RunLock, append_csv, check_resumable, clear_run, prepare_run_dir, run_dir_of,
                         save_weights_atomic, truncate_csv, write_config, write_json_atomic, write_summary)
 from .localization import ImageScorer
-from .scoring import Scorer, score_patches
+from .networks import feature_extractor
+from .scoring import score_patches
 from .selection import SnapshotSelector
 from .threshold import calibrate_threshold, write_threshold
 
@@ -101,7 +102,7 @@ class TrainingMonitor:
         self.model, self.cfg, self.run_dir = model, cfg, run_dir
         self.tensorboard = tensorboard  # also writes evaluations and previews there, when given
         self.test_set, self.val_images = test_set, val_images
-        self.scorer = Scorer(model, cfg)              # previews
+        self.features = feature_extractor(model.critic, cfg.feature_layer)  # previews
         scorer = ImageScorer(model, cfg)              # the run's own image-score rule
         self.image_scorer = lambda images, regions: scorer(images, regions=regions)
         self.test_scorer = lambda images: scorer(images, regions=getattr(test_set, "regions", None))
@@ -200,12 +201,12 @@ class TrainingMonitor:
         if source is None or not len(source):
             return
         idx = np.linspace(0, len(source) - 1, min(n, len(source))).astype(int)
-        ppi = self.scorer.patches_per_image
+        ppi = kind_of(self.cfg).patches_per_image(self.cfg)
         pick = np.arange(len(idx)) * ppi + ppi // 2  # a central patch of each texture image
         inputs = kind_of(self.cfg).model_inputs(source[idx], self.cfg)
         inputs = np.asarray(inputs)[pick]
         # only the shown patches go through the networks (eagerly: nothing to trace for n patches)
-        out = score_patches(self.model.ema_encoder, self.model.ema_generator, self.scorer.features, inputs)
+        out = score_patches(self.model.ema_encoder, self.model.ema_generator, self.features, inputs)
         x = out["reconstruction"].numpy()
         z = np.random.default_rng(step).standard_normal((len(idx), self.model.latent_dim)).astype("float32")
         samples = self.model.ema_generator(z, training=False).numpy()

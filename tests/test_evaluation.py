@@ -161,8 +161,9 @@ def test_object_run_threshold_and_same_scorer_as_training(runs, tmp_path):
     assert not ev.reused_parts
 
     test = load_test_set(obj["cfg"])
-    live = TrainingMonitor(obj["model"], obj["cfg"], tmp_path, test, test.images[:0]).scorer.score(test.images)
-    np.testing.assert_allclose(live.image_scores(0.1), scores, rtol=1e-5)
+    monitor = TrainingMonitor(obj["model"], obj["cfg"], tmp_path, test, test.images[:0])
+    assert obj["cfg"].image_score == "paper" and obj["cfg"].score_lambda == pytest.approx(0.1)
+    np.testing.assert_allclose(monitor.test_scorer(test.images), scores, rtol=1e-5)  # what monitoring scores
 
 
 def test_cli(tex, capsys):
