@@ -82,6 +82,11 @@ ARMS = {
     "tiles_w6": TILES + ["--normalize", "per_image", "--train-crops", "image", "--width", "6"],
     # the fast preset with networks twice as wide (the fast preset's objects since)
     "fast_w6": ["--preset", "fast", "--width", "6"],
+    # tiles_image with the consistency term weighted more (alpha 0.9: nearer a double autoencoder,
+    # sharper reconstructions of the normal texture) and less (alpha 0.1: nearer the plain BiGAN)
+    # than the fast preset's 0.5
+    "tiles_a09": TILES + ["--normalize", "per_image", "--train-crops", "image", "--alpha", "0.9"],
+    "tiles_a01": TILES + ["--normalize", "per_image", "--train-crops", "image", "--alpha", "0.1"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3"],
     "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3"],
@@ -95,7 +100,8 @@ ARM_CATEGORY_FLAGS = {
     ("tiles", "magnetic_tile"): ["--image-size", "640"],  # up to about 630 px a side
 }
 ARM_CATEGORY_FLAGS.update({(arm, c): f for (a, c), f in list(ARM_CATEGORY_FLAGS.items()) if a == "tiles"
-                           for arm in ("tiles_norm", "tiles_norm2", "tiles_image", "tiles_z256", "tiles_w6")})
+                           for arm in ("tiles_norm", "tiles_norm2", "tiles_image", "tiles_z256", "tiles_w6", "tiles_a09",
+                                       "tiles_a01")})
 ARM_CATEGORY_FLAGS.update({("tiles_half", c): ["--image-size", str(int(f[1]) // 2)]
                            for (a, c), f in list(ARM_CATEGORY_FLAGS.items()) if a == "tiles"})
 #: Image-score rules evaluate.py reports side by side on every run (one scoring pass).
