@@ -51,8 +51,9 @@ TILES = ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--s
 #: Arm name -> train.py flags. EGBAD and the autoencoder use the fast recipe with alpha 0 / 1, so the
 #: three methods differ only in alpha; "paper" is the paper's recipe unchanged.
 ARMS = {
-    # the fast arms pin --width 3: they ran before the fast preset widened objects to 6
-    "fast": ["--preset", "fast", "--width", "3"],
+    # the fast arms pin --width 3 and --normalize none: they ran before the fast preset widened objects
+    # to 6 and standardized every image
+    "fast": ["--preset", "fast", "--width", "3", "--normalize", "none"],
     # native-resolution tiles with the paper's inputs (before tiles standardized by default) and crops
     # anywhere on the canvas (before tiles cropped inside the image by default)
     "tiles": TILES + ["--normalize", "none", "--train-crops", "canvas"],
@@ -73,15 +74,15 @@ ARMS = {
     "tiles_half": TILES + ["--normalize", "per_image", "--train-crops", "image", "--scale", "0.5"],
     # the fast preset as it is since the first study (map_max image score, and the label-free snapshot
     # choice by map_max too); the "fast" rows ran before, choosing by the paper's summed score
-    "fast_map": ["--preset", "fast", "--width", "3"],
+    "fast_map": ["--preset", "fast", "--width", "3", "--normalize", "none"],
     # objects at the paper's 128 px instead of the fast preset's 64 (4x the compute per step: fewer
     # steps in the budget, but small defects keep 4x the pixels)
-    "fast128": ["--preset", "fast", "--image-size", "128", "--width", "3"],
+    "fast128": ["--preset", "fast", "--image-size", "128", "--width", "3", "--normalize", "none"],
     # tiles_image with networks twice as wide (width multiplier c = 6 instead of 3: 6 to 96 channels):
     # more capacity to reconstruct the fine texture of normal surfaces, at a higher cost per step
     "tiles_w6": TILES + ["--normalize", "per_image", "--train-crops", "image", "--width", "6"],
     # the fast preset with networks twice as wide (the fast preset's objects since)
-    "fast_w6": ["--preset", "fast", "--width", "6"],
+    "fast_w6": ["--preset", "fast", "--width", "6", "--normalize", "none"],
     # tiles_image with the consistency term weighted more (alpha 0.9: nearer a double autoencoder,
     # sharper reconstructions of the normal texture) and less (alpha 0.1: nearer the plain BiGAN)
     # than the fast preset's 0.5
@@ -91,8 +92,8 @@ ARMS = {
     # channel (--normalize per_image, the tiles default): robust to lighting drift, if not worse
     "fast_norm": ["--preset", "fast", "--normalize", "per_image"],
     "paper": ["--preset", "paper"],
-    "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3"],
-    "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3"],
+    "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],
+    "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3", "--normalize", "none"],
 }
 KEEP = ("config.json", "train_log.csv", "eval_log.csv", "metrics.csv", "summary.json", "threshold.json",
         "evaluation.json", "scores.csv")

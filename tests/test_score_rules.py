@@ -129,6 +129,22 @@ def test_normalization_default_is_the_kinds():
     assert parse_args(["--category", "bottle", "--normalize", "per_image"])[0].normalize == "per_image"
 
 
+def test_fast_preset_standardizes_every_kind_and_older_fast_runs_keep_their_inputs():
+    """--preset fast standardizes objects and textures too (lighting drift; results/small_defects,
+    sixth study); --preset paper keeps the paper's inputs; a flag wins; a run trained by the fast preset
+    before it standardized (its config.json without ``normalize``) is scored with the paper's inputs."""
+    from cbigan.cli.train import parse_args
+    from cbigan.config import apply_preset
+
+    for category in ("bottle", "leather", "my_part"):
+        assert parse_args(["--category", category, "--preset", "fast"])[0].normalize == "per_image"
+        assert parse_args(["--category", category])[0].normalize == "none"
+        assert parse_args(["--category", category, "--preset", "fast", "--normalize", "none"])[0].normalize == "none"
+    assert apply_preset(Config(category="bottle"), "fast").resolved().normalize == "per_image"
+    older = {k: v for k, v in Config(category="bottle", preset="fast").__dict__.items() if k != "normalize"}
+    assert Config(**older).resolved().normalize == "none"
+
+
 def test_small_defect_is_found_by_the_map_rule_not_by_the_sum():
     """A 3x3 defect among 64x64 pixels of normal noise: the summed score drowns it, the map maximum not."""
     rng = np.random.default_rng(3)
