@@ -58,13 +58,15 @@ SUGGESTED_CPU_MINUTES = 15
 
 def duration_message(total_steps: int, done_steps: int, steps_per_s: float, minutes: float | None = None,
                      preset: str = "paper", gpu: bool = True) -> str:
-    """What the run will cost, from a measured speed: the expected duration of all ``total_steps``
-    (when ``--minutes`` stops it earlier, where it will stop), and, on a machine without a GPU when
+    """What the run will cost, from a measured speed: the expected duration of all ``total_steps`` and
+    of those left after ``done_steps`` (when ``--minutes`` stops it earlier, where it will stop), and, on a machine without a GPU when
     the whole job would take more than :data:`LONG_CPU_JOB_S`, the ``--preset fast --minutes N`` hint."""
     rate = max(float(steps_per_s), 1e-9)
     eta = max(0, int(total_steps) - int(done_steps)) / rate
-    text = (f"speed: {rate:.3g} steps/s; {int(total_steps):,} steps would take about {human_duration(eta)} "
-            f"in all")
+    text = (f"speed: {rate:.3g} steps/s; {int(total_steps):,} steps would take about "
+            f"{human_duration(int(total_steps) / rate)} in all")
+    if int(done_steps) > 0:
+        text += f" ({human_duration(eta)} from step {int(done_steps):,})"
     if minutes is not None and eta > 60.0 * minutes:
         text += (f"; --minutes {minutes:g} stops it after about "
                  f"{int(done_steps + rate * 60.0 * minutes):,} steps")

@@ -19,6 +19,12 @@ def test_paper_preset_on_a_cpu_gets_its_length_and_the_fast_hint():
     assert "--preset fast --minutes 15" in text and "no GPU" in text
 
 
+def test_duration_is_of_all_steps_and_of_those_left():
+    """Measured at step 270 of 300: the whole job (22 s) and what is left of it (2 s), not one for the other."""
+    text = duration_message(300, 270, 13.4)
+    assert "300 steps would take about 22 s in all (2 s from step 270)" in text
+
+
 def test_minutes_say_where_the_run_stops_and_the_hint_keeps_them():
     text = duration_message(1_200_000, 0, 2.0, minutes=30, preset="paper", gpu=False)
     assert "--minutes 30 stops it after about 3,600 steps" in text
