@@ -59,8 +59,9 @@ SUGGESTED_CPU_MINUTES = 15
 def duration_message(total_steps: int, done_steps: int, steps_per_s: float, minutes: float | None = None,
                      preset: str = "paper", gpu: bool = True) -> str:
     """What the run will cost, from a measured speed: the expected duration of all ``total_steps`` and
-    of those left after ``done_steps`` (when ``--minutes`` stops it earlier, where it will stop), and, on a machine without a GPU when
-    the whole job would take more than :data:`LONG_CPU_JOB_S`, the ``--preset fast --minutes N`` hint."""
+    of those left after ``done_steps`` (when ``--minutes`` stops it earlier, where it will stop), and,
+    on a machine without a GPU when the whole job would take more than :data:`LONG_CPU_JOB_S`, the
+    ``--preset fast --minutes N`` hint."""
     rate = max(float(steps_per_s), 1e-9)
     eta = max(0, int(total_steps) - int(done_steps)) / rate
     text = (f"speed: {rate:.3g} steps/s; {int(total_steps):,} steps would take about "
