@@ -81,13 +81,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="CSV to append rows to")
     p.add_argument("--batch", type=int, default=8, help="images per model call")
     a = p.parse_args(argv)
+    from cbigan.config import Config
+
     done = set()
     if a.out.exists():
         old = pd.read_csv(a.out)
         done = set(zip(old["category"], old["run"]))
     for run in a.runs:
-        from cbigan.config import Config
-
         cfg = Config.from_json(run / "config.json").resolved()
         if (cfg.category, run.name) in done:
             print(f"{run}: already in {a.out}")
