@@ -91,6 +91,9 @@ ARMS = {
     # the fast preset as it is (objects at width 6, textures at 3) with every image standardized per
     # channel (--normalize per_image, the tiles default): robust to lighting drift, if not worse
     "fast_norm": ["--preset", "fast", "--normalize", "per_image"],
+    # tiles_image with 128 px tiles instead of 64 (4x the context per tile, at native scale: large,
+    # low-contrast defects such as 'uneven' span more than a 64 px tile; about a third of the steps)
+    "tiles_p128": TILES + ["--normalize", "per_image", "--train-crops", "image", "--patch-size", "128"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],
     "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3", "--normalize", "none"],
@@ -105,7 +108,7 @@ ARM_CATEGORY_FLAGS = {
 }
 ARM_CATEGORY_FLAGS.update({(arm, c): f for (a, c), f in list(ARM_CATEGORY_FLAGS.items()) if a == "tiles"
                            for arm in ("tiles_norm", "tiles_norm2", "tiles_image", "tiles_z256", "tiles_w6", "tiles_a09",
-                                       "tiles_a01")})
+                                       "tiles_a01", "tiles_p128")})
 ARM_CATEGORY_FLAGS.update({("tiles_half", c): ["--image-size", str(int(f[1]) // 2)]
                            for (a, c), f in list(ARM_CATEGORY_FLAGS.items()) if a == "tiles"})
 #: Image-score rules evaluate.py reports side by side on every run (one scoring pass).
