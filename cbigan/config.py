@@ -29,6 +29,11 @@ NORMALIZATIONS = ("none", "per_image")
 TRAIN_CROPS = ("canvas", "image")
 #: The paper's width multiplier c of the networks (3 to 48 channels; cbigan/networks.py).
 PAPER_WIDTH = 3
+#: Training precisions (``Config.precision``, ``--precision``): ``float32``, or Keras's
+#: ``mixed_bfloat16`` (bfloat16 convolutions, float32 variables; :func:`cbigan.networks.precision_scope`).
+#: The losses, the networks' outputs and f_D stay float32, and evaluation, selection and export run
+#: float32 networks either way (evidence: results/benchmarks.md, "bfloat16").
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 @dataclass
@@ -76,6 +81,9 @@ class Config:
     seed: int = 42
     distribute: str = "none"           # "none", "mirrored" (this host's GPUs), "multiworker" (TF_CONFIG)
     intra_op_threads: int | None = None  # TF intra-op threads, 0 = TF's default; None: chosen at train start
+    precision: str = "float32"         # training arithmetic: "float32" or "mixed_bfloat16" (bfloat16
+                                       # computation, float32 variables, losses and outputs; evaluation
+                                       # and export run float32 networks either way)
     # scoring and bookkeeping
     score_lambda: float = 0.1
     image_score: str = "paper"         # image score rule (cbigan/anomaly_score.py): paper, map_max, map_topk
@@ -140,6 +148,8 @@ class Config:
             raise ValueError(f"d_iter must be >= 0, got {c.d_iter}")
         if c.intra_op_threads is not None and c.intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0 (0: TensorFlow's default), got {c.intra_op_threads}")
+        if c.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
         if c.distribute not in DISTRIBUTE:
             raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {c.distribute!r}")
         c.betas_d, c.betas_eg = tuple(c.betas_d), tuple(c.betas_eg)

@@ -29,6 +29,7 @@ what one device sees. An optimizer update is a cross-replica synchronisation, wh
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import keras
@@ -36,7 +37,7 @@ import tensorflow as tf
 
 from . import losses as L
 from .config import Config
-from .networks import build_critic, build_encoder, build_generator
+from .networks import build_critic, build_encoder, build_generator, float32_copy, precision_scope
 
 LOSS_NAMES = ("loss_d", "gp", "d_real", "d_fake", "loss_eg", "loss_c", "loss_rx", "loss_rz", "loss_total")
 
@@ -58,10 +59,10 @@ class CBiGAN(keras.Model):
                  seed: int = 42, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.generator, self.critic = encoder, generator, critic
-        self.ema_encoder = keras.models.clone_model(encoder)
-        self.ema_encoder.name = "ema_encoder"
-        self.ema_generator = keras.models.clone_model(generator)
-        self.ema_generator.name = "ema_generator"
+        # the EMA networks (what is evaluated, selected and exported) compute in float32 whatever the
+        # training precision (cbigan.networks.PRECISIONS)
+        self.ema_encoder = float32_copy(encoder, "ema_encoder")
+        self.ema_generator = float32_copy(generator, "ema_generator")
         self.ema_encoder.set_weights(encoder.get_weights())
         self.ema_generator.set_weights(generator.get_weights())
         self.ema_encoder.trainable = False
@@ -260,8 +261,10 @@ def build_model(cfg: Config) -> CBiGAN:
     cfg = cfg.resolved()
     keras.utils.set_random_seed(cfg.seed)
     kw = dict(latent_dim=cfg.latent_dim, width=cfg.width, norm=cfg.norm, activation=cfg.activation)
-    model = CBiGAN(build_encoder(cfg.patch_size, **kw), build_generator(cfg.patch_size, **kw),
-                   build_critic(cfg.patch_size, **kw), alpha=cfg.alpha, d_iter=cfg.d_iter,
+    with precision_scope(cfg.precision):  # the trained networks; the EMA ones are float32 (CBiGAN)
+        nets = build_encoder(cfg.patch_size, **kw), build_generator(cfg.patch_size, **kw), \
+            build_critic(cfg.patch_size, **kw)
+    model = CBiGAN(*nets, alpha=cfg.alpha, d_iter=cfg.d_iter,
                    gp_weight=cfg.gp_weight, ema_decay=cfg.ema_decay, ema_every=cfg.ema_every,
                    ema_warmup=cfg.ema_warmup, seed=cfg.seed, name="cbigan")
     model.build((None, cfg.patch_size, cfg.patch_size, 3))
@@ -288,6 +291,7 @@ def load_trained(run_dir) -> tuple[Config, CBiGAN]:
         raise DataError(f"{run_dir} is not a finished run folder (needs {CONFIG_JSON} and {WEIGHTS}); "
                         f"pass runs/<category>/<run>")
     cfg = Config.from_json(run_dir / CONFIG_JSON)
-    model = build_model(cfg)
+    # scoring and export run float32 networks whatever the training precision (same weights)
+    model = build_model(dataclasses.replace(cfg, precision="float32"))
     model.load_weights(run_dir / WEIGHTS)
     return cfg, model

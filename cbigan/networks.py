@@ -10,15 +10,52 @@ original (G 83,142; E 60,244 / 87,892; D 638,789 / 666,437 at 64 / 128 px).
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras import layers
 
+from .config import PRECISIONS
+
 NORMALIZATIONS = ("none", "batch", "layer", "instance")
+#: Layers that compute in float32 under every precision (:data:`cbigan.config.PRECISIONS`): the output
+#: layers (the image, the code, the critic's score) and the critic's feature layer f_D, so the losses and
+#: the anomaly score's parts are float32.
+_FLOAT32 = "float32"
 ACTIVATIONS = ("leaky_relu", "relu", "elu", "gelu", "swish")
 
 #: Name of the critic layer whose output is f_D in the anomaly score (the first 3x3 convolution of
 #: the critic's image path, before its activation, as in the original).
 DEFAULT_FEATURE_LAYER = "critic_features"
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str = "float32"):
+    """Build networks under ``precision`` (:data:`PRECISIONS`): Keras's global dtype policy for the
+    duration of the block, restored after it. ValueError for an unknown precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def float32_copy(model: keras.Model, name: str | None = None) -> keras.Model:
+    """A copy of ``model``'s architecture with every layer computing in float32 (fresh weights of the
+    same shapes and order: ``copy.set_weights(model.get_weights())`` makes the two equal). For a float32
+    model, a plain :func:`keras.models.clone_model`."""
+    def clone(layer):
+        config = layer.get_config()
+        config["dtype"] = _FLOAT32
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    if name:
+        copy.name = name
+    return copy
 
 
 def _activation(name: str, layer_name: str | None = None) -> layers.Layer:
@@ -52,7 +89,9 @@ def residual_block(x, filters: int, norm: str = "none", activation: str = "leaky
                    first_conv_name: str | None = None):
     """One residual block; ``first_conv_name`` names its first 3x3 convolution."""
     skip = layers.Conv2D(filters, 1, padding="same", use_bias=False)(x)
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=first_conv_name)(x)
+    # the named first convolution is the critic's f_D: float32 under every precision
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=first_conv_name,
+                      dtype=_FLOAT32 if first_conv_name else None)(x)
     y = _norm_act(y, norm, activation)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
     y = _norm_act(y, norm, activation)
@@ -84,7 +123,7 @@ def build_encoder(image_size: int, latent_dim: int = 64, width: int = 3, norm: s
     h = _image_path(x_in, width, norm, activation)
     h = layers.Dense(16 * width, use_bias=False)(h)
     h = _norm_act(h, "none" if norm == "instance" else norm, activation)
-    z = layers.Dense(latent_dim, name="latent")(h)
+    z = layers.Dense(latent_dim, name="latent", dtype=_FLOAT32)(h)
     return keras.Model(x_in, z, name=name)
 
 
@@ -101,7 +140,7 @@ def build_generator(image_size: int, latent_dim: int = 64, width: int = 3, norm:
         if i > 0 or upsample_first:
             h = layers.UpSampling2D(2, interpolation="bilinear")(h)
         h = residual_block(h, filters, norm, activation)
-    x = layers.Conv2D(3, 1, padding="same", activation="tanh", name="image")(h)
+    x = layers.Conv2D(3, 1, padding="same", activation="tanh", name="image", dtype=_FLOAT32)(h)
     return keras.Model(z_in, x, name=name)
 
 
@@ -122,7 +161,7 @@ def build_critic(image_size: int, latent_dim: int = 64, width: int = 3, norm: st
     h = layers.Concatenate()([hx, hz])
     h = layers.Dense(16 * width, use_bias=False)(h)
     h = _activation(activation)(h)
-    out = layers.Dense(1, name="score")(h)
+    out = layers.Dense(1, name="score", dtype=_FLOAT32)(h)
     return keras.Model([x_in, z_in], out, name=name)
 
 

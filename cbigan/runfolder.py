@@ -61,7 +61,8 @@ LOCK = ".lock"
 
 #: Config fields that may differ when a run is resumed (budget and bookkeeping, not the model).
 RESUMABLE_CHANGES = {"steps", "minutes", "run_name", "output_dir", "data_dir", "eval_every", "log_every",
-                     "preview_every", "monitor_every", "extra", "distribute", "select", "intra_op_threads"}
+                     "preview_every", "monitor_every", "extra", "distribute", "select", "intra_op_threads",
+                     "precision"}
 #: Free space a training needs in its run folder before it starts.
 MIN_FREE_BYTES = 200 * 2**20
 

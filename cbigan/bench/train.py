@@ -46,7 +46,7 @@ def set_threads(intra_op: int) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(int(intra_op))
 
 
-def _model(size: int, batch: int, previous: bool = False):
+def _model(size: int, batch: int, previous: bool = False, precision: str = "float32"):
     import tensorflow as tf
 
     from .. import losses as L
@@ -54,7 +54,8 @@ def _model(size: int, batch: int, previous: bool = False):
     from ..model import CBiGAN, build_model
 
     # the paper preset's step at this input size (64 px: texture patches and fast-preset objects)
-    cfg = Config(category="bench", kind="object", batch_size=batch, image_size=size, patch_size=size).resolved()
+    cfg = Config(category="bench", kind="object", batch_size=batch, image_size=size, patch_size=size,
+                 precision=precision).resolved()
     model = build_model(cfg)
     if previous:
         class PreviousCBiGAN(CBiGAN):
@@ -87,11 +88,11 @@ def _model(size: int, batch: int, previous: bool = False):
 class StepTimer:
     """Our compiled train function on one long-lived iterator over an in-memory batch."""
 
-    def __init__(self, size: int, batch: int, previous: bool = False):
+    def __init__(self, size: int, batch: int, previous: bool = False, precision: str = "float32"):
         import numpy as np
         import tensorflow as tf
 
-        self.model, self.cfg = _model(size, batch, previous)
+        self.model, self.cfg = _model(size, batch, previous, precision)
         x = tf.constant(np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)), tf.float32)
         self.iterator = iter(tf.data.Dataset.from_tensors(x).repeat())
         self.model.make_train_function()
@@ -137,7 +138,7 @@ def reference_images_per_second(module, size: int, batch: int, steps: int) -> fl
 
 
 def measure(*, threads: int, sizes, batch_size: int, cycles: int, repeats: int, previous: bool,
-            reference: Path | None) -> dict:
+            reference: Path | None, precision: str = "float32") -> dict:
     """Child process: every figure at one thread setting; returns {size: {name: [img/s per repeat]}}."""
     set_threads(threads)
     import keras
@@ -145,7 +146,7 @@ def measure(*, threads: int, sizes, batch_size: int, cycles: int, repeats: int, 
     module = _load_reference(reference) if reference is not None and reference.is_file() else None
     result = {}
     for size in sizes:
-        ours = StepTimer(size, batch_size)
+        ours = StepTimer(size, batch_size, precision=precision)
         prev = StepTimer(size, batch_size, previous=True) if previous else None
         rows = {"ours": [], "yardstick": [], "previous": []}
         for _ in range(repeats):  # alternate, so that a load change hits every figure alike
@@ -180,7 +181,7 @@ def _load() -> str:
 
 
 def run(*, batch_size: int, cycles: int, repeats: int, sizes, threads, previous: bool,
-        reference: str | None) -> int:
+        reference: str | None, precision: str = "float32") -> int:
     """Print ours vs the yardstick (img/s, median of ``repeats``) per thread setting and input size."""
     ref = Path(reference) if reference else REFERENCE_STEP
     have_ref = ref.is_file()
@@ -188,14 +189,16 @@ def run(*, batch_size: int, cycles: int, repeats: int, sizes, threads, previous:
 
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, {_load()}; batch {batch_size}; "
           f"{cycles} timed d_iter cycles (5 critic + 1 E+G steps) per measurement, median of {repeats}; "
-          f"yardstick: {ref if have_ref else 'absent (' + str(ref) + ')'}", flush=True)
+          f"yardstick: {ref if have_ref else 'absent (' + str(ref) + ')'}; ours in {precision}"
+          + ("" if precision == "float32" else " (the yardstick and --previous in float32)"), flush=True)
     # thread settings alternate (A B A B ...), one child process per measurement round, so that a change
     # of machine load between processes hits each setting alike
     runs = {}
     for r in range(repeats):
         for n in threads:
             res = _child({"threads": n, "sizes": list(sizes), "batch_size": batch_size, "cycles": cycles,
-                          "repeats": 1, "previous": previous, "reference": str(ref) if have_ref else None})
+                          "repeats": 1, "previous": previous, "reference": str(ref) if have_ref else None,
+                          "precision": precision})
             for size, rows in res.items():
                 for k, v in rows.items():
                     runs.setdefault((n, size), {}).setdefault(k, []).extend(v)

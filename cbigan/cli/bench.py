@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from ..bench import BENCHMARKS
+from ..config import PRECISIONS
 from . import parser as new_parser
 
 
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None,
                    help="the yardstick script (default: ../shared/bench/reference_step.py beside the "
                         "repository; skipped when missing)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="our step's training precision, as train.py's flag (the yardstick stays float32)")
 
     p = add("ops", "where the train step's time goes: kernel time per op type of our step and of the "
                    "yardstick (TensorFlow's profiler, same process, same thread settings)")

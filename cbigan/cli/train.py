@@ -15,8 +15,8 @@ import dataclasses
 import sys
 
 from ..anomaly_score import IMAGE_SCORE_RULES
-from ..config import (DISTRIBUTE, NORMALIZATIONS, PRESETS, ROTATED_OBJECTS, SELECTION_RULES, TEXTURES, TRAIN_CROPS,
-                      Config, apply_preset, default_run_name)
+from ..config import (DISTRIBUTE, NORMALIZATIONS, PRECISIONS, PRESETS, ROTATED_OBJECTS, SELECTION_RULES, TEXTURES,
+                      TRAIN_CROPS, Config, apply_preset, default_run_name)
 from ..kinds import KINDS
 from . import config_default, parser, show
 
@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: off; with the warm-up)")
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the data order, augmentation and latent draws " + config_default("seed"))
+    g.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="training arithmetic: 'mixed_bfloat16' = bfloat16 convolutions with float32 weights, "
+                        "losses and outputs (1.18x / 1.25x the float32 step at 64 / 128 px on a CPU with "
+                        "AVX512_BF16; results/benchmarks.md); evaluation and export run float32 either way "
+                        + config_default("precision"))
     g = p.add_argument_group("scoring and logging")
     g.add_argument("--lambda", dest="score_lambda", type=float, default=None,
                    help="weight of L_fD in the score " + config_default("score_lambda"))
