@@ -11,6 +11,7 @@ import tensorflow as tf
 from cbigan.cli.train import parse_args
 from cbigan.config import PRECISIONS, Config
 from cbigan.model import build_model, load_trained
+from cbigan.networks import feature_extractor
 from cbigan.runfolder import CONFIG_JSON, WEIGHTS
 
 FLOAT32_LAYERS = ("latent", "image", "score", "critic_features")
@@ -99,6 +100,9 @@ def test_a_bfloat16_run_is_scored_with_float32_networks(tmp_path):
     for net in (loaded.encoder, loaded.generator, loaded.critic, loaded.ema_encoder, loaded.ema_generator):
         assert set(policies(net).values()) == {"float32"}  # ... but scoring runs float32 networks
     np.testing.assert_array_equal(loaded(x).numpy(), m(x).numpy())  # the EMA networks were float32 already
+    code = m.ema_encoder(x)
+    np.testing.assert_array_equal(feature_extractor(loaded.critic)([x, code]).numpy(),
+                                  feature_extractor(m.critic)([x, code]).numpy())  # and so was f_D
 
 
 def test_precision_flag_and_config_validation():
