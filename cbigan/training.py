@@ -80,6 +80,40 @@ def choose_intra_op_threads(cfg: Config) -> int:
     return next((n for side, most, n in INTRA_OP_THREADS if cfg.patch_size <= side and cores <= most), 0)
 
 
+#: CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic; without one, TensorFlow emulates it.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` text (read when None); None where unknown
+    (not Linux, unreadable)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return flags or None
+
+
+def precision_note(cfg: Config, cpuinfo: str | None = None, gpu: bool | None = None) -> str | None:
+    """A one-line note when ``cfg.precision`` is bfloat16 on a machine that will run it slower than
+    float32: no GPU and a CPU whose flags (:func:`cpu_flags` of ``cpuinfo``, ``/proc/cpuinfo`` when None)
+    name none of :data:`BF16_CPU_FLAGS`. None otherwise (float32, a GPU, or flags unknown)."""
+    if cfg.precision == "float32":
+        return None
+    gpu = _has_gpu() if gpu is None else gpu
+    flags = cpu_flags(cpuinfo)
+    if gpu or flags is None or any(f in flags for f in BF16_CPU_FLAGS):
+        return None
+    return (f"note: --precision {cfg.precision} on a CPU without native bfloat16 (no "
+            f"{' / '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo): TensorFlow emulates it, so this run will "
+            f"likely train slower than with --precision float32")
+
+
 def apply_intra_op_threads(n: int) -> bool:
     """Set TensorFlow's intra-op thread count (0: its default) before its context starts; False when
     it started already with another count (e.g. an earlier run in this process): it is kept then."""
@@ -238,6 +272,9 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
     if not apply_intra_op_threads(cfg.intra_op_threads):
         print(f"note: TensorFlow started earlier in this process; intra_op_threads={cfg.intra_op_threads} "
               f"is not applied to this run")
+    note = precision_note(cfg)
+    if note:
+        print(note)
     strategy = dist.make_strategy(cfg.distribute)  # first: MultiWorkerMirroredStrategy precedes any op
     chief = dist.writes_run_folder(cfg.distribute)
     if strategy is not None:

@@ -114,3 +114,20 @@ def test_precision_flag_and_config_validation():
         parse_args(["--category", "bottle", "--precision", "float16"])
     with pytest.raises(ValueError, match="precision must be one of float32, mixed_bfloat16"):
         Config(category="bottle", precision="bfloat16").resolved()
+
+
+def test_a_note_when_the_cpu_has_no_native_bfloat16():
+    from cbigan.training import cpu_flags, precision_note
+
+    def cpuinfo(*flags):
+        return "processor\t: 0\nvendor_id\t: x\nflags\t\t: " + " ".join(flags) + "\n"
+
+    bf16 = tiny_cfg(precision="mixed_bfloat16")
+    assert cpu_flags(cpuinfo("fpu", "avx512f", "avx512_bf16")) == {"fpu", "avx512f", "avx512_bf16"}
+    note = precision_note(bf16, cpuinfo("fpu", "avx2", "avx512f"), gpu=False)
+    assert note.startswith("note: --precision mixed_bfloat16 on a CPU without native bfloat16")
+    assert "slower" in note and "\n" not in note
+    assert precision_note(bf16, cpuinfo("avx2", "amx_bf16"), gpu=False) is None
+    assert precision_note(bf16, cpuinfo("avx2"), gpu=True) is None          # a GPU decides, not the CPU
+    assert precision_note(bf16, "processor\t: 0\n", gpu=False) is None      # flags unknown: no guess
+    assert precision_note(tiny_cfg(), cpuinfo("avx2"), gpu=False) is None  # float32: nothing to say
