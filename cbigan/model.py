@@ -60,7 +60,7 @@ class CBiGAN(keras.Model):
         super().__init__(**kwargs)
         self.encoder, self.generator, self.critic = encoder, generator, critic
         # the EMA networks (what is evaluated, selected and exported) compute in float32 whatever the
-        # training precision (cbigan.networks.PRECISIONS)
+        # training precision (cbigan.config.PRECISIONS)
         self.ema_encoder = float32_copy(encoder, "ema_encoder")
         self.ema_generator = float32_copy(generator, "ema_generator")
         self.ema_encoder.set_weights(encoder.get_weights())

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the data order, augmentation and latent draws " + config_default("seed"))
     g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="training arithmetic: 'mixed_bfloat16' = bfloat16 convolutions with float32 weights, "
-                        "losses and outputs (1.18x / 1.25x the float32 step at 64 / 128 px on a CPU with "
+                        "losses and outputs (1.10x / 1.12x the float32 step at 64 / 128 px on a CPU with "
                         "AVX512_BF16; results/benchmarks.md); evaluation and export run float32 either way "
                         + config_default("precision"))
     g = p.add_argument_group("scoring and logging")
