@@ -69,6 +69,9 @@ ARMS = {
     # tiles_image with a 4x larger latent code z (256): more capacity for the fine streaks of normal
     # surfaces, at almost no extra cost per step (only the dense layers grow)
     "tiles_z256": TILES + ["--normalize", "per_image", "--train-crops", "image", "--latent-dim", "256"],
+    # and with a 4x smaller one (16): a tighter bottleneck, so that what the code cannot hold (a
+    # blowhole, a crack) is reconstructed as the surface around it
+    "tiles_z16": TILES + ["--normalize", "per_image", "--train-crops", "image", "--latent-dim", "16"],
     # tiles_image at half resolution (--scale 0.5, canvas half the side): a 64 px tile sees twice the
     # surface, and the image a quarter of the pixels to score
     "tiles_half": TILES + ["--normalize", "per_image", "--train-crops", "image", "--scale", "0.5"],
@@ -110,7 +113,7 @@ ARM_CATEGORY_FLAGS = {
     ("tiles", "magnetic_tile"): ["--image-size", "640"],  # up to about 630 px a side
 }
 ARM_CATEGORY_FLAGS.update({(arm, c): f for (a, c), f in list(ARM_CATEGORY_FLAGS.items()) if a == "tiles"
-                           for arm in ("tiles_norm", "tiles_norm2", "tiles_image", "tiles_z256", "tiles_w6", "tiles_a09",
+                           for arm in ("tiles_norm", "tiles_norm2", "tiles_image", "tiles_z256", "tiles_z16", "tiles_w6", "tiles_a09",
                                        "tiles_a01", "tiles_p128")})
 ARM_CATEGORY_FLAGS.update({("tiles_half", c): ["--image-size", str(int(f[1]) // 2)]
                            for (a, c), f in list(ARM_CATEGORY_FLAGS.items()) if a == "tiles"})
