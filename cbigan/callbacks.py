@@ -79,8 +79,11 @@ def duration_message(total_steps: int, done_steps: int, steps_per_s: float, minu
 
 
 class DurationEstimate(keras.callbacks.Callback):
-    """Prints :func:`duration_message` once, from the speed measured over ``measure_s`` seconds after
-    ``warmup`` batches (the first ones include tracing); nothing for runs shorter than that."""
+    """Prints :func:`duration_message` once, from the speed of the train steps measured over
+    ``measure_s`` seconds of batches after ``warmup`` batches (the first ones include tracing); the
+    time between batches (evaluations, backups) is left out, so one long evaluation early in a run
+    does not make its estimate of a run's steps a fraction of what it makes. Nothing for runs shorter
+    than that."""
 
     def __init__(self, total_steps: int, minutes: float | None = None, preset: str = "paper",
                  gpu: bool = True, warmup: int = 5, measure_s: float = 20.0, print_fn=print):
@@ -88,22 +91,30 @@ class DurationEstimate(keras.callbacks.Callback):
         self.total_steps, self.minutes, self.preset, self.gpu = int(total_steps), minutes, preset, gpu
         self.warmup, self.measure_s, self.print_fn = int(warmup), float(measure_s), print_fn
         self.batches = 0
-        self.t_warm = self.step_warm = None
+        self.step_warm = None
+        self.batch_s = 0.0      # seconds inside batches since the warm-up
+        self.t_batch = None
         self.message = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.t_batch = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.message is not None:
             return
         self.batches += 1
         if self.batches == self.warmup:
-            self.t_warm, self.step_warm = time.monotonic(), model_step(self.model)
-        elif self.t_warm is not None and time.monotonic() - self.t_warm >= self.measure_s:
-            step = model_step(self.model)
-            rate = (step - self.step_warm) / (time.monotonic() - self.t_warm)
-            if rate > 0:
-                self.message = duration_message(self.total_steps, step, rate, self.minutes, self.preset,
-                                                self.gpu)
-                self.print_fn("\n" + self.message, flush=True)
+            self.step_warm = model_step(self.model)
+        elif self.step_warm is not None:
+            if self.t_batch is not None:
+                self.batch_s += time.monotonic() - self.t_batch
+            if self.batch_s >= self.measure_s:
+                step = model_step(self.model)
+                rate = (step - self.step_warm) / max(self.batch_s, 1e-9)
+                if rate > 0:
+                    self.message = duration_message(self.total_steps, step, rate, self.minutes, self.preset,
+                                                    self.gpu)
+                    self.print_fn("\n" + self.message, flush=True)
 
 
 class NaNGuard(keras.callbacks.Callback):

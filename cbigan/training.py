@@ -6,7 +6,9 @@ Run folder ``<output_dir>/<category>/<run_name>/``:
 * ``train_log.csv``: every loss and critic score, one row per ``log_every`` steps;
 * ``eval_log.csv``: every ``eval_every`` steps the label-free selection's figures and, every
   ``monitor_every`` steps and at the end, test metrics (monitoring only: never used to pick the model
-  unless ``--select-on-test``; empty in the rows between);
+  unless ``--select-on-test``; empty in the rows between). Scoring that chooses nothing waits while it
+  would take over :data:`EVAL_SHARE` of the wall time (an evaluation left with nothing to score writes
+  no row);
 * ``previews/``: inputs, reconstructions, differences and samples G(z) every ``preview_every`` steps;
 * ``tensorboard/``: TensorBoard event files: losses every ``log_every`` steps, evaluations, preview grids;
 * ``model.weights.h5``: the final model; its EMA encoder/generator are what evaluation uses;
@@ -50,6 +52,15 @@ from .threshold import calibrate_threshold, write_threshold
 #: On one device, backups (every ``log_every`` steps) are written at most this often; the ones in
 #: between are held in memory (:class:`cbigan.callbacks.Checkpointer`). A weights file costs 0.5-0.9 s.
 BACKUP_INTERVAL_S = 60.0
+#: Scoring that chooses nothing (test-set monitoring; the held-out images' score when the last weights
+#: are the model, ``--select final``) takes at most this share of the wall time since the monitor
+#: started: a due one waits while its predicted cost (seconds per image of the last scoring times the
+#: images) would pass it. Tiles' large canvases cost about 0.3 s an image on one core (magnetic tile's
+#: 583 test images: 3 minutes), where a 15-minute run makes about 12 steps a second; objects' and
+#: textures' test sets cost under a second and are never held back (:data:`EVAL_FREE_S`).
+EVAL_SHARE = 0.1
+#: Such scoring predicted to take under this many seconds always runs when due.
+EVAL_FREE_S = 2.0
 #: TensorFlow intra-op threads by network input side and core count, on a machine without a GPU
 #: (``intra_op_threads`` left unset): ``((largest side, most cores, threads), ...)``, first match;
 #: otherwise 0, TensorFlow's default (every core). By measurement (``python -m cbigan.bench train``,
@@ -145,6 +156,8 @@ class TrainingMonitor:
         self.monitored = start_step // cfg.monitor_every if cfg.monitor_every else None
         self.t0 = time.monotonic()
         self.last = {}
+        self.optional_s = 0.0         # seconds spent in scoring that chooses nothing (EVAL_SHARE)
+        self.s_per_image = None       # the last scoring's seconds per image (None: none timed yet)
         self.selector = SnapshotSelector(
             val_images, self.image_scorer,
             self._save_selected, rule="final" if cfg.select_on_test else cfg.select, seed=cfg.seed,
@@ -188,39 +201,72 @@ class TrainingMonitor:
     def evaluate(self, step: int, final: bool = False) -> dict:
         """One ``eval_log.csv`` row: the label-free snapshot selection (held-out images), and the
         test-set monitoring when it is due (:meth:`monitor_due`; ``final``: the run's last evaluation),
-        else empty test columns (None)."""
+        else empty test columns (None). Scoring that chooses nothing waits while it would pass
+        :data:`EVAL_SHARE` of the wall time; an evaluation left with nothing to score writes no row
+        and returns {}."""
         row = {"step": step, "seconds": round(time.monotonic() - self.t0, 1)}
         if len(self.val_images):
             if self.selector.active:  # held-out images and their synthetic-defect copies in one call
-                val, defects = self.selector.scores()
-            else:
-                val, defects = self.image_scorer(self.val_images, self.selector.val_regions), None
-            row["val_score_mean"] = float(np.mean(val))
-            row.update(self.selector.observe(step, val, defects))
+                val, defects = self._timed(lambda: self.selector.scores(), 2 * len(self.val_images))
+                row["val_score_mean"] = float(np.mean(val))
+                row.update(self.selector.observe(step, val, defects))
+            elif final or self.affordable(len(self.val_images)):  # informative only: the last weights
+                val = self._timed(lambda: self.image_scorer(self.val_images, self.selector.val_regions),
+                                  len(self.val_images), optional=not final)
+                row["val_score_mean"] = float(np.mean(val))
+                row.update(self.selector.observe(step, val, None))
         if self.test_set is not None:
-            row.update(test_auroc=None, test_max_balanced_accuracy=None)  # empty cells unless monitored
-            if final or self.monitor_due(step):
-                row.update(self.monitor(step))
+            monitored = final or self.monitor_due(step)
+            if monitored:
+                row.update(test_auroc=None, test_max_balanced_accuracy=None)
+                row.update(self.monitor(step, optional=not final and not self.cfg.select_on_test))
+            elif len(row) > 2:
+                row.update(test_auroc=None, test_max_balanced_accuracy=None)  # empty cells, not monitored
+        if len(row) == 2 and not final:
+            return {}
         append_csv(self.run_dir / EVAL_LOG, row)
         if self.tensorboard is not None:
             self.tensorboard.scalars(step, {k: v for k, v in row.items() if k != "seconds" and v is not None}, "eval/")
         self.last = row
         return row
 
+    def _timed(self, fn, n_images: int, optional: bool = False):
+        """``fn()``, timing it per image (:attr:`s_per_image`); ``optional``: counted in the scoring
+        that chooses nothing (:data:`EVAL_SHARE`)."""
+        t = time.monotonic()
+        out = fn()
+        seconds = time.monotonic() - t
+        self.s_per_image = seconds / max(1, n_images)
+        if optional:
+            self.optional_s += seconds
+        return out
+
+    def affordable(self, n_images: int) -> bool:
+        """Whether scoring ``n_images`` that chooses nothing may run now: predicted under
+        :data:`EVAL_FREE_S`, or within :data:`EVAL_SHARE` of the wall time together with such scoring so
+        far. The first one, with nothing timed yet, always may."""
+        if self.s_per_image is None:
+            return True
+        cost = self.s_per_image * n_images
+        return cost < EVAL_FREE_S or self.optional_s + cost <= EVAL_SHARE * (time.monotonic() - self.t0)
+
     def monitor_due(self, step: int) -> bool:
         """Test-set monitoring at this evaluation: always with ``select_on_test``, else when ``step``
-        passed a multiple of ``monitor_every`` since the last one (never when it is 0)."""
+        passed a multiple of ``monitor_every`` since the last one (never when it is 0) and it is
+        :meth:`affordable` (else it stays due, for a later evaluation)."""
         if self.cfg.select_on_test:
             return True
         if not self.cfg.monitor_every or step // self.cfg.monitor_every <= self.monitored:
             return False
+        if not self.affordable(len(self.test_set.images)):
+            return False
         self.monitored = step // self.cfg.monitor_every
         return True
 
-    def monitor(self, step: int) -> dict:
+    def monitor(self, step: int, optional: bool = False) -> dict:
         """Test auROC and max balanced accuracy of the current model (monitoring: never the choice,
         except with ``select_on_test``, which keeps the best weights here)."""
-        scores = self.test_scorer(self.test_set.images)
+        scores = self._timed(lambda: self.test_scorer(self.test_set.images), len(self.test_set.images), optional)
         try:
             m = image_metrics(self.test_set.labels, scores)
         except MetricError as e:

@@ -72,7 +72,36 @@ def test_duration_estimate_prints_once_after_warmup(monkeypatch):
                           print_fn=lambda *a, **k: printed.append(a[0]))
     cb.set_model(model)
     for step in range(1, 6):
+        cb.on_train_batch_begin(step)
         model.train_counter.assign(step)
         cb.on_train_batch_end(step)
     assert len(printed) == 1 and "1,200,000 steps would take about" in printed[0]
     assert "--preset fast --minutes 15" in printed[0]
+
+
+def test_duration_estimate_leaves_out_the_time_between_batches(monkeypatch):
+    """A long evaluation between two batches does not lower the measured step rate: 0.5 s a step
+    inside batches, 30 s between two of them, gives 2 steps/s."""
+    import types
+
+    import keras
+
+    from cbigan import callbacks
+    from cbigan.callbacks import DurationEstimate
+
+    now = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    printed = []
+    model = types.SimpleNamespace(train_counter=keras.Variable(0, dtype="int64"))
+    cb = DurationEstimate(10_000, minutes=1.0, preset="fast", gpu=False, warmup=1, measure_s=2.0,
+                          print_fn=lambda *a, **k: printed.append(a[0]))
+    cb.set_model(model)
+    for step in range(1, 8):
+        cb.on_train_batch_begin(step)
+        now[0] += 0.5
+        model.train_counter.assign(step)
+        cb.on_train_batch_end(step)
+        if step == 2:
+            now[0] += 30.0  # an evaluation
+    assert len(printed) == 1 and printed[0].strip().startswith("speed: 2 steps/s;")
+    assert "stops it after about 125 steps" in printed[0]

@@ -87,6 +87,27 @@ def test_test_set_monitoring_every_monitor_every_steps_and_at_the_end(synthetic_
     assert 0 <= summary["last_eval"]["test_auroc"] <= 1
 
 
+@pytest.mark.parametrize("select, rows, monitored", [("final", [2, 9], [9]), ("synthetic", [2, 4, 6, 8, 9], [9])])
+def test_scoring_that_chooses_nothing_waits_for_its_share_of_the_time(synthetic_root, tmp_path, monkeypatch,
+                                                                        select, rows, monitored):
+    """With no time to spare (share 0, nothing free), monitoring and the last weights' held-out scoring
+    run once to be timed and then only at the end; the label-free selection keeps every evaluation."""
+    import cbigan.training as training
+
+    monkeypatch.setattr(training, "EVAL_SHARE", 0.0)
+    monkeypatch.setattr(training, "EVAL_FREE_S", 0.0)
+    cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="share",
+                 image_size=64, patch_size=64, steps=9, batch_size=4, log_every=2, eval_every=2,
+                 preview_every=100, monitor_every=None, val_split=0.3, select=select)
+    run = train(cfg, verbose=0, export=False)
+    ev = pd.read_csv(run / "eval_log.csv")
+    assert list(ev["step"]) == rows
+    assert list(ev["step"][ev["test_auroc"].notna()]) == monitored
+    assert ev["val_score_mean"].notna().all()
+    if select == "synthetic":
+        assert ev["val_synthetic_auroc"].notna().all()
+
+
 def test_time_budget_stops_training(synthetic_root, tmp_path):
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="m",
                  image_size=64, patch_size=64, steps=10_000, minutes=0.001, batch_size=4, log_every=2,
