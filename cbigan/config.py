@@ -86,7 +86,8 @@ class Config:
                                        # and export run float32 networks either way)
     # scoring and bookkeeping
     score_lambda: float = 0.1
-    image_score: str = "paper"         # image score rule (cbigan/anomaly_score.py): paper, map_max, map_topk
+    image_score: str | None = None     # image score rule (cbigan/anomaly_score.py): paper, map_max, map_topk
+                                       # (None: the kind's: paper, map_max for tiles)
     score_topk: float = 0.01           # map_topk: share of the map's pixels averaged
     score_margin: int | None = None    # map rules: map pixels left out at the image's border (None: the kind's)
     threshold_percentile: float = 99.0
@@ -119,6 +120,8 @@ class Config:
             c.score_margin = kind.default_score_margin(c)
         if c.select is None:
             c.select = kind.default_select
+        if c.image_score is None:
+            c.image_score = kind.default_image_score
         if c.normalize is None:
             c.normalize = kind.default_normalize
         if c.train_crops is None:

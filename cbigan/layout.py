@@ -86,6 +86,21 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_name(p.name))
 
 
+def image_sizes(paths) -> list[tuple[int, int]]:
+    """(height, width) in pixels of each image, read from its header without decoding (Pillow);
+    files Pillow cannot open are left out (loading them later names them)."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                sizes.append((int(im.height), int(im.width)))
+        except (OSError, UnidentifiedImageError, ValueError):
+            continue
+    return sizes
+
+
 def test_image_paths(data_dir: str | Path, category: str) -> tuple[list[Path], list[str]] | None:
     """(paths, defect types) of every test image, folder by folder in name order, without decoding;
     None when the category has no ``test`` folder. The good folder's type is ``good`` whatever its

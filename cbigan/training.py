@@ -36,7 +36,7 @@ from . import distribute as dist
 from .config import Config, default_run_name
 from .data import (DataError, download_category, load_test_set, load_train_set,
                    train_dataset)
-from .kinds import kind_of
+from .kinds import infer_kind, kind_of
 from .metrics import MetricError, image_metrics
 from .model import build_model
 from .previews import make_preview_gif, save_preview
@@ -312,6 +312,9 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
     writes the run folder, locks it and exports; other workers write to a temporary folder that is
     removed at the end, and return the chief's run folder.
     """
+    cfg, note = infer_kind(cfg)  # an unknown category's kind from its images (the CLI did this already)
+    if note:
+        print(note)
     cfg = cfg.resolved()
     # before anything starts TensorFlow's context (thread pools are fixed then); stored in config.json
     cfg = dataclasses.replace(cfg, intra_op_threads=choose_intra_op_threads(cfg))

@@ -222,3 +222,67 @@ def test_fit_is_identity_means_what_it_says():
         np.testing.assert_array_equal(np.asarray(fitted), img)
         assert (int(region[0]), int(region[1])) == (64, 64)
         assert not kind.fit_is_identity(64, 80, cfg) and not kind.fit_is_identity(32, 32, cfg)
+
+
+def _write_train_images(root: Path, sizes) -> Path:
+    from PIL import Image
+
+    good = root / "parts" / "train" / "good"
+    good.mkdir(parents=True)
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(np.full((h, w), 100 + i % 50, np.uint8)).save(good / f"{i:03d}.png")
+    return root
+
+
+@pytest.mark.parametrize("sizes, kind, canvas", [
+    ([(200, 520)] * 4, "tiles", 576),                          # elongated strips: 2.6:1
+    ([(500, 1250)] * 3, "tiles", 1024),                        # larger than the cap: scaled down to fit
+    ([(109, 235), (617, 388), (300, 300)], "tiles", 640),       # sizes vary (magnetic tile's range)
+    ([(256, 256)] * 5, "object", None),                        # one square size: the paper's resizing
+    ([(768, 1024)] * 5, "object", None),                       # 4:3 camera frames of one size
+    ([(250, 250), (256, 256)], "object", None),                # within 10%
+    ([], "object", None),
+])
+def test_an_unknown_categorys_kind_from_its_image_sizes(sizes, kind, canvas):
+    name, size, why = kinds.kind_for_sizes(sizes, patch_size=64)
+    assert (name, size) == (kind, canvas)
+    assert bool(why) == (kind == "tiles")
+
+
+def test_kind_for_sizes_scales_the_canvas_and_keeps_at_least_one_patch():
+    assert kinds.kind_for_sizes([(200, 520)], 64, scale=0.5)[1] == 320
+    assert kinds.kind_for_sizes([(20, 50)], 64)[1] == 64
+    assert kinds.kind_for_sizes([(200, 520)], 128)[1] == 640
+
+
+def test_infer_kind_chooses_tiles_for_non_square_images_and_respects_what_is_given(tmp_path):
+    root = _write_train_images(tmp_path, [(200, 520)] * 3)
+    cfg = Config(category="parts", data_dir=str(root))
+    chosen, note = kinds.infer_kind(cfg)
+    assert (chosen.kind, chosen.image_size) == ("tiles", 576)
+    assert "--kind tiles" in note and "are elongated (520x200 px" in note and "--kind object" in note
+    resolved = chosen.resolved()
+    assert resolved.image_score == "map_max" and resolved.patch_size == 64 and resolved.select == "final"
+    # a kind or a canvas given wins; MVTec AD names and missing folders are left alone
+    assert kinds.infer_kind(Config(category="parts", data_dir=str(root), kind="object")) == (
+        Config(category="parts", data_dir=str(root), kind="object"), None)
+    assert kinds.infer_kind(Config(category="parts", data_dir=str(root), image_size=1024))[0].image_size == 1024
+    assert kinds.infer_kind(Config(category="bottle", data_dir=str(root)))[1] is None
+    assert kinds.infer_kind(Config(category="nothing_here", data_dir=str(root)))[1] is None
+
+
+def test_train_cli_chooses_tiles_for_an_unknown_folder_of_strips(tmp_path):
+    from cbigan.cli.train import parse_args
+
+    root = _write_train_images(tmp_path, [(100, 300)] * 2)
+    cfg, args = parse_args(["--category", "parts", "--data-dir", str(root), "--preset", "fast"])
+    assert (cfg.kind, cfg.image_size, cfg.image_score) == ("tiles", 320, "map_max") and "--kind tiles" in args.kind_note
+    cfg, args = parse_args(["--category", "parts", "--data-dir", str(root), "--kind", "object"])
+    assert (cfg.kind, cfg.image_size, args.kind_note) == ("object", 128, None)
+
+
+def test_tiles_score_by_the_map_unless_told_otherwise():
+    assert Config(kind="tiles").resolved().image_score == "map_max"
+    assert Config(kind="tiles", image_score="paper").resolved().image_score == "paper"
+    assert Config(category="bottle").resolved().image_score == "paper"
+    assert apply_preset(Config(category="bottle"), "fast").resolved().image_score == "map_max"

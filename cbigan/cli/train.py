@@ -17,7 +17,8 @@ import sys
 from ..anomaly_score import IMAGE_SCORE_RULES
 from ..config import (DISTRIBUTE, NORMALIZATIONS, PRECISIONS, PRESETS, ROTATED_OBJECTS, SELECTION_RULES, TEXTURES,
                       TRAIN_CROPS, Config, apply_preset, default_run_name)
-from ..kinds import KINDS
+from .. import multirun
+from ..kinds import KINDS, infer_kind
 from . import config_default, parser, show
 
 
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-score", choices=IMAGE_SCORE_RULES, default=None,
                    help="image score rule: 'paper' = max over patches of the summed parts; 'map_max' / "
                         "'map_topk' = maximum / mean of the top --score-topk share of the smoothed anomaly "
-                        "map, which small defects raise (cbigan/anomaly_score.py) " + config_default("image_score"))
+                        "map, which small defects raise (cbigan/anomaly_score.py) " + config_default("image_score", "paper, map_max with --kind tiles"))
     g.add_argument("--score-topk", type=float, default=None,
                    help="map_topk: share of the map's pixels averaged " + config_default("score_topk"))
     g.add_argument("--score-margin", type=int, default=None,
@@ -220,17 +221,21 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     cfg = apply_preset(Config(), args.preset)
     fields = {f.name for f in dataclasses.fields(Config)}
     overrides = {k: v for k, v in vars(args).items() if k in fields and k != "preset" and v is not None}
-    return dataclasses.replace(cfg, **overrides).resolved(), args
+    cfg = dataclasses.replace(cfg, **overrides)
+    args.kind_note = None  # an unknown category's kind chosen from its images (cbigan.kinds.infer_kind)
+    if not multirun.is_multi(cfg.category):
+        cfg, args.kind_note = infer_kind(cfg)
+    return cfg.resolved(), args
 
 
 def main(argv=None) -> int:
-    from .. import multirun
-
     try:
         cfg, args = parse_args(argv)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.kind_note:
+        print(args.kind_note)
     if multirun.is_multi(args.category) or args.jobs != 1:  # no TensorFlow in this process
         return multirun.train_categories(cfg, args, sys.argv[1:] if argv is None else list(argv))
     from ..callbacks import NonFiniteLossError
