@@ -100,6 +100,10 @@ ARMS = {
     # the fast preset as it is, trained in bfloat16 (--precision mixed_bfloat16: about 1.2x the steps;
     # float32 weights, losses, outputs and scoring)
     "fast_bf16": ["--preset", "fast", "--precision", "mixed_bfloat16"],
+    # the fast preset as a new user types it, on a folder it does not know: the kind is chosen from the
+    # images' sizes (magnetic tile: tiles on a 640 px canvas) and scoring that chooses nothing keeps to
+    # its share of the time (the tiles arms above passed --eval-every 1000000 instead)
+    "auto": ["--preset", "fast"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],
     "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3", "--normalize", "none"],
