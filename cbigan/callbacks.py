@@ -79,35 +79,42 @@ def duration_message(total_steps: int, done_steps: int, steps_per_s: float, minu
 
 
 class DurationEstimate(keras.callbacks.Callback):
-    """Prints :func:`duration_message` once, from the speed of the train steps measured over
-    ``measure_s`` seconds of batches after ``warmup`` batches (the first ones include tracing); the
-    time between batches (evaluations, backups) is left out, so one long evaluation early in a run
-    does not make its estimate of a run's steps a fraction of what it makes. Nothing for runs shorter
-    than that."""
+    """Prints :func:`duration_message` once, from the speed measured over ``measure_s`` seconds after
+    ``warmup`` batches (the first ones include tracing). A pause between two batches longer than
+    ``long_gap_s`` (a tiles run's first evaluation: half a minute) is left out, so one such early pause
+    does not make the estimate of a run's steps a fraction of what it makes; shorter ones (the
+    selection, backups: they recur all run long) count. Nothing for runs shorter than that."""
 
     def __init__(self, total_steps: int, minutes: float | None = None, preset: str = "paper",
-                 gpu: bool = True, warmup: int = 5, measure_s: float = 20.0, print_fn=print):
+                 gpu: bool = True, warmup: int = 5, measure_s: float = 20.0, long_gap_s: float = 2.0,
+                 print_fn=print):
         super().__init__()
         self.total_steps, self.minutes, self.preset, self.gpu = int(total_steps), minutes, preset, gpu
         self.warmup, self.measure_s, self.print_fn = int(warmup), float(measure_s), print_fn
+        self.long_gap_s = float(long_gap_s)
         self.batches = 0
         self.step_warm = None
-        self.batch_s = 0.0      # seconds inside batches since the warm-up
-        self.t_batch = None
+        self.batch_s = 0.0      # seconds measured since the warm-up (batches and short pauses)
+        self.t_batch = self.t_end = None
         self.message = None
 
     def on_train_batch_begin(self, batch, logs=None):
         self.t_batch = time.monotonic()
+        if self.step_warm is not None and self.t_end is not None and self.message is None:
+            gap = self.t_batch - self.t_end
+            if gap < self.long_gap_s:
+                self.batch_s += gap
 
     def on_train_batch_end(self, batch, logs=None):
         if self.message is not None:
             return
         self.batches += 1
         if self.batches == self.warmup:
-            self.step_warm = model_step(self.model)
+            self.step_warm, self.t_end = model_step(self.model), time.monotonic()
         elif self.step_warm is not None:
             if self.t_batch is not None:
                 self.batch_s += time.monotonic() - self.t_batch
+            self.t_end = time.monotonic()
             if self.batch_s >= self.measure_s:
                 step = model_step(self.model)
                 rate = (step - self.step_warm) / max(self.batch_s, 1e-9)

@@ -339,8 +339,9 @@ def default_kind(category: str) -> str:
     return FALLBACK_KIND
 
 
-#: An unknown category's training images vary in size when the largest of their long (or short)
-#: sides is more than this many times the smallest (magnetic tile: 702 sizes among 761 images).
+#: An unknown category's training images vary in size when the 95th percentile of their long (or
+#: short) sides is more than this many times the 5th (magnetic tile: 702 sizes among 761 images); one
+#: odd image among many does not count.
 SIZE_SPREAD = 1.1
 #: ... and are elongated when half or more of them have a long side at least this many times the short
 #: one (a 500x1250 strip: 2.5), where resizing to a square halves a thin crack or more.
@@ -362,17 +363,19 @@ def kind_for_sizes(sizes, patch_size: int = 64, scale: float = 1.0) -> tuple[str
     sizes = [(int(h), int(w)) for h, w in sizes if int(h) > 0 and int(w) > 0]
     if not sizes:
         return FALLBACK_KIND, None, ""
-    long_sides = [max(h, w) for h, w in sizes]
-    short_sides = [min(h, w) for h, w in sizes]
-    spread = max(max(long_sides) / min(long_sides), max(short_sides) / min(short_sides))
-    ratios = sorted(a / b for a, b in zip(long_sides, short_sides))
-    median_ratio = ratios[len(ratios) // 2]
-    if spread > SIZE_SPREAD:
-        why = (f"vary in size ({min(short_sides)} to {max(long_sides)} px a side, {len(set(sizes))} sizes "
+    long_sides = sorted(max(h, w) for h, w in sizes)
+    short_sides = sorted(min(h, w) for h, w in sizes)
+
+    def spread(sides):  # 95th over 5th percentile (nearest rank)
+        return sides[round(0.95 * (len(sides) - 1))] / sides[round(0.05 * (len(sides) - 1))]
+
+    by_ratio = sorted(sizes, key=lambda hw: max(hw) / min(hw))
+    h, w = by_ratio[len(by_ratio) // 2]  # the image of median aspect ratio
+    if max(spread(long_sides), spread(short_sides)) > SIZE_SPREAD:
+        why = (f"vary in size ({short_sides[0]} to {long_sides[-1]} px a side, {len(set(sizes))} sizes "
                f"among {len(sizes)})")
-    elif median_ratio >= ELONGATED:
-        h, w = sizes[0]
-        why = f"are elongated ({w}x{h} px, {median_ratio:.2g}:1)"
+    elif max(h, w) / min(h, w) >= ELONGATED:
+        why = f"are elongated (e.g. {w}x{h} px, {max(h, w) / min(h, w):.2g}:1)"
     else:
         return FALLBACK_KIND, None, ""
     patch = int(patch_size)
@@ -384,28 +387,27 @@ def kind_for_sizes(sizes, patch_size: int = 64, scale: float = 1.0) -> tuple[str
 def infer_kind(cfg) -> tuple[object, str | None]:
     """``cfg`` with the kind of an unknown category chosen from its training images' sizes
     (:func:`kind_for_sizes`), and a one-line note saying so; ``(cfg, None)`` unchanged when the kind is
-    given, the category is one a kind lists, its ``train/good`` folder is missing (loading names it)
-    or the images suit the default. ``image_size`` is set to the canvas only when not given."""
+    given, so is ``image_size`` or ``patch_size`` (an explicit geometry is the caller's choice), the
+    category is one a kind lists, its ``train/good`` folder is missing (loading names it) or the images
+    suit the default."""
     import dataclasses
 
     from .layout import TRAIN, category_root, good_folder, image_sizes, list_images
 
-    if cfg.kind is not None or any(cfg.category in k.categories for k in KINDS.values()):
+    if (cfg.kind is not None or cfg.image_size is not None or cfg.patch_size is not None
+            or any(cfg.category in k.categories for k in KINDS.values())):
         return cfg, None
     folder = good_folder(category_root(cfg.data_dir, cfg.category) / TRAIN)
     if not folder.is_dir():
         return cfg, None
-    patch = cfg.patch_size or 64
+    patch = KINDS[TilesKind.name].defaults(cfg.category)["patch_size"]
     name, canvas, why = kind_for_sizes(image_sizes(list_images(folder)), patch, cfg.scale)
     if name == FALLBACK_KIND:
         return cfg, None
-    changes = {"kind": name}
-    if cfg.image_size is None:
-        changes["image_size"] = canvas
-    size = changes.get("image_size", cfg.image_size)
     note = (f"note: the training images in {folder} {why}: --kind {name} (no resizing to a square: "
-            f"{patch} px tiles of each image at its own resolution on a {size} px canvas); pass --kind object to resize every image to one square instead")
-    return dataclasses.replace(cfg, **changes), note
+            f"{patch} px tiles of each image at its own resolution on a {canvas} px canvas); pass --kind "
+            f"object to resize every image to one square instead")
+    return dataclasses.replace(cfg, kind=name, image_size=canvas), note
 
 
 def kind_of(cfg_or_name) -> InputKind:

@@ -88,15 +88,16 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def image_sizes(paths) -> list[tuple[int, int]]:
     """(height, width) in pixels of each image, read from its header without decoding (Pillow);
-    files Pillow cannot open are left out (loading them later names them)."""
-    from PIL import Image, UnidentifiedImageError
+    files Pillow cannot open (unreadable, truncated, a decompression bomb) are left out: loading them
+    later names them."""
+    from PIL import Image
 
     sizes = []
     for path in paths:
         try:
             with Image.open(path) as im:
                 sizes.append((int(im.height), int(im.width)))
-        except (OSError, UnidentifiedImageError, ValueError):
+        except Exception:  # noqa: BLE001  (Pillow's DecompressionBombError is a plain Exception)
             continue
     return sizes
 

@@ -213,8 +213,11 @@ def check_resumable(run_dir: Path, cfg: Config) -> None:
     diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old
                   and json.loads(json.dumps(new[k])) != old[k])
     if diff:
-        raise DataError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); pass --fresh to "
-                        f"start over there, or another --run-name")
+        what = "; ".join(f"{k} {old[k]!r} there, {json.loads(json.dumps(new[k]))!r} now" for k in diff)
+        k = diff[0]
+        example = f" (e.g. --{k.replace('_', '-')} {old[k]})" if isinstance(old[k], (str, int, float)) else ""
+        raise DataError(f"{run_dir} holds a run with other settings ({what}); pass those settings to "
+                        f"continue it{example}, --fresh to start over there, or another --run-name")
 
 
 def is_run_dir(path: str | Path) -> bool:

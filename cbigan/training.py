@@ -7,8 +7,8 @@ Run folder ``<output_dir>/<category>/<run_name>/``:
 * ``eval_log.csv``: every ``eval_every`` steps the label-free selection's figures and, every
   ``monitor_every`` steps and at the end, test metrics (monitoring only: never used to pick the model
   unless ``--select-on-test``; empty in the rows between). Scoring that chooses nothing waits while it
-  would take over :data:`EVAL_SHARE` of the wall time (an evaluation left with nothing to score writes
-  no row);
+  would take over :data:`EVAL_SHARE` of the wall time, at the end too (an evaluation left with nothing
+  to score writes no row);
 * ``previews/``: inputs, reconstructions, differences and samples G(z) every ``preview_every`` steps;
 * ``tensorboard/``: TensorBoard event files: losses every ``log_every`` steps, evaluations, preview grids;
 * ``model.weights.h5``: the final model; its EMA encoder/generator are what evaluation uses;
@@ -56,8 +56,8 @@ BACKUP_INTERVAL_S = 60.0
 #: are the model, ``--select final``) takes at most this share of the wall time since the monitor
 #: started: a due one waits while its predicted cost (seconds per image of the last scoring times the
 #: images) would pass it. Tiles' large canvases cost about 0.3 s an image on one core (magnetic tile's
-#: 583 test images: 3 minutes), where a 15-minute run makes about 12 steps a second; objects' and
-#: textures' test sets cost under a second and are never held back (:data:`EVAL_FREE_S`).
+#: 583 test images: 3 minutes), where a 15-minute run makes about 12 steps a second; an object test set
+#: costs under a second and is never held back (:data:`EVAL_FREE_S`).
 EVAL_SHARE = 0.1
 #: Such scoring predicted to take under this many seconds always runs when due.
 EVAL_FREE_S = 2.0
@@ -207,7 +207,7 @@ class TrainingMonitor:
         row = {"step": step, "seconds": round(time.monotonic() - self.t0, 1)}
         if len(self.val_images):
             if self.selector.active:  # held-out images and their synthetic-defect copies in one call
-                val, defects = self._timed(lambda: self.selector.scores(), 2 * len(self.val_images))
+                val, defects = self._timed(lambda: self.selector.scores(), 3 * len(self.val_images))  # + 2 copies each
                 row["val_score_mean"] = float(np.mean(val))
                 row.update(self.selector.observe(step, val, defects))
             elif final or self.affordable(len(self.val_images)):  # informative only: the last weights
@@ -216,7 +216,7 @@ class TrainingMonitor:
                 row["val_score_mean"] = float(np.mean(val))
                 row.update(self.selector.observe(step, val, None))
         if self.test_set is not None:
-            monitored = final or self.monitor_due(step)
+            monitored = self.final_monitor_affordable() if final else self.monitor_due(step)
             if monitored:
                 row.update(test_auroc=None, test_max_balanced_accuracy=None)
                 row.update(self.monitor(step, optional=not final and not self.cfg.select_on_test))
@@ -249,6 +249,16 @@ class TrainingMonitor:
             return True
         cost = self.s_per_image * n_images
         return cost < EVAL_FREE_S or self.optional_s + cost <= EVAL_SHARE * (time.monotonic() - self.t0)
+
+    def final_monitor_affordable(self) -> bool:
+        """Test-set monitoring at the run's last evaluation, unless it would pass :data:`EVAL_SHARE`
+        (then a note says so: ``evaluate.py RUN`` scores the test set)."""
+        n = len(self.test_set.images)
+        if self.cfg.select_on_test or self.affordable(n):
+            return True
+        print(f"note: the test set is not scored at the end of training (about {self.s_per_image * n:.0f} s, "
+              f"over {EVAL_SHARE:.0%} of the run's time); evaluate.py {self.run_dir} scores it", flush=True)
+        return False
 
     def monitor_due(self, step: int) -> bool:
         """Test-set monitoring at this evaluation: always with ``select_on_test``, else when ``step``

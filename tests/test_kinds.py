@@ -241,6 +241,7 @@ def _write_train_images(root: Path, sizes) -> Path:
     ([(256, 256)] * 5, "object", None),                        # one square size: the paper's resizing
     ([(768, 1024)] * 5, "object", None),                       # 4:3 camera frames of one size
     ([(250, 250), (256, 256)], "object", None),                # within 10%
+    ([(256, 256)] * 30 + [(100, 400)], "object", None),        # one odd image among many
     ([], "object", None),
 ])
 def test_an_unknown_categorys_kind_from_its_image_sizes(sizes, kind, canvas):
@@ -260,13 +261,14 @@ def test_infer_kind_chooses_tiles_for_non_square_images_and_respects_what_is_giv
     cfg = Config(category="parts", data_dir=str(root))
     chosen, note = kinds.infer_kind(cfg)
     assert (chosen.kind, chosen.image_size) == ("tiles", 576)
-    assert "--kind tiles" in note and "are elongated (520x200 px" in note and "--kind object" in note
+    assert "--kind tiles" in note and "are elongated (e.g. 520x200 px, 2.6:1)" in note and "--kind object" in note
     resolved = chosen.resolved()
     assert resolved.image_score == "map_max" and resolved.patch_size == 64 and resolved.select == "final"
     # a kind or a canvas given wins; MVTec AD names and missing folders are left alone
     assert kinds.infer_kind(Config(category="parts", data_dir=str(root), kind="object")) == (
         Config(category="parts", data_dir=str(root), kind="object"), None)
-    assert kinds.infer_kind(Config(category="parts", data_dir=str(root), image_size=1024))[0].image_size == 1024
+    for geometry in ({"image_size": 1024}, {"patch_size": 128}):  # an explicit geometry: no guess
+        assert kinds.infer_kind(Config(category="parts", data_dir=str(root), **geometry))[1] is None
     assert kinds.infer_kind(Config(category="bottle", data_dir=str(root)))[1] is None
     assert kinds.infer_kind(Config(category="nothing_here", data_dir=str(root)))[1] is None
 

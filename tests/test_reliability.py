@@ -170,7 +170,8 @@ def test_locked_run_folder_is_refused(synthetic_root, tmp_path):
 
 def test_resume_refuses_other_settings_and_fresh_starts_over(synthetic_root, tmp_path):
     run = train(_tiny_cfg(synthetic_root, tmp_path, steps=4), verbose=0, export=False)
-    with pytest.raises(DataError, match="other settings.*alpha"):
+    with pytest.raises(DataError, match=r"other settings \(alpha 0\.0001 there, 0\.5 now\); pass those "
+                                        r"settings to continue it \(e\.g\. --alpha 0\.0001\)"):
         train(_tiny_cfg(synthetic_root, tmp_path, steps=8, alpha=0.5), verbose=0, export=False)
     train(_tiny_cfg(synthetic_root, tmp_path, steps=8), verbose=0, export=False)  # more steps: resumes
     assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4, 8]

@@ -127,11 +127,13 @@ def measure(category: str, data_dir: Path, steps: int, preset: str, intra_op_thr
                                   intra_op_threads=intra_op_threads)
         t = time.perf_counter()
         with _patched(timers):
-            train(cfg.resolved(), verbose=0, export=False)
+            train(cfg, verbose=0, export=False)  # an unknown category's kind chosen as train.py does
         wall = time.perf_counter() - t
     import tensorflow as tf
 
-    return {"timers": timers, "wall": wall, "cfg": cfg.resolved(),
+    from ..kinds import infer_kind
+
+    return {"timers": timers, "wall": wall, "cfg": infer_kind(cfg)[0].resolved(),
             "threads": tf.config.threading.get_intra_op_parallelism_threads()}
 
 

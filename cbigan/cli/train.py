@@ -57,7 +57,8 @@ def data_defaults() -> dict[str, str]:
 
     rotated = ", ".join(ROTATED_OBJECTS)
     return {
-        "kind": f"(default: from the category: texture for {', '.join(TEXTURES)}; object otherwise)",
+        "kind": f"(default: from the category: texture for {', '.join(TEXTURES)}; for another folder tiles "
+                f"when its training images vary in size or are 2:1 or longer, else object)",
         "image_size": _data_default("image_size", f"{val(obj, 'image_size')} objects, "
                                                   f"{val(tex, 'image_size')} textures",
                                     ((obj, "objects"), (tex, "textures"))),
@@ -196,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--monitor-every", type=int, default=None,
                    help="steps between scorings of the test set for monitoring (test auROC in eval_log.csv, "
                         "never used to choose the model), at the first evaluation past each multiple and at "
-                        "the end; 0: only at the end; always every evaluation with --select-on-test "
+                        "the end, each unless it would take over 10%% of the run's time (tiles' large "
+                        "canvases); 0: only at the end; always every evaluation with --select-on-test "
                         + config_default("monitor_every", "1000: every evaluation"))
     g.add_argument("--log-every", type=int, default=None,
                    help="steps between train_log.csv rows and backups (on one device a backup is written "
