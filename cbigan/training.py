@@ -61,6 +61,8 @@ BACKUP_INTERVAL_S = 60.0
 EVAL_SHARE = 0.1
 #: Such scoring predicted to take under this many seconds always runs when due.
 EVAL_FREE_S = 2.0
+#: ... and the test set's at the end of training, the run's own test figure, under this many.
+FINAL_FREE_S = 60.0
 #: TensorFlow intra-op threads by network input side and core count, on a machine without a GPU
 #: (``intra_op_threads`` left unset): ``((largest side, most cores, threads), ...)``, first match;
 #: otherwise 0, TensorFlow's default (every core). By measurement (``python -m cbigan.bench train``,
@@ -251,10 +253,11 @@ class TrainingMonitor:
         return cost < EVAL_FREE_S or self.optional_s + cost <= EVAL_SHARE * (time.monotonic() - self.t0)
 
     def final_monitor_affordable(self) -> bool:
-        """Test-set monitoring at the run's last evaluation, unless it would pass :data:`EVAL_SHARE`
-        (then a note says so: ``evaluate.py RUN`` scores the test set)."""
+        """Test-set monitoring at the run's last evaluation, unless it would take over
+        :data:`FINAL_FREE_S` and pass :data:`EVAL_SHARE` (then a note says so: ``evaluate.py RUN``
+        scores the test set)."""
         n = len(self.test_set.images)
-        if self.cfg.select_on_test or self.affordable(n):
+        if self.cfg.select_on_test or self.affordable(n) or self.s_per_image * n < FINAL_FREE_S:
             return True
         print(f"note: the test set is not scored at the end of training (about {self.s_per_image * n:.0f} s, "
               f"over {EVAL_SHARE:.0%} of the run's time); evaluate.py {self.run_dir} scores it", flush=True)

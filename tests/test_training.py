@@ -97,6 +97,7 @@ def test_scoring_that_chooses_nothing_waits_for_its_share_of_the_time(synthetic_
 
     monkeypatch.setattr(training, "EVAL_SHARE", 0.0)
     monkeypatch.setattr(training, "EVAL_FREE_S", 0.0)
+    monkeypatch.setattr(training, "FINAL_FREE_S", 0.0)
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="share",
                  image_size=64, patch_size=64, steps=9, batch_size=4, log_every=2, eval_every=2,
                  preview_every=100, monitor_every=None, val_split=0.3, select=select)
