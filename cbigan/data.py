@@ -204,8 +204,8 @@ def load_resized(paths, size, desc: str = "images", skip_bad: bool = False, regi
         warnings.warn(low_range_message(low_range), stacklevel=2)
     if bad and not skip_bad:
         names = ", ".join(str(p) for p, _ in bad)
-        raise DataError(f"{len(bad)} unreadable image(s): {names}; remove or replace them "
-                        f"(or pass --skip-bad-images)")
+        raise DataError(f"{len(bad)} unreadable image(s): {names} (first: {bad[0][1]}); remove or replace "
+                        f"them (or pass --skip-bad-images)")
     side = size.image_size if isinstance(size, Config) else size
     images = np.stack(out) if out else np.zeros((0, side, side, 3), np.uint8)
     return images, [p for p, _ in bad]

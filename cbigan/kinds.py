@@ -350,6 +350,19 @@ ELONGATED = 2.0
 AUTO_CANVAS_MAX = 1024
 
 
+def tiles_canvas(sizes, patch_size: int = 64, scale: float = 1.0) -> tuple[int | None, float]:
+    """The tiles canvas for images of ``sizes`` ((height, width) pairs in pixels) and the factor the
+    largest of them is scaled by to fit it: the largest side times ``scale``, rounded up to a multiple of
+    ``patch_size``, at most :data:`AUTO_CANVAS_MAX` (nor below one patch); ``(None, 1.0)`` for no sizes."""
+    sides = [max(int(h), int(w)) for h, w in sizes if int(h) > 0 and int(w) > 0]
+    if not sides:
+        return None, 1.0
+    patch, longest = int(patch_size), max(sides) * float(scale)
+    side = -(-int(round(longest)) // patch) * patch
+    canvas = max(patch, min(side, AUTO_CANVAS_MAX // patch * patch))
+    return canvas, min(1.0, canvas / longest)
+
+
 def kind_for_sizes(sizes, patch_size: int = 64, scale: float = 1.0) -> tuple[str, int | None, str]:
     """The kind for an unknown category from its training images' sizes: ``("tiles", canvas, why)``
     when they vary in size (:data:`SIZE_SPREAD`) or are elongated (:data:`ELONGATED`), which resizing
@@ -357,8 +370,7 @@ def kind_for_sizes(sizes, patch_size: int = 64, scale: float = 1.0) -> tuple[str
     0.643 with the fast preset at width 3 / 6; as tiles at native resolution 0.715, median of 3 seeds;
     results/small_defects); else ``(FALLBACK_KIND, None, "")``.
 
-    ``sizes``: (height, width) pairs in pixels. ``canvas``: the largest side times ``scale``, rounded
-    up to a multiple of ``patch_size`` and at most :data:`AUTO_CANVAS_MAX` (nor below one patch).
+    ``sizes``: (height, width) pairs in pixels. ``canvas``: :func:`tiles_canvas`.
     """
     sizes = [(int(h), int(w)) for h, w in sizes if int(h) > 0 and int(w) > 0]
     if not sizes:
@@ -378,36 +390,52 @@ def kind_for_sizes(sizes, patch_size: int = 64, scale: float = 1.0) -> tuple[str
         why = f"are elongated (e.g. {w}x{h} px, {max(h, w) / min(h, w):.2g}:1)"
     else:
         return FALLBACK_KIND, None, ""
-    patch = int(patch_size)
-    side = -(-int(round(max(long_sides) * float(scale))) // patch) * patch
-    canvas = max(patch, min(side, AUTO_CANVAS_MAX // patch * patch))
-    return TilesKind.name, canvas, why
+    return TilesKind.name, tiles_canvas(sizes, patch_size, scale)[0], why
 
 
 def infer_kind(cfg) -> tuple[object, str | None]:
-    """``cfg`` with the kind of an unknown category chosen from its training images' sizes
-    (:func:`kind_for_sizes`), and a one-line note saying so; ``(cfg, None)`` unchanged when the kind is
-    given, so is ``image_size`` or ``patch_size`` (an explicit geometry is the caller's choice), the
-    category is one a kind lists, its ``train/good`` folder is missing (loading names it) or the images
-    suit the default."""
+    """``cfg`` with its kind and tiles canvas chosen from its training images' sizes where it leaves
+    them open, and a one-line note saying so (else ``(cfg, None)``, unchanged):
+
+    * an unknown category (no kind lists it) with no kind, ``image_size`` or ``patch_size`` given (an
+      explicit geometry is the caller's choice): :func:`kind_for_sizes`;
+    * ``kind`` "tiles" without ``image_size``: the canvas of :func:`tiles_canvas` (the largest image at
+      its own resolution, up to :data:`AUTO_CANVAS_MAX`), not the kind's fixed default.
+
+    Nothing when the category's ``train/good`` folder is missing (loading names it).
+    """
     import dataclasses
 
     from .layout import TRAIN, category_root, good_folder, image_sizes, list_images
 
-    if (cfg.kind is not None or cfg.image_size is not None or cfg.patch_size is not None
-            or any(cfg.category in k.categories for k in KINDS.values())):
+    guess = (cfg.kind is None and cfg.image_size is None and cfg.patch_size is None
+             and not any(cfg.category in k.categories for k in KINDS.values()))
+    canvas_only = cfg.kind == TilesKind.name and cfg.image_size is None
+    if not (guess or canvas_only):
         return cfg, None
     folder = good_folder(category_root(cfg.data_dir, cfg.category) / TRAIN)
     if not folder.is_dir():
         return cfg, None
-    patch = KINDS[TilesKind.name].defaults(cfg.category)["patch_size"]
-    name, canvas, why = kind_for_sizes(image_sizes(list_images(folder)), patch, cfg.scale)
-    if name == FALLBACK_KIND:
+    sizes = image_sizes(list_images(folder))
+    patch = cfg.patch_size or KINDS[TilesKind.name].defaults(cfg.category)["patch_size"]
+    if guess:
+        name, _, why = kind_for_sizes(sizes, patch, cfg.scale)
+        if name == FALLBACK_KIND:
+            return cfg, None
+    canvas, fit = tiles_canvas(sizes, patch, cfg.scale)
+    if canvas is None:
         return cfg, None
-    note = (f"note: the training images in {folder} {why}: --kind {name} (no resizing to a square: "
-            f"{patch} px tiles of each image at its own resolution on a {canvas} px canvas); pass --kind "
-            f"object to resize every image to one square instead")
-    return dataclasses.replace(cfg, kind=name, image_size=canvas), note
+    where = "each image at its own resolution" if cfg.scale == 1 else f"each image at {cfg.scale:g}x its resolution"
+    if fit < 1:
+        where += f", the largest scaled down to {cfg.scale * fit:.2g}x to fit"
+    if guess:
+        note = (f"note: the training images in {folder} {why}: --kind tiles (no resizing to a square: "
+                f"{patch} px tiles of {where} on a {canvas} px canvas); pass --kind object to resize every "
+                f"image to one square instead")
+    else:
+        note = (f"note: --kind tiles on a {canvas} px canvas, the largest training image's side ({where}; "
+                f"--image-size chooses another)")
+    return dataclasses.replace(cfg, kind=TilesKind.name, image_size=canvas), note
 
 
 def kind_of(cfg_or_name) -> InputKind:

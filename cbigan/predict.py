@@ -271,7 +271,7 @@ def write_maps(res: Results, display: dict, out_dir: str | Path, vmax: float | N
         axes[1].set_title("reconstruction G(E(x))", fontsize=9)
         axes[2].imshow(x)
         im = axes[2].imshow(amap.astype(np.float32), cmap="jet", alpha=0.5, vmin=0.0, vmax=vmax)
-        axes[2].set_title("|x - G(E(x))| overlay", fontsize=9)
+        axes[2].set_title("anomaly map overlay", fontsize=9)
         fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
         for ax in axes:
             ax.set_xticks([])

@@ -214,7 +214,7 @@ def check_resumable(run_dir: Path, cfg: Config) -> None:
                   and json.loads(json.dumps(new[k])) != old[k])
     if diff:
         what = "; ".join(f"{k} {old[k]!r} there, {json.loads(json.dumps(new[k]))!r} now" for k in diff)
-        k = diff[0]
+        k = "kind" if "kind" in diff else diff[0]  # the setting that decides the others
         example = f" (e.g. --{k.replace('_', '-')} {old[k]})" if isinstance(old[k], (str, int, float)) else ""
         raise DataError(f"{run_dir} holds a run with other settings ({what}); pass those settings to "
                         f"continue it{example}, --fresh to start over there, or another --run-name")

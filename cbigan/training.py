@@ -141,6 +141,18 @@ def apply_intra_op_threads(n: int) -> bool:
     return True
 
 
+def fit_verbosity(verbose: int, stream=None) -> int:
+    """Keras ``fit`` verbosity: its progress bar (1) on a terminal, one line per epoch (2) when the
+    output goes to a file or a pipe (a log of a multi-category run: the bar's redraws would fill it),
+    0 when ``verbose`` is 0."""
+    import sys
+
+    if not verbose:
+        return 0
+    stream = sys.stdout if stream is None else stream
+    return 1 if getattr(stream, "isatty", lambda: False)() else 2
+
+
 class TrainingMonitor:
     """Test-set monitoring and previews during training (uses the EMA networks, like every output)."""
 
@@ -466,7 +478,7 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
             data = dist.distribute_options(data)
         with _stop_on_signals(stopper):
             model.fit(data, steps_per_epoch=per_epoch, epochs=-(-remaining // per_epoch), callbacks=callbacks,
-                      verbose=verbose if chief else 0, shuffle=False)
+                      verbose=fit_verbosity(verbose) if chief else 0, shuffle=False)
     wall = time.monotonic() - t0
     if tensorboard is not None:
         tensorboard.close()

@@ -288,3 +288,23 @@ def test_tiles_score_by_the_map_unless_told_otherwise():
     assert Config(kind="tiles", image_score="paper").resolved().image_score == "paper"
     assert Config(category="bottle").resolved().image_score == "paper"
     assert apply_preset(Config(category="bottle"), "fast").resolved().image_score == "map_max"
+
+
+def test_explicit_tiles_take_the_largest_images_side_as_canvas(tmp_path):
+    root = _write_train_images(tmp_path, [(100, 300)] * 2)
+    cfg, note = kinds.infer_kind(Config(category="parts", data_dir=str(root), kind="tiles"))
+    assert cfg.image_size == 320 and "320 px canvas" in note and "--image-size" in note
+    assert kinds.infer_kind(Config(category="parts", data_dir=str(root), kind="tiles", image_size=512)) == (
+        Config(category="parts", data_dir=str(root), kind="tiles", image_size=512), None)
+    # an MVTec AD name too: the canvas follows the images, not the kind's fixed 512
+    bottle = _write_train_images(tmp_path / "b", [(256, 256)] * 2)
+    (bottle / "parts").rename(bottle / "bottle")
+    assert kinds.infer_kind(Config(category="bottle", data_dir=str(bottle), kind="tiles"))[0].image_size == 256
+
+
+def test_the_note_says_when_the_largest_images_are_scaled_down_to_fit(tmp_path):
+    root = _write_train_images(tmp_path, [(300, 1400)] * 2)
+    cfg, note = kinds.infer_kind(Config(category="parts", data_dir=str(root)))
+    assert cfg.image_size == 1024 and "the largest scaled down to 0.73x to fit" in note
+    assert kinds.tiles_canvas([(300, 1400)], 64) == (1024, pytest.approx(1024 / 1400))
+    assert kinds.tiles_canvas([], 64) == (None, 1.0)

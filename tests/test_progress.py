@@ -110,3 +110,15 @@ def test_duration_estimate_leaves_out_long_pauses_between_batches(monkeypatch, p
     assert len(printed) == 1
     measured = float(re.match(r"speed: ([0-9.]+) steps/s;", printed[0].strip()).group(1))
     assert measured == pytest.approx(rate, rel=0.06)  # the window's edge: one pause more or less
+
+
+def test_fit_shows_its_progress_bar_only_on_a_terminal():
+    from cbigan.training import fit_verbosity
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert fit_verbosity(1, Terminal()) == 1
+    assert fit_verbosity(1, io.StringIO()) == 2  # a log file or a pipe: one line per epoch
+    assert fit_verbosity(0, Terminal()) == 0

@@ -60,7 +60,8 @@ def data_defaults() -> dict[str, str]:
         "kind": f"(default: from the category: texture for {', '.join(TEXTURES)}; for another folder tiles "
                 f"when its training images vary in size or are 2:1 or longer, else object)",
         "image_size": _data_default("image_size", f"{val(obj, 'image_size')} objects, "
-                                                  f"{val(tex, 'image_size')} textures",
+                                                  f"{val(tex, 'image_size')} textures, the largest training "
+                                                  f"image's side for tiles (at most 1024)",
                                     ((obj, "objects"), (tex, "textures"))),
         "patch_size": _data_default("patch_size", f"the image size for objects, {val(tex, 'patch_size')} "
                                                   f"for textures", ((tex, "textures"),)),
