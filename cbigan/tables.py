@@ -63,6 +63,14 @@ PIXEL_TABLES = {
     "aupro": TableSpec("aupro", "aupro", "aupro",
                        "AUPRO: per-region overlap up to FPR 0.3, normalised (beyond the paper)"),
 }
+#: Image-level tables of the categories outside the paper's (any folder in the MVTec AD layout: a
+#: magnetic tile, a user's own parts), our rows only; written when such runs exist.
+OTHER_TABLES = {
+    "other_auroc": TableSpec("other_auroc", "auroc", "other_auroc",
+                             "Image auROC, categories outside the paper's tables"),
+    "other_mba": TableSpec("other_mba", "max_balanced_accuracy", "other_max_balanced_accuracy",
+                           "Image max balanced accuracy, categories outside the paper's tables"),
+}
 #: Non-value columns of a built table.
 META_COLUMNS = ("method", "source", "group", "n_textures", "n_objects", "note", "runs")
 
@@ -331,6 +339,13 @@ def write_tables(roots, out_dir: str | Path = "results", published_dir: str | Pa
     other = sorted(set(evals["category"]) - set(CATEGORY_COLUMNS))
     if other:
         texts.append(f"not in the paper's tables (not MVTec AD categories): {', '.join(other)}\n")
+        for spec in OTHER_TABLES.values():
+            table = our_rows(evals[evals["category"].isin(other)], spec.metric, other)
+            csv_path, md_path = out_dir / f"{spec.stem}.csv", out_dir / f"{spec.stem}.md"
+            write_atomic(csv_path, lambda tmp, t=table: t.to_csv(tmp, index=False, float_format="%.4f"))
+            write_text_atomic(md_path, to_markdown(table, spec.title, compact=True))
+            written += [csv_path, md_path]
+            texts.append(to_text(table, spec.title, compact=True))
     if has_pixel_metrics(evals):
         for spec in PIXEL_TABLES.values():
             table = pixel_table(evals, spec)
