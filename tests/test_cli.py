@@ -113,7 +113,7 @@ def test_bench_without_a_benchmark_shows_the_usage_and_exits_2():
 
 @pytest.mark.parametrize("command", [["-m", "cbigan.export"], ["-m", "cbigan.plots"], ["-m", "cbigan.predict"],
                                      ["-m", "cbigan.reproduce"], ["-m", "cbigan.bench", "metrics"],
-                                     ["train.py"], ["evaluate.py"]], ids=lambda c: " ".join(c))
+                                     ["train.py"], ["evaluate.py"], ["predict.py"]], ids=lambda c: " ".join(c))
 def test_documented_commands_answer_help(command):
     r = _run(*command, "--help")
     assert r.returncode == 0 and r.stdout.startswith("usage: "), r.stdout + r.stderr
