@@ -158,6 +158,17 @@ def evaluate(run_dir: Path, pin: list, env: dict, log) -> None:
                    stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
 
 
+def last_snapshot_auroc(ev, summary, auroc) -> float:
+    """The last weights' test auROC: the training's final monitoring, or, where training left the test
+    set to evaluate.py (a tiles run over its share of the time) and the model is the last weights, the
+    evaluated auROC; NaN otherwise."""
+    if "test_auroc" in ev and ev["test_auroc"].iloc[-1] == ev["test_auroc"].iloc[-1]:
+        return round(float(ev["test_auroc"].iloc[-1]), 4)
+    if summary["selected_step"] == summary["steps"]:
+        return round(float(auroc), 4)
+    return float("nan")
+
+
 def no_margin_auroc(run_dir: Path, rule: str) -> float | None:
     """Test auROC of a map rule over each image's whole region (margin 0), for a run whose own margin is
     larger: the same stored maps and the one rule implementation (cbigan.anomaly_score), so the study
@@ -196,8 +207,7 @@ def result_row(category: str, arm: str, seed: int, run_dir: Path, command: str, 
            "train_seconds": summary["wall_seconds"],
            "total_seconds": round(total, 1), "selected_step": summary["selected_step"],
            "auroc": round(float(auroc), 4), "max_balanced_accuracy": round(float(mba), 4),
-           "last_snapshot_test_auroc": (round(float(ev["test_auroc"].iloc[-1]), 4)
-                                        if "test_auroc" in ev else float("nan")),
+           "last_snapshot_test_auroc": last_snapshot_auroc(ev, summary, auroc),
            "best_snapshot_test_auroc": (round(float(ev["test_auroc"].max()), 4)
                                         if "test_auroc" in ev else float("nan")),
            "command": command}
