@@ -348,6 +348,8 @@ SIZE_SPREAD = 1.1
 ELONGATED = 2.0
 #: The largest canvas the automatic choice of tiles gives (larger images are scaled down to fit it).
 AUTO_CANVAS_MAX = 1024
+#: Sizes are read from the headers of at most about this many training images, evenly spaced.
+SIZES_READ = 2000
 
 
 def tiles_canvas(sizes, patch_size: int = 64, scale: float = 1.0) -> tuple[int | None, float]:
@@ -416,7 +418,9 @@ def infer_kind(cfg) -> tuple[object, str | None]:
     folder = good_folder(category_root(cfg.data_dir, cfg.category) / TRAIN)
     if not folder.is_dir():
         return cfg, None
-    sizes = image_sizes(list_images(folder))
+    paths = list_images(folder)
+    step = max(1, len(paths) // SIZES_READ)  # headers only, and of at most about SIZES_READ images
+    sizes = image_sizes(paths[::step])
     patch = cfg.patch_size or KINDS[TilesKind.name].defaults(cfg.category)["patch_size"]
     if guess:
         name, _, why = kind_for_sizes(sizes, patch, cfg.scale)

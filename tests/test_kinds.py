@@ -308,3 +308,11 @@ def test_the_note_says_when_the_largest_images_are_scaled_down_to_fit(tmp_path):
     assert cfg.image_size == 1024 and "the largest scaled down to 0.73x to fit" in note
     assert kinds.tiles_canvas([(300, 1400)], 64) == (1024, pytest.approx(1024 / 1400))
     assert kinds.tiles_canvas([], 64) == (None, 1.0)
+
+
+def test_infer_kind_reads_the_sizes_of_an_even_sample_of_a_large_folder(tmp_path, monkeypatch):
+    root = _write_train_images(tmp_path, [(100, 300), (100, 900)] * 2)
+    monkeypatch.setattr(kinds, "SIZES_READ", 2)  # every second image: the 100x300 ones
+    assert kinds.infer_kind(Config(category="parts", data_dir=str(root)))[0].image_size == 320
+    monkeypatch.setattr(kinds, "SIZES_READ", 2000)
+    assert kinds.infer_kind(Config(category="parts", data_dir=str(root)))[0].image_size == 896
