@@ -315,4 +315,4 @@ def test_infer_kind_reads_the_sizes_of_an_even_sample_of_a_large_folder(tmp_path
     monkeypatch.setattr(kinds, "SIZES_READ", 2)  # every second image: the 100x300 ones
     assert kinds.infer_kind(Config(category="parts", data_dir=str(root)))[0].image_size == 320
     monkeypatch.setattr(kinds, "SIZES_READ", 2000)
-    assert kinds.infer_kind(Config(category="parts", data_dir=str(root)))[0].image_size == 896
+    assert kinds.infer_kind(Config(category="parts", data_dir=str(root)))[0].image_size == 960
