@@ -27,13 +27,13 @@ import tensorflow as tf
 from PIL import Image
 
 from .config import Config
-from .errors import DataError
+from .errors import DataError, exception_reason
 from .imageops import (from_patches, rotate_objects, rotated_texture_crops,  # noqa: F401  (re-exported)
                        resize_uint8, to_model_range, to_patches)
 from .kinds import kind_of
 from .layout import (GOOD, GROUND_TRUTH, IMAGE_EXTENSIONS, TEST, TRAIN,  # noqa: F401  (re-exported)
                      MaskFinder, category_dir, check_good_test_folder, good_folder, has_ground_truth,
-                     list_images, mask_path, test_image_paths)
+                     list_images, load_image_size, mask_path, test_image_paths)
 
 #: The official MVTec AD archive (all 15 categories) and its SHA-256; ``--download`` extracts one
 #: category from it. Override with CBIGAN_MVTEC_URL / CBIGAN_MVTEC_SHA256 (e.g. a mirror).
@@ -46,10 +46,6 @@ MVTEC_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: A 16-bit image whose values all lie below this uses under 1/16 of the 16-bit range (12-bit data?).
 LOW_RANGE_16BIT = 4096
-
-
-def _reason(e: BaseException) -> str:
-    return f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
 
 
 def load_image(path: str | Path, low_range: list | None = None) -> np.ndarray:
@@ -70,7 +66,7 @@ def load_image(path: str | Path, low_range: list | None = None) -> np.ndarray:
             low = (im.mode.startswith("I;16") and gray16_top(np.asarray(im), sbit) == 65535
                    and int(np.asarray(im).max(initial=0)) < LOW_RANGE_16BIT)
     except Exception as e:  # noqa: BLE001  (any decoder failure is this file's, see the docstring)
-        raise DataError(f"cannot read image {path}: {_reason(e)}; replace or remove the file") from None
+        raise DataError(f"cannot read image {path}: {exception_reason(e)}; replace or remove the file") from None
     if low:
         if low_range is not None:
             low_range.append(path)
@@ -164,7 +160,7 @@ def load_mask(path: Path) -> np.ndarray:
             mode = im.mode
             a = np.asarray(im)
     except Exception as e:  # noqa: BLE001  (any decoder failure is this file's)
-        raise DataError(f"cannot read mask {path}: {_reason(e)}; replace or remove the file") from None
+        raise DataError(f"cannot read mask {path}: {exception_reason(e)}; replace or remove the file") from None
     if a.ndim == 3:
         if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
             a = a[..., :-1]
@@ -334,13 +330,6 @@ def warn_missing_masks(finder: MaskFinder, missing: dict) -> None:
                       f"match no image: {others}; these images are left out of the pixel metrics",
                       stacklevel=3)
 
-
-def load_image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except Exception as e:  # noqa: BLE001  (any decoder failure is this file's)
-        raise DataError(f"cannot read image {path}: {_reason(e)}; replace or remove the file") from None
 
 
 # ---------------------------------------------------------------------------------- training batches

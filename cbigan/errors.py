@@ -11,3 +11,9 @@ class DataError(RuntimeError):
 
 class EvaluationError(RuntimeError):
     """A problem with what was asked of evaluation (not a run folder, not evaluated yet, bad option)."""
+
+
+def exception_reason(e: BaseException) -> str:
+    """``ClassName: message`` of an exception (just the class name when it has no message): the reason
+    a file could not be read, as the one-line errors quote it."""
+    return f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import DataError
+from .errors import DataError, exception_reason
 
 #: File extensions read as images (lower case; matched case-insensitively).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -86,18 +86,26 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_name(p.name))
 
 
-def image_sizes(paths) -> list[tuple[int, int]]:
-    """(height, width) in pixels of each image, read from its header without decoding (Pillow);
-    files Pillow cannot open (unreadable, truncated, a decompression bomb) are left out: loading them
-    later names them."""
+def load_image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) in pixels of an image, read from its header without decoding (Pillow);
+    :class:`DataError` naming the file when Pillow cannot open it."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception as e:  # noqa: BLE001  (any decoder failure is this file's)
+        raise DataError(f"cannot read image {path}: {exception_reason(e)}; replace or remove the file") from None
+
+
+def image_sizes(paths) -> list[tuple[int, int]]:
+    """:func:`load_image_size` of each image; files Pillow cannot open (unreadable, truncated, a
+    decompression bomb) are left out: loading them later names them."""
     sizes = []
     for path in paths:
         try:
-            with Image.open(path) as im:
-                sizes.append((int(im.height), int(im.width)))
-        except Exception:  # noqa: BLE001  (Pillow's DecompressionBombError is a plain Exception)
+            sizes.append(load_image_size(path))
+        except DataError:
             continue
     return sizes
 

@@ -209,11 +209,10 @@ def clear_run(run_dir: Path) -> None:
 def check_resumable(run_dir: Path, cfg: Config) -> None:
     """Refuse to resume a run whose stored config differs from ``cfg`` in a field that shapes the model."""
     old = read_json(Path(run_dir) / CONFIG_JSON, "run config")
-    new = dataclasses.asdict(cfg)
-    diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old
-                  and json.loads(json.dumps(new[k])) != old[k])
+    new = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as config.json holds it (tuples as lists)
+    diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old and new[k] != old[k])
     if diff:
-        what = "; ".join(f"{k} {old[k]!r} there, {json.loads(json.dumps(new[k]))!r} now" for k in diff)
+        what = "; ".join(f"{k} {old[k]!r} there, {new[k]!r} now" for k in diff)
         k = "kind" if "kind" in diff else diff[0]  # the setting that decides the others
         example = f" (e.g. --{k.replace('_', '-')} {old[k]})" if isinstance(old[k], (str, int, float)) else ""
         raise DataError(f"{run_dir} holds a run with other settings ({what}); pass those settings to "

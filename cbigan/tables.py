@@ -320,6 +320,15 @@ def to_text(table: pd.DataFrame, title: str = "", compact: bool = False, notes=(
     return "\n".join(([title] if title else []) + [body] + [f"  * {n}" for n in notes]) + "\n"
 
 
+def write_table(table: pd.DataFrame, spec: TableSpec, out_dir: Path, compact: bool = False, notes=()) -> tuple:
+    """``table`` as ``<out_dir>/<spec.stem>.csv`` and ``.md`` (atomic writes); returns (the two paths,
+    its printable text)."""
+    csv_path, md_path = out_dir / f"{spec.stem}.csv", out_dir / f"{spec.stem}.md"
+    write_atomic(csv_path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
+    write_text_atomic(md_path, to_markdown(table, spec.title, compact=compact, notes=notes))
+    return [csv_path, md_path], to_text(table, spec.title, compact=compact, notes=notes)
+
+
 def write_tables(roots, out_dir: str | Path = "results", published_dir: str | Path = PUBLISHED_DIR) -> dict:
     """Build Tables II and III from the runs under ``roots``; write CSV + Markdown; return the text."""
     evals = collect_evaluations(roots)
@@ -329,34 +338,24 @@ def write_tables(roots, out_dir: str | Path = "results", published_dir: str | Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts, written = [], []
+
+    def add(table, spec, **kw):
+        paths, text = write_table(table, spec, out_dir, **kw)
+        written.extend(paths)
+        texts.append(text)
+
     for spec in TABLES.values():
-        table = build_table(evals, spec, published_dir)
-        csv_path, md_path = out_dir / f"{spec.stem}.csv", out_dir / f"{spec.stem}.md"
-        write_atomic(csv_path, lambda tmp, t=table: t.to_csv(tmp, index=False, float_format="%.4f"))
-        write_text_atomic(md_path, to_markdown(table, spec.title))
-        written += [csv_path, md_path]
-        texts.append(to_text(table, spec.title))
+        add(build_table(evals, spec, published_dir), spec)
     other = sorted(set(evals["category"]) - set(CATEGORY_COLUMNS))
     if other:
         texts.append(f"not in the paper's tables (not MVTec AD categories): {', '.join(other)}\n")
         for spec in OTHER_TABLES.values():
-            table = our_rows(evals[evals["category"].isin(other)], spec.metric, other)
-            csv_path, md_path = out_dir / f"{spec.stem}.csv", out_dir / f"{spec.stem}.md"
-            write_atomic(csv_path, lambda tmp, t=table: t.to_csv(tmp, index=False, float_format="%.4f"))
-            write_text_atomic(md_path, to_markdown(table, spec.title, compact=True))
-            written += [csv_path, md_path]
-            texts.append(to_text(table, spec.title, compact=True))
+            add(our_rows(evals[evals["category"].isin(other)], spec.metric, other), spec, compact=True)
     if has_pixel_metrics(evals):
         for spec in PIXEL_TABLES.values():
             table = pixel_table(evals, spec)
-            if table.empty:
-                continue
-            notes = [pixel_note(evals, spec.metric)]
-            csv_path, md_path = out_dir / f"{spec.stem}.csv", out_dir / f"{spec.stem}.md"
-            write_atomic(csv_path, lambda tmp, t=table: t.to_csv(tmp, index=False, float_format="%.4f"))
-            write_text_atomic(md_path, to_markdown(table, spec.title, compact=True, notes=notes))
-            written += [csv_path, md_path]
-            texts.append(to_text(table, spec.title, compact=True, notes=notes))
+            if not table.empty:
+                add(table, spec, compact=True, notes=[pixel_note(evals, spec.metric)])
     return {"text": "\n".join(texts), "files": written, "evaluations": evals}
 
 

@@ -219,24 +219,26 @@ class TrainingMonitor:
         :data:`EVAL_SHARE` of the wall time; an evaluation left with nothing to score writes no row
         and returns {}."""
         row = {"step": step, "seconds": round(time.monotonic() - self.t0, 1)}
+        scored = False  # anything at this evaluation
         if len(self.val_images):
             if self.selector.active:  # held-out images and their synthetic-defect copies in one call
                 val, defects = self._timed(lambda: self.selector.scores(), 3 * len(self.val_images))  # + 2 copies each
-                row["val_score_mean"] = float(np.mean(val))
-                row.update(self.selector.observe(step, val, defects))
+                scored = True
             elif final or self.affordable(len(self.val_images)):  # informative only: the last weights
                 val = self._timed(lambda: self.image_scorer(self.val_images, self.selector.val_regions),
                                   len(self.val_images), optional=not final)
+                defects, scored = None, True
+            if scored:
                 row["val_score_mean"] = float(np.mean(val))
-                row.update(self.selector.observe(step, val, None))
+                row.update(self.selector.observe(step, val, defects))
         if self.test_set is not None:
             monitored = self.final_monitor_affordable() if final else self.monitor_due(step)
+            if monitored or scored:
+                row.update(test_auroc=None, test_max_balanced_accuracy=None)  # empty cells unless monitored
             if monitored:
-                row.update(test_auroc=None, test_max_balanced_accuracy=None)
                 row.update(self.monitor(step, optional=not final and not self.cfg.select_on_test))
-            elif len(row) > 2:
-                row.update(test_auroc=None, test_max_balanced_accuracy=None)  # empty cells, not monitored
-        if len(row) == 2 and not final:
+                scored = True
+        if not scored and not final:
             return {}
         append_csv(self.run_dir / EVAL_LOG, row)
         if self.tensorboard is not None:
