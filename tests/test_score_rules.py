@@ -9,7 +9,7 @@ import pytest
 from synthetic import learning_config, make_category, make_learning_category, make_untrained_run
 
 from cbigan.anomaly_score import (IMAGE_SCORE_RULES, image_scores, map_scores, rule_scores, topk_count)
-from cbigan.config import Config
+from cbigan.config import Config, apply_preset
 from cbigan.results import ImageResults
 
 
@@ -87,6 +87,16 @@ def test_selection_defaults_by_kind():
     assert Config(category="bottle").resolved().select == "synthetic"
     assert Config(category="strips", kind="tiles").resolved().select == "final"
     assert Config(category="strips", kind="tiles", select="synthetic").resolved().select == "synthetic"
+
+
+def test_fast_preset_keeps_the_last_weights_unless_told_otherwise():
+    from cbigan.cli.train import parse_args
+
+    assert apply_preset(Config(category="bottle"), "fast").resolved().select == "final"
+    assert apply_preset(Config(category="leather"), "fast").resolved().select == "final"
+    assert Config(category="bottle", preset="paper").resolved().select == "synthetic"
+    cfg, _ = parse_args(["--category", "bottle", "--preset", "fast", "--select", "synthetic"])
+    assert cfg.select == "synthetic"
 
 
 def test_score_margin_defaults_by_kind():
