@@ -107,6 +107,8 @@ ARMS = {
     # the fast preset with the last (EMA) weights as the model instead of the snapshot chosen on
     # synthetic defects (ninth study: the synthetic statistic peaks early while the test auROC still rises)
     "fast_final": ["--preset", "fast", "--select", "final"],
+    # the same trained in bfloat16 (magnetic tile: tiles, chosen from its images' sizes)
+    "fast_final_bf16": ["--preset", "fast", "--select", "final", "--precision", "mixed_bfloat16"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],
     "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3", "--normalize", "none"],
