@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from .config import Config
+from .config import CATEGORIES, Config
 from .errors import DataError, exception_reason
 from .imageops import (from_patches, rotate_objects, rotated_texture_crops,  # noqa: F401  (re-exported)
                        resize_uint8, to_model_range, to_patches)
@@ -404,6 +404,10 @@ def download_category(category: str, data_dir: str | Path, url: str | None = Non
     target = data_dir / category
     if (target / TRAIN / GOOD).is_dir():
         return target
+    if url == MVTEC_URL and category not in CATEGORIES:
+        # checked before fetching about 5 GB: the official archive holds only MVTec AD's 15 categories
+        raise DataError(f"'{category}' is not an MVTec AD category, so --download cannot fetch it (one of: "
+                        f"{', '.join(CATEGORIES)}); for your own images make {target}/train/good yourself")
     data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / (Path(url.split("?")[0]).name or "mvtec.tar.xz")
     if not archive.is_file() or _sha256(archive) != sha256:

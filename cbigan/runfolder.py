@@ -219,6 +219,42 @@ def check_resumable(run_dir: Path, cfg: Config) -> None:
                         f"continue it{example}, --fresh to start over there, or another --run-name")
 
 
+def finished_run(run_dir: Path, cfg: Config) -> str | None:
+    """A one-line note when ``run_dir`` holds a run that finished (its ``summary.json`` is of the last
+    logged step) and ``cfg`` asks no more of it: its ``--steps`` are reached, or it spent its time budget
+    and the command gives the same ``--steps`` and ``--minutes`` again. None otherwise (no run, an
+    interrupted one, or a longer budget: the run then resumes)."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir)
+    if not summary or not (run_dir / BACKUP).is_file() or not (run_dir / WEIGHTS).is_file():
+        return None
+    done = summary.get("steps")
+    logged = last_logged_step(run_dir / TRAIN_LOG)
+    if not isinstance(done, int) or (logged is not None and logged != done):
+        return None  # trained on after the summary was written (an interrupted resume)
+    reason = str(summary.get("stopped_because", ""))
+    try:
+        old = read_json(run_dir / CONFIG_JSON, "run config")
+    except DataError:
+        return None
+    same_budget = old.get("steps") == cfg.steps and old.get("minutes") == cfg.minutes
+    if not (done >= cfg.steps or (reason.startswith("time budget") and same_budget)):
+        return None
+    return (f"{run_dir} is already complete ({done} steps, {reason}): nothing was trained or rewritten; "
+            f"evaluate.py {run_dir} scores it, --fresh trains it again, a larger --steps or --minutes "
+            f"continues it")
+
+
+def last_logged_step(path: Path) -> int | None:
+    """The step of the last row of a CSV log with a ``step`` column, or None (no file or no rows)."""
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if str(r.get("step", "")).isdigit()]
+    except OSError:
+        return None
+    return int(rows[-1]["step"]) if rows else None
+
+
 def is_run_dir(path: str | Path) -> bool:
     """A finished run folder: it has ``config.json`` and ``model.weights.h5``."""
     path = Path(path)

@@ -41,8 +41,9 @@ from .metrics import MetricError, image_metrics
 from .model import build_model
 from .previews import make_preview_gif, save_preview
 from .runfolder import (BACKUP, EVAL_LOG, EXPORT, SELECTED, SELECTED_INFO, SUMMARY_JSON, TENSORBOARD, TRAIN_LOG,
-                        WEIGHTS, RunLock, append_csv, check_resumable, clear_run, prepare_run_dir, run_dir_of,
-                        save_weights_atomic, truncate_csv, write_config, write_json_atomic, write_summary)
+                        WEIGHTS, RunLock, append_csv, check_resumable, clear_run, finished_run, prepare_run_dir,
+                        run_dir_of, save_weights_atomic, truncate_csv, write_config, write_json_atomic,
+                        write_summary)
 from .localization import ImageScorer
 from .networks import feature_extractor
 from .scoring import score_patches
@@ -359,7 +360,7 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
               + ("" if chief else "; not the chief: writes nothing to the run folder"))
     if cfg.run_name is None:
         cfg = dataclasses.replace(cfg, run_name=default_run_name(cfg))
-    run_dir, lock, error, test_set = None, None, None, None
+    run_dir, lock, error, test_set, complete = None, None, None, None, None
     try:  # every worker gets here, or none trains: a lone failure would leave the others waiting
         if download:
             download_category(cfg.category, cfg.data_dir)
@@ -378,6 +379,7 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
                 clear_run(run_dir)
             elif (run_dir / BACKUP).is_file():
                 check_resumable(run_dir, cfg)
+                complete = finished_run(run_dir, cfg) if strategy is None else None
         else:
             run_dir = Path(tempfile.mkdtemp(prefix=f"cbigan-{dist.task()[0]}{dist.task()[1]}-"))
     except DataError as e:
@@ -385,6 +387,9 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
     try:
         if not dist.all_ok(strategy, error is None):
             raise error or DataError("another worker could not start (see its output); stopped")
+        if complete:  # the same command again on a finished run: it stays as it is
+            print(complete)
+            return run_dir
         model, threshold = _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy, chief)
         if not chief:
             return run_dir_of(cfg)

@@ -218,6 +218,19 @@ def test_download_from_local_server(tmp_path):
         httpd.shutdown()
 
 
+def test_download_refuses_a_name_outside_mvtec_ad_before_fetching(tmp_path, monkeypatch):
+    import cbigan.data as data
+
+    def fetch(url, dest):
+        raise AssertionError("fetched although the name is not an MVTec AD category")
+
+    monkeypatch.setattr(data, "_fetch", fetch)
+    monkeypatch.delenv("CBIGAN_MVTEC_URL", raising=False)
+    with pytest.raises(DataError, match="'bottel' is not an MVTec AD category") as e:
+        download_category("bottel", tmp_path / "data")
+    assert "\n" not in str(e.value) and "bottle" in str(e.value)
+
+
 def test_square_resize_of_an_image_of_that_size_is_the_identity_and_what_the_resize_gives():
     """resize_uint8 skips the resize for images already at the size, in eager and in a graph whose input
     size is known only at run time (the SavedModel), with exactly the antialiased resize's result."""

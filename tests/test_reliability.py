@@ -1,5 +1,6 @@
 """Interrupted runs, NaN losses, bad images and locked or unwritable run folders."""
 
+import json
 import os
 import signal
 import subprocess
@@ -177,6 +178,35 @@ def test_resume_refuses_other_settings_and_fresh_starts_over(synthetic_root, tmp
     assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4, 8]
     train(_tiny_cfg(synthetic_root, tmp_path, steps=4, alpha=0.5), verbose=0, fresh=True, export=False)
     assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4]
+
+
+def test_the_same_command_on_a_finished_run_rewrites_nothing(synthetic_root, tmp_path, capsys):
+    run = train(_tiny_cfg(synthetic_root, tmp_path, steps=4), verbose=0, export=True)
+    def stamps():  # every file of the run but the lock, which each command takes
+        return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    files = stamps()
+    summary = (run / "summary.json").read_text()
+    capsys.readouterr()
+    assert train(_tiny_cfg(synthetic_root, tmp_path, steps=4), verbose=0, export=True) == run
+    out = capsys.readouterr().out
+    assert "is already complete (4 steps, reached 4 steps): nothing was trained or rewritten" in out
+    assert stamps() == files  # no new export either
+    assert (run / "summary.json").read_text() == summary
+    train(_tiny_cfg(synthetic_root, tmp_path, steps=6), verbose=0, export=False)  # a larger budget resumes
+    assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4, 6]
+
+
+def test_a_run_that_spent_its_time_budget_is_complete_for_the_same_budget(synthetic_root, tmp_path, capsys):
+    cfg = _tiny_cfg(synthetic_root, tmp_path, steps=100_000, minutes=0.01)
+    run = train(cfg, verbose=0, export=False)
+    done = json.loads((run / "summary.json").read_text())
+    assert done["stopped_because"] == "time budget of 0.01 min spent"
+    capsys.readouterr()
+    train(cfg, verbose=0, export=False)
+    assert f"already complete ({done['steps']} steps, time budget of 0.01 min spent)" in capsys.readouterr().out
+    train(_tiny_cfg(synthetic_root, tmp_path, steps=100_000, minutes=0.02), verbose=0, export=False)
+    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == done["steps"]
 
 
 def test_unwritable_output_is_reported_before_training(synthetic_root, tmp_path):
