@@ -271,7 +271,11 @@ class TestSet:
         return len(self.labels)
 
 
-def load_test_set(cfg: Config, skip_bad: bool = False) -> TestSet:
+def load_test_set(cfg: Config, skip_bad: bool = False, masks: bool = True) -> TestSet:
+    """The test images of ``cfg``'s category at model size, their labels (test/good 0, any other folder 1)
+    and, with ``masks`` and a ``ground_truth`` folder, their defect masks (``masks=False``: image-level
+    use only, masks neither read nor checked). :class:`DataError` for a missing or empty test folder,
+    unreadable images (unless ``skip_bad``) or a mask of another size than its image."""
     cfg = cfg.resolved()
     root = category_dir(cfg.data_dir, cfg.category)
     test_root = root / TEST
@@ -288,8 +292,8 @@ def load_test_set(cfg: Config, skip_bad: bool = False) -> TestSet:
     paths = [paths[i] for i in keep]
     types = [types[i] for i in keep]
     labels = np.array([0 if t == GOOD else 1 for t in types], np.int64)
-    masks, has_mask = None, np.array([t == GOOD for t in types])
-    if has_ground_truth(cfg.data_dir, cfg.category):
+    read_masks, masks, has_mask = masks, None, np.array([t == GOOD for t in types])
+    if read_masks and has_ground_truth(cfg.data_dir, cfg.category):
         finder = MaskFinder(root / GROUND_TRUTH)
         masks = np.zeros((len(paths), cfg.image_size, cfg.image_size), np.uint8)
         missing, empty = {}, []
@@ -304,7 +308,8 @@ def load_test_set(cfg: Config, skip_bad: bool = False) -> TestSet:
             h, w = load_image_size(p)
             if m.shape != (h, w):
                 raise DataError(f"mask {mp} is {m.shape[1]}x{m.shape[0]} but its image {p} is "
-                                f"{w}x{h}; masks must have their image's size")
+                                f"{w}x{h}; masks must have their image's size (fix the mask, or evaluate.py --no-pixel "
+                                f"for image-level metrics only)")
             if not m.any():
                 empty.append(mp)
             masks[i] = np.asarray(kind_of(cfg).fit_mask(m, cfg))

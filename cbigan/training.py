@@ -370,7 +370,7 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
                   + ", ".join(str(p) for p in train_set.skipped))
         if chief:
             try:
-                test_set = load_test_set(cfg, skip_bad=skip_bad_images)
+                test_set = load_test_set(cfg, skip_bad=skip_bad_images, masks=False)  # image-level monitoring
             except DataError as e:
                 print(f"note: no test-set monitoring ({e})")
             run_dir = prepare_run_dir(cfg)

@@ -89,6 +89,24 @@ def test_mask_of_wrong_size_is_reported(tmp_path):
         load_test_set(Config(category="badmask", data_dir=str(tmp_path), image_size=64, patch_size=64))
 
 
+def test_mask_of_wrong_size_does_not_stop_image_level_use(tmp_path):
+    """Training monitors and ``evaluate.py --no-pixel`` score images only: they neither read nor check masks."""
+    from synthetic import make_untrained_run
+
+    from cbigan.errors import EvaluationError
+    from cbigan.evaluation import evaluate_run
+
+    cat = make_category(tmp_path, "badmask", size=32, n_train=2, n_good=1, n_defect=1)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(cat / "ground_truth/red_square/000_mask.png")
+    cfg = Config(category="badmask", data_dir=str(tmp_path), image_size=64, patch_size=64)
+    assert load_test_set(cfg, masks=False).masks is None
+    run = make_untrained_run(tmp_path, tmp_path / "runs", "badmask", image_size=64, patch_size=64, width=1,
+                             latent_dim=8)["run"]
+    assert evaluate_run(run, pixel=False, progress=False).metrics is not None
+    with pytest.raises(EvaluationError, match="000_mask.png is 10x10 but its image"):
+        evaluate_run(run, pixel=True, progress=False)
+
+
 def test_patches_round_trip_and_order():
     x = np.arange(2 * 8 * 8 * 1, dtype=np.float32).reshape(2, 8, 8, 1)
     p = to_patches(x, 4).numpy()
