@@ -8,7 +8,8 @@ a test image):
   another held-out image pasted elsewhere, and a patch with inverted intensities); the snapshot
   statistic is the auROC that separates the clean held-out images from their defective copies with
   the run's own anomaly score. The snapshot with the highest statistic wins; ties go to the later one.
-* ``final``: the last weights, no selection.
+* ``final``: the last weights, no selection (also what ``synthetic`` gives with fewer than
+  :data:`MIN_IMAGES` held-out images, saying so).
 
 The defects are drawn once per run (seeded), so every snapshot is judged on the same images.
 """
@@ -19,6 +20,11 @@ import numpy as np
 
 from .config import SELECTION_RULES as RULES
 from .metrics import MetricError, auroc
+
+
+#: Fewest held-out images the synthetic rule judges snapshots on: with one image its auROC can only be
+#: 0, 0.5 or 1 (two copies against one image), with four it moves in steps of 1/32.
+MIN_IMAGES = 5
 
 
 def synthetic_defects(images: np.ndarray, seed: int = 0, min_frac: float = 0.08,
@@ -74,7 +80,13 @@ class SnapshotSelector:
         self.rule, self.score_fn, self.save_fn = rule, score_fn, save_fn
         self.val_images = np.asarray(val_images) if val_images is not None else np.zeros((0,))
         self.val_regions = None if val_regions is None else np.asarray(val_regions)
-        self.active = rule == "synthetic" and len(self.val_images) > 0
+        self.active = rule == "synthetic" and len(self.val_images) >= MIN_IMAGES
+        #: why the rule asked for is not applied (None when it is, or when it is 'final')
+        self.note = None
+        if rule == "synthetic" and not self.active:
+            self.note = (f"note: --select synthetic needs at least {MIN_IMAGES} held-out images and this run "
+                         f"has {len(self.val_images)}: the model is the last EMA weights (hold out more with "
+                         f"--val-split, or pass --select final)")
         self.defects = None
         if self.active:
             # held-out images and their defective copies in one array (views of it), scored in one call

@@ -179,6 +179,8 @@ class TrainingMonitor:
             best=self._previous_selection(start_step), val_regions=val_regions)
         if self.selector.active:
             self.val_images = self.selector.val_images  # a view of the selector's array: held once
+        if self.selector.note and start_step == 0:
+            print(self.selector.note)
 
     def _previous_selection(self, start_step: int):
         """On resume: the snapshot chosen before the interruption, if it precedes the resumed step

@@ -72,6 +72,16 @@ def test_selector_inactive_without_held_out_images_or_with_rule_final():
         SnapshotSelector(_images(), None, None, rule="best")
 
 
+def test_selector_with_too_few_held_out_images_keeps_the_last_weights_and_says_why():
+    from cbigan.selection import MIN_IMAGES
+
+    few = SnapshotSelector(np.zeros((MIN_IMAGES - 1, 8, 8, 3), np.uint8), None, None)
+    assert not few.active and few.observe(5) == {} and few.describe() == "final EMA weights"
+    assert f"needs at least {MIN_IMAGES} held-out images and this run has {MIN_IMAGES - 1}" in few.note
+    assert SnapshotSelector(np.zeros((MIN_IMAGES, 8, 8, 3), np.uint8), None, None).active
+    assert SnapshotSelector(np.zeros((1, 8, 8, 3), np.uint8), None, None, rule="final").note is None
+
+
 @pytest.mark.parametrize("image_score", ["paper", "map_max"])  # map_max: the fast preset's rule, from maps
 def test_training_selects_a_snapshot_without_test_labels(synthetic_root, tmp_path, image_score):
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="s",

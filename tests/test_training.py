@@ -49,7 +49,8 @@ def test_run_folder_contents(synthetic_root, tmp_path):
     for col in ("loss_d", "gp", "d_real", "d_fake", "loss_eg", "loss_c", "loss_rx", "loss_rz", "loss_total"):
         assert col in log.columns
     ev = pd.read_csv(run / "eval_log.csv")
-    assert list(ev["step"]) == [3, 6] and ev["test_auroc"].between(0, 1).all()
+    # one held-out image: no snapshot choice, so the step-3 monitoring waits for its share of the time
+    assert list(ev["step"]) == [3, 6] and 0 <= ev["test_auroc"].iloc[-1] <= 1
     assert (run / "previews" / "step_0000006.png").stat().st_size > 1000
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["selected_on_test"] is False
