@@ -149,6 +149,11 @@ class Config:
             raise ValueError(f"monitor_every must be >= 0 steps (0: only at the end), got {c.monitor_every}")
         if c.d_iter < 0:
             raise ValueError(f"d_iter must be >= 0, got {c.d_iter}")
+        if c.steps < 1:
+            raise ValueError(f"steps must be >= 1 (a run of 0 steps would save and export an untrained model), "
+                             f"got {c.steps}")
+        if c.minutes is not None and not c.minutes > 0:
+            raise ValueError(f"minutes must be > 0 (omit it for no time budget), got {c.minutes}")
         if c.intra_op_threads is not None and c.intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0 (0: TensorFlow's default), got {c.intra_op_threads}")
         if c.precision not in PRECISIONS:

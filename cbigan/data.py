@@ -243,7 +243,8 @@ def load_train_set(cfg: Config, skip_bad: bool = False) -> TrainSet:
     good = good_folder(root / TRAIN)
     paths = list_images(good)
     if not paths:
-        raise DataError(f"no images in {good}; expected PNG/JPEG/BMP files there")
+        raise DataError(f"no images in {good}; expected image files there "
+                        f"({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}, any letter case)")
     train_paths, val_paths = split_train_val(paths, cfg.val_split, cfg.seed)
     regions, val_regions = [], []
     images, bad1 = load_resized(train_paths, cfg, "train images", skip_bad, regions)

@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from .anomaly_score import rule_scores
 from .config import Config
-from .runfolder import EXPORT
+from .runfolder import EXPORT, is_run_dir
 from .data import PNG_SIGNATURE, to_model_range
 from .networks import feature_extractor
 from .kinds import kind_of
@@ -494,6 +494,10 @@ def find_saved_model(path: str | Path) -> Path:
         if len(models) > 1:
             names = ", ".join(d.name for d in models)
             raise ExportError(f"{base} holds several models ({names}); pass one of them")
+    runs = [d.name for d in sorted(path.iterdir()) if d.is_dir() and is_run_dir(d)] if path.is_dir() else []
+    if runs:  # a category folder runs/<category>: the runs are one level down
+        raise ExportError(f"{path} is a category folder holding the run(s) {', '.join(runs)}; pass one of them "
+                          f"({path / runs[0]})")
     raise ExportError(f"no SavedModel under {path}; expected <export_dir>/<model_name>/<version>/"
                       f"saved_model.pb (write one with python -m cbigan.export RUN_DIR)")
 

@@ -117,3 +117,8 @@ def test_bench_without_a_benchmark_shows_the_usage_and_exits_2():
 def test_documented_commands_answer_help(command):
     r = _run(*command, "--help")
     assert r.returncode == 0 and r.stdout.startswith("usage: "), r.stdout + r.stderr
+
+
+def test_predict_usage_names_the_way_it_was_started():
+    assert _run("predict.py", "--help").stdout.startswith("usage: python predict.py ")
+    assert _run("-m", "cbigan.predict", "--help").stdout.startswith("usage: python -m cbigan.predict ")

@@ -51,3 +51,11 @@ def test_unknown_preset_and_bad_select_are_refused():
         apply_preset(Config(), "turbo")
     with pytest.raises(ValueError, match="select"):
         Config(select="best").resolved()
+
+
+def test_a_run_of_no_steps_or_no_time_is_refused():
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        Config(steps=0).resolved()
+    with pytest.raises(ValueError, match="minutes must be > 0"):
+        Config(minutes=0).resolved()
+    assert Config(steps=1, minutes=0.5).resolved().steps == 1

@@ -114,3 +114,17 @@ def test_nothing_readable(setup, tmp_path, capsys):
     assert not (tmp_path / "p.csv").exists()
     rc, _, err = _run([tmp_path, bad, "--csv", tmp_path / "p.csv"], capsys)
     assert rc == 1 and "no SavedModel" in err
+
+
+def test_a_category_folder_is_refused_naming_its_runs(tmp_path):
+    from synthetic import make_category, make_untrained_run
+
+    from cbigan.export import ExportError
+    from cbigan.predict import open_model
+
+    make_category(tmp_path / "data", "widget", size=32, n_train=2, n_good=1, n_defect=1)
+    run = make_untrained_run(tmp_path / "data", tmp_path / "runs", "widget", image_size=64, patch_size=64,
+                             width=1, latent_dim=8)["run"]
+    with pytest.raises(ExportError, match=f"is a category folder holding the run\\(s\\) r; pass one of them "
+                                          f"\\({run}\\)"):
+        open_model(run.parent)

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import parser
 
 
+def invoked_as() -> str:
+    """How the user started the command: the root ``predict.py`` or ``python -m cbigan.predict``."""
+    script = Path(sys.argv[0])
+    in_package = (script.parent / "__init__.py").is_file()  # cbigan/predict.py or cbigan/cli/predict.py
+    return "python predict.py" if script.name == "predict.py" and not in_package else "python -m cbigan.predict"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = parser("python -m cbigan.predict", "Score images with a trained run or a SavedModel export.")
+    p = parser(invoked_as(), "Score images with a trained run or a SavedModel export.")
     p.add_argument("model",
                    help="run folder (runs/<category>/<run>), export folder (.../<model>/<version>) or "
                         "LiteRT model (.../litert/<model>.tflite)")
