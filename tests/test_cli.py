@@ -122,3 +122,14 @@ def test_documented_commands_answer_help(command):
 def test_predict_usage_names_the_way_it_was_started():
     assert _run("predict.py", "--help").stdout.startswith("usage: python predict.py ")
     assert _run("-m", "cbigan.predict", "--help").stdout.startswith("usage: python -m cbigan.predict ")
+
+
+def test_our_warnings_print_as_one_line_and_others_keep_pythons_format():
+    import warnings
+
+    import cbigan.cli  # noqa: F401  (installs the format)
+
+    ours = warnings.formatwarning("mask x.png is missing; add it", UserWarning, str(Path(ROOT) / "cbigan/data.py"), 3)
+    assert ours == "warning: mask x.png is missing; add it\n"
+    other = warnings.formatwarning("deprecated", UserWarning, "/usr/lib/python3/site-packages/keras/x.py", 7)
+    assert "keras/x.py:7" in other and other.startswith("/usr")

@@ -29,7 +29,26 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from pathlib import PurePath
+import warnings
+from pathlib import Path, PurePath
+
+#: The repository (cbigan/cli/ is two levels down): warnings raised from its code print as one line.
+_OURS = Path(__file__).resolve().parents[2]
+_python_format = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    """Our own warnings (bad input, missing masks, ...) as ``warning: <message>``: they name the file or
+    folder and what to do, so the Python source line a default warning shows only adds noise. Others'
+    warnings keep Python's format."""
+    try:
+        ours = Path(filename).resolve().is_relative_to(_OURS) and issubclass(category, UserWarning)
+    except (OSError, ValueError):
+        ours = False
+    return f"warning: {message}\n" if ours else _python_format(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning  # the commands import this package before anything warns
 
 
 def show(value) -> str:
