@@ -34,6 +34,10 @@ PAPER_WIDTH = 3
 #: The losses, the networks' outputs and f_D stay float32, and evaluation, selection and export run
 #: float32 networks either way (evidence: results/benchmarks.md, "bfloat16").
 PRECISIONS = ("float32", "mixed_bfloat16")
+#: ``--precision`` values: a precision, or ``auto``: chosen by the machine when training starts
+#: (:func:`cbigan.training.choose_precision`: ``mixed_bfloat16`` on a CPU with native bfloat16 and no
+#: GPU, else ``float32``) and stored resolved in the run's ``config.json``.
+PRECISION_CHOICES = PRECISIONS + ("auto",)
 
 
 @dataclass
@@ -156,8 +160,8 @@ class Config:
             raise ValueError(f"minutes must be > 0 (omit it for no time budget), got {c.minutes}")
         if c.intra_op_threads is not None and c.intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0 (0: TensorFlow's default), got {c.intra_op_threads}")
-        if c.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
+        if c.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {c.precision!r}")
         if c.distribute not in DISTRIBUTE:
             raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {c.distribute!r}")
         c.betas_d, c.betas_eg = tuple(c.betas_d), tuple(c.betas_eg)

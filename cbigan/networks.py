@@ -32,7 +32,9 @@ DEFAULT_FEATURE_LAYER = "critic_features"
 @contextlib.contextmanager
 def precision_scope(precision: str = "float32"):
     """Build networks under ``precision`` (:data:`PRECISIONS`): Keras's global dtype policy for the
-    duration of the block, restored after it. ValueError for an unknown precision."""
+    duration of the block, restored after it. ``auto`` not yet resolved by a training run (a model
+    built outside one) is float32. ValueError for an unknown precision."""
+    precision = "float32" if precision == "auto" else precision
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     before = keras.config.dtype_policy()

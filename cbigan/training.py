@@ -113,6 +113,18 @@ def cpu_flags(cpuinfo: str | None = None) -> set | None:
     return flags or None
 
 
+def choose_precision(cfg: Config, cpuinfo: str | None = None, gpu: bool | None = None) -> str:
+    """The training precision of ``cfg``: as given, or for ``auto`` ``mixed_bfloat16`` when there is no
+    GPU and the CPU's flags (:func:`cpu_flags` of ``cpuinfo``, ``/proc/cpuinfo`` when None) name one of
+    :data:`BF16_CPU_FLAGS`, else ``float32`` (a GPU, flags unknown, or bfloat16 emulated)."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    if _has_gpu() if gpu is None else gpu:
+        return "float32"
+    flags = cpu_flags(cpuinfo)
+    return "mixed_bfloat16" if flags and any(f in flags for f in BF16_CPU_FLAGS) else "float32"
+
+
 def precision_note(cfg: Config, cpuinfo: str | None = None, gpu: bool | None = None) -> str | None:
     """A one-line note when ``cfg.precision`` is bfloat16 on a machine that will run it slower than
     float32: no GPU and a CPU whose flags (:func:`cpu_flags` of ``cpuinfo``, ``/proc/cpuinfo`` when None)
@@ -347,7 +359,8 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
         print(note)
     cfg = cfg.resolved()
     # before anything starts TensorFlow's context (thread pools are fixed then); stored in config.json
-    cfg = dataclasses.replace(cfg, intra_op_threads=choose_intra_op_threads(cfg))
+    cfg = dataclasses.replace(cfg, intra_op_threads=choose_intra_op_threads(cfg),
+                              precision=choose_precision(cfg))  # "auto" resolved for this machine
     if not apply_intra_op_threads(cfg.intra_op_threads):
         print(f"note: TensorFlow started earlier in this process; intra_op_threads={cfg.intra_op_threads} "
               f"is not applied to this run")

@@ -112,8 +112,9 @@ def test_precision_flag_and_config_validation():
     assert PRECISIONS == ("float32", "mixed_bfloat16")
     with pytest.raises(SystemExit):
         parse_args(["--category", "bottle", "--precision", "float16"])
-    with pytest.raises(ValueError, match="precision must be one of float32, mixed_bfloat16"):
+    with pytest.raises(ValueError, match="precision must be one of float32, mixed_bfloat16, auto"):
         Config(category="bottle", precision="bfloat16").resolved()
+    assert parse_args(["--category", "bottle", "--precision", "auto"])[0].precision == "auto"
 
 
 def test_a_note_when_the_cpu_has_no_native_bfloat16():
@@ -131,3 +132,35 @@ def test_a_note_when_the_cpu_has_no_native_bfloat16():
     assert precision_note(bf16, cpuinfo("avx2"), gpu=True) is None          # a GPU decides, not the CPU
     assert precision_note(bf16, "processor\t: 0\n", gpu=False) is None      # flags unknown: no guess
     assert precision_note(tiny_cfg(), cpuinfo("avx2"), gpu=False) is None  # float32: nothing to say
+
+
+def test_auto_precision_is_bfloat16_only_on_a_cpu_with_native_bfloat16_and_no_gpu():
+    from cbigan.training import choose_precision
+
+    def cpuinfo(*flags):
+        return "processor\t: 0\nflags\t\t: " + " ".join(flags) + "\n"
+
+    auto = tiny_cfg(precision="auto")
+    assert choose_precision(auto, cpuinfo("avx2", "avx512_bf16"), gpu=False) == "mixed_bfloat16"
+    assert choose_precision(auto, cpuinfo("avx2", "amx_bf16"), gpu=False) == "mixed_bfloat16"
+    assert choose_precision(auto, cpuinfo("avx2", "avx512f"), gpu=False) == "float32"  # emulated: slower
+    assert choose_precision(auto, cpuinfo("avx512_bf16"), gpu=True) == "float32"
+    assert choose_precision(auto, "processor\t: 0\n", gpu=False) == "float32"       # flags unknown
+    for given in PRECISIONS:  # a precision given is kept, whatever the machine
+        assert choose_precision(tiny_cfg(precision=given), cpuinfo("avx2"), gpu=True) == given
+    m = build_model(auto.resolved())  # outside a training run "auto" builds float32 networks
+    assert set(policies(m.encoder).values()) == {"float32"}
+
+
+def test_a_run_records_the_precision_auto_chose(tmp_path):
+    from synthetic import make_category
+
+    from cbigan.training import choose_precision, train
+
+    make_category(tmp_path / "data", "auto_p", size=32, n_train=4, n_good=1, n_defect=1)
+    cfg = Config(category="auto_p", data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "runs"),
+                 run_name="r", image_size=64, patch_size=64, width=1, latent_dim=8, batch_size=2, steps=2,
+                 log_every=2, eval_every=2, preview_every=100, d_iter=1, precision="auto")
+    run = train(cfg, verbose=0, export=False)
+    stored = json.loads((run / CONFIG_JSON).read_text())["precision"]
+    assert stored == choose_precision(cfg) and stored in PRECISIONS

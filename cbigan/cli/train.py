@@ -15,8 +15,8 @@ import dataclasses
 import sys
 
 from ..anomaly_score import IMAGE_SCORE_RULES
-from ..config import (DISTRIBUTE, NORMALIZATIONS, PRECISIONS, PRESETS, ROTATED_OBJECTS, SELECTION_RULES, TEXTURES,
-                      TRAIN_CROPS, Config, apply_preset, default_run_name)
+from ..config import (DISTRIBUTE, NORMALIZATIONS, PRECISION_CHOICES, PRESETS, ROTATED_OBJECTS, SELECTION_RULES,
+                      TEXTURES, TRAIN_CROPS, Config, apply_preset, default_run_name)
 from .. import multirun
 from ..kinds import KINDS, infer_kind
 from . import config_default, parser, show
@@ -172,10 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: off; with the warm-up)")
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the data order, augmentation and latent draws " + config_default("seed"))
-    g.add_argument("--precision", choices=PRECISIONS, default=None,
+    g.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
                    help="training arithmetic: 'mixed_bfloat16' = bfloat16 convolutions with float32 weights, "
                         "losses and outputs (1.10x / 1.12x the float32 step at 64 / 128 px on a CPU with "
-                        "AVX512_BF16; results/benchmarks.md); evaluation and export run float32 either way "
+                        "AVX512_BF16; results/benchmarks.md); 'auto' = mixed_bfloat16 on a CPU with native "
+                        "bfloat16 (avx512_bf16 or amx_bf16) and no GPU, else float32, recorded in config.json; "
+                        "evaluation and export run float32 either way "
                         + config_default("precision"))
     g = p.add_argument_group("scoring and logging")
     g.add_argument("--lambda", dest="score_lambda", type=float, default=None,
