@@ -178,7 +178,10 @@ def load_resized(paths, size, desc: str = "images", skip_bad: bool = False, regi
     holds the image (the whole of it but for tiles)."""
     from tqdm import tqdm
 
-    out, bad, low_range = [], [], []
+    side = size.image_size if isinstance(size, Config) else size
+    # filled in place: a list of the images and a stack of it would hold them twice at the peak
+    images, n = np.empty((len(paths), side, side, 3), np.uint8), 0
+    bad, low_range = [], []
     # no bar for a few files, nor when the output is not a terminal (log files of background runs)
     for p in tqdm(paths, desc=f"loading {desc}", unit="img", leave=False,
                   disable=True if len(paths) < 50 else None):
@@ -189,22 +192,21 @@ def load_resized(paths, size, desc: str = "images", skip_bad: bool = False, regi
             continue
         if isinstance(size, Config):
             fitted, hw = kind_of(size).fit(a[None], size)
-            out.append(np.asarray(fitted)[0])
+            images[n] = np.asarray(fitted)[0]
             if regions is not None:
                 regions.append((int(hw[0]), int(hw[1])))
         else:
-            out.append(resize_uint8(a[None], size)[0].numpy())
+            images[n] = resize_uint8(a[None], size)[0].numpy()
             if regions is not None:
                 regions.append((int(size), int(size)))
+        n += 1
     if low_range:
         warnings.warn(low_range_message(low_range), stacklevel=2)
     if bad and not skip_bad:
         names = ", ".join(str(p) for p, _ in bad)
         raise DataError(f"{len(bad)} unreadable image(s): {names} (first: {bad[0][1]}); remove or replace "
                         f"them (or pass --skip-bad-images)")
-    side = size.image_size if isinstance(size, Config) else size
-    images = np.stack(out) if out else np.zeros((0, side, side, 3), np.uint8)
-    return images, [p for p, _ in bad]
+    return (images if n == len(images) else images[:n].copy()), [p for p, _ in bad]
 
 
 # ---------------------------------------------------------------------------------- datasets
