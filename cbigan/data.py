@@ -274,10 +274,10 @@ class TestSet:
         return len(self.labels)
 
 
-def load_test_set(cfg: Config, skip_bad: bool = False, masks: bool = True) -> TestSet:
+def load_test_set(cfg: Config, skip_bad: bool = False, with_masks: bool = True) -> TestSet:
     """The test images of ``cfg``'s category at model size, their labels (test/good 0, any other folder 1)
-    and, with ``masks`` and a ``ground_truth`` folder, their defect masks (``masks=False``: image-level
-    use only, masks neither read nor checked). :class:`DataError` for a missing or empty test folder,
+    and, with ``with_masks`` and a ``ground_truth`` folder, their defect masks (``with_masks=False``:
+    image-level use only, masks neither read nor checked). :class:`DataError` for a missing or empty test folder,
     unreadable images (unless ``skip_bad``) or a mask of another size than its image."""
     cfg = cfg.resolved()
     root = category_dir(cfg.data_dir, cfg.category)
@@ -295,8 +295,8 @@ def load_test_set(cfg: Config, skip_bad: bool = False, masks: bool = True) -> Te
     paths = [paths[i] for i in keep]
     types = [types[i] for i in keep]
     labels = np.array([0 if t == GOOD else 1 for t in types], np.int64)
-    read_masks, masks, has_mask = masks, None, np.array([t == GOOD for t in types])
-    if read_masks and has_ground_truth(cfg.data_dir, cfg.category):
+    masks, has_mask = None, np.array([t == GOOD for t in types])
+    if with_masks and has_ground_truth(cfg.data_dir, cfg.category):
         finder = MaskFinder(root / GROUND_TRUTH)
         masks = np.zeros((len(paths), cfg.image_size, cfg.image_size), np.uint8)
         missing, empty = {}, []

@@ -112,7 +112,7 @@ def score_test_set(run_dir: str | Path, cfg: Config | None = None, model=None, *
     cfg = read_config(run_dir) if cfg is None else cfg.resolved()
     if data_dir is not None:
         cfg = _with_data_dir(cfg, data_dir)
-    test = load_test_set(cfg, skip_bad=skip_bad_images, masks=pixel)
+    test = load_test_set(cfg, skip_bad=skip_bad_images, with_masks=pixel)
     if skipped is not None:
         skipped.extend(str(p) for p in test.skipped)
     fingerprint = weights_fingerprint(run_dir)

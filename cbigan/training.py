@@ -113,27 +113,29 @@ def cpu_flags(cpuinfo: str | None = None) -> set | None:
     return flags or None
 
 
+def native_bfloat16(cpuinfo: str | None = None, gpu: bool | None = None) -> bool | None:
+    """Whether this machine trains bfloat16 natively: None with a GPU (it decides, not the CPU) or where
+    the CPU's flags are unknown; else whether they (:func:`cpu_flags` of ``cpuinfo``, ``/proc/cpuinfo``
+    when None) name one of :data:`BF16_CPU_FLAGS` (without one, TensorFlow emulates it)."""
+    if _has_gpu() if gpu is None else gpu:
+        return None
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else any(f in flags for f in BF16_CPU_FLAGS)
+
+
 def choose_precision(cfg: Config, cpuinfo: str | None = None, gpu: bool | None = None) -> str:
-    """The training precision of ``cfg``: as given, or for ``auto`` ``mixed_bfloat16`` when there is no
-    GPU and the CPU's flags (:func:`cpu_flags` of ``cpuinfo``, ``/proc/cpuinfo`` when None) name one of
-    :data:`BF16_CPU_FLAGS`, else ``float32`` (a GPU, flags unknown, or bfloat16 emulated)."""
+    """The training precision of ``cfg``: as given, or for ``auto`` ``mixed_bfloat16`` on a CPU with
+    native bfloat16 and no GPU (:func:`native_bfloat16`), else ``float32``."""
     if cfg.precision != "auto":
         return cfg.precision
-    if _has_gpu() if gpu is None else gpu:
-        return "float32"
-    flags = cpu_flags(cpuinfo)
-    return "mixed_bfloat16" if flags and any(f in flags for f in BF16_CPU_FLAGS) else "float32"
+    return "mixed_bfloat16" if native_bfloat16(cpuinfo, gpu) else "float32"
 
 
 def precision_note(cfg: Config, cpuinfo: str | None = None, gpu: bool | None = None) -> str | None:
     """A one-line note when ``cfg.precision`` is bfloat16 on a machine that will run it slower than
-    float32: no GPU and a CPU whose flags (:func:`cpu_flags` of ``cpuinfo``, ``/proc/cpuinfo`` when None)
-    name none of :data:`BF16_CPU_FLAGS`. None otherwise (float32, a GPU, or flags unknown)."""
-    if cfg.precision == "float32":
-        return None
-    gpu = _has_gpu() if gpu is None else gpu
-    flags = cpu_flags(cpuinfo)
-    if gpu or flags is None or any(f in flags for f in BF16_CPU_FLAGS):
+    float32: no GPU and a CPU without native bfloat16 (:func:`native_bfloat16` False). None otherwise
+    (float32, a GPU, or flags unknown)."""
+    if cfg.precision == "float32" or native_bfloat16(cpuinfo, gpu) is not False:
         return None
     return (f"note: --precision {cfg.precision} on a CPU without native bfloat16 (no "
             f"{' / '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo): TensorFlow emulates it, so this run will "
@@ -375,8 +377,15 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
               + ("" if chief else "; not the chief: writes nothing to the run folder"))
     if cfg.run_name is None:
         cfg = dataclasses.replace(cfg, run_name=default_run_name(cfg))
-    run_dir, lock, error, test_set, complete = None, None, None, None, None
+    run_dir, lock, error, test_set = None, None, None, None
     try:  # every worker gets here, or none trains: a lone failure would leave the others waiting
+        if chief and not fresh and (run_dir_of(cfg) / BACKUP).is_file():
+            # before any image is loaded: a run with other settings is refused, a finished one left as it is
+            check_resumable(run_dir_of(cfg), cfg)
+            complete = finished_run(run_dir_of(cfg), cfg) if strategy is None else None
+            if complete:  # the same command again on a finished run
+                print(complete)
+                return run_dir_of(cfg)
         if download:
             download_category(cfg.category, cfg.data_dir)
         train_set = load_train_set(cfg, skip_bad=skip_bad_images)
@@ -385,16 +394,13 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
                   + ", ".join(str(p) for p in train_set.skipped))
         if chief:
             try:
-                test_set = load_test_set(cfg, skip_bad=skip_bad_images, masks=False)  # image-level monitoring
+                test_set = load_test_set(cfg, skip_bad=skip_bad_images, with_masks=False)  # image level
             except DataError as e:
                 print(f"note: no test-set monitoring ({e})")
             run_dir = prepare_run_dir(cfg)
             lock = RunLock(run_dir)
             if fresh:
                 clear_run(run_dir)
-            elif (run_dir / BACKUP).is_file():
-                check_resumable(run_dir, cfg)
-                complete = finished_run(run_dir, cfg) if strategy is None else None
         else:
             run_dir = Path(tempfile.mkdtemp(prefix=f"cbigan-{dist.task()[0]}{dist.task()[1]}-"))
     except DataError as e:
@@ -402,9 +408,6 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
     try:
         if not dist.all_ok(strategy, error is None):
             raise error or DataError("another worker could not start (see its output); stopped")
-        if complete:  # the same command again on a finished run: it stays as it is
-            print(complete)
-            return run_dir
         model, threshold = _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy, chief)
         if not chief:
             return run_dir_of(cfg)

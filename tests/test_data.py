@@ -99,7 +99,7 @@ def test_mask_of_wrong_size_does_not_stop_image_level_use(tmp_path):
     cat = make_category(tmp_path, "badmask", size=32, n_train=2, n_good=1, n_defect=1)
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(cat / "ground_truth/red_square/000_mask.png")
     cfg = Config(category="badmask", data_dir=str(tmp_path), image_size=64, patch_size=64)
-    assert load_test_set(cfg, masks=False).masks is None
+    assert load_test_set(cfg, with_masks=False).masks is None
     run = make_untrained_run(tmp_path, tmp_path / "runs", "badmask", image_size=64, patch_size=64, width=1,
                              latent_dim=8)["run"]
     assert evaluate_run(run, pixel=False, progress=False).metrics is not None

@@ -180,15 +180,20 @@ def test_resume_refuses_other_settings_and_fresh_starts_over(synthetic_root, tmp
     assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4]
 
 
-def test_the_same_command_on_a_finished_run_rewrites_nothing(synthetic_root, tmp_path, capsys):
+def test_the_same_command_on_a_finished_run_rewrites_nothing(synthetic_root, tmp_path, capsys, monkeypatch):
+    import cbigan.training as training
+
     run = train(_tiny_cfg(synthetic_root, tmp_path, steps=4), verbose=0, export=True)
+
     def stamps():  # every file of the run but the lock, which each command takes
         return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
 
     files = stamps()
     summary = (run / "summary.json").read_text()
     capsys.readouterr()
-    assert train(_tiny_cfg(synthetic_root, tmp_path, steps=4), verbose=0, export=True) == run
+    with monkeypatch.context() as m:  # decided before any image is loaded
+        m.setattr(training, "load_train_set", lambda *a, **k: pytest.fail("loaded the training images"))
+        assert train(_tiny_cfg(synthetic_root, tmp_path, steps=4), verbose=0, export=True) == run
     out = capsys.readouterr().out
     assert "is already complete (4 steps, reached 4 steps): nothing was trained or rewritten" in out
     assert stamps() == files  # no new export either
