@@ -70,6 +70,8 @@ class Config:
     feature_layer: str = "critic_features"
     # training
     alpha: float = 1e-4
+    denoise: float = 0.0               # share of E+G training images given a synthetic defect whose clean
+                                       # image G must give back (cbigan/defects.py); 0: the paper
     d_iter: int = 5
     gp_weight: float = 10.0
     batch_size: int = 32
@@ -135,6 +137,8 @@ class Config:
             raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")
         if not 0 <= c.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {c.alpha}")
+        if not 0 <= c.denoise <= 1:
+            raise ValueError(f"denoise must be in [0, 1] (a share of the training images), got {c.denoise}")
         if c.select not in SELECTION_RULES:
             raise ValueError(f"select must be one of {', '.join(SELECTION_RULES)}, got {c.select!r}")
         if c.normalize not in NORMALIZATIONS:

@@ -9,6 +9,11 @@ calls the networks, decides which of them a loss may update (``tf.stop_gradient`
 * consistency: ``L_C = mean_b sum|x - G(E(x))| + mean_b sum|z - E(G(z))|``;
 * ``L*_EG = (1 - alpha) L_EG + alpha L_C`` (alpha 0: EGBAD, alpha 1: double autoencoder).
 
+With ``denoise`` > 0 (``--denoise``; not in the paper) the image term of L_C becomes
+``sum|x - G(E(x~))|``: ``x~`` is ``x`` with a synthetic defect drawn in with probability ``denoise``
+(:func:`cbigan.defects.draw_defects`), so G learns to give the clean image back; the adversarial pair
+stays ``(x, E(x))`` and the critic never sees ``x~``.
+
 Of every ``d_iter + 1`` consecutive batches, ``d_iter`` update the critic only and one updates E and G
 only; the branch is chosen in the graph from a step counter (``tf.cond``), so nothing retraces. Each
 step computes only what its branch needs: the critic sees real and generated pairs in one call and
@@ -37,6 +42,7 @@ import tensorflow as tf
 
 from . import losses as L
 from .config import Config
+from .defects import draw_defects
 from .networks import build_critic, build_encoder, build_generator, float32_copy, precision_scope
 
 LOSS_NAMES = ("loss_d", "gp", "d_real", "d_fake", "loss_eg", "loss_c", "loss_rx", "loss_rz", "loss_total")
@@ -56,7 +62,7 @@ class CBiGAN(keras.Model):
     def __init__(self, encoder: keras.Model, generator: keras.Model, critic: keras.Model, *,
                  alpha: float = 1e-4, d_iter: int = 5, gp_weight: float = 10.0,
                  ema_decay: float = 0.999, ema_every: int = 10, ema_warmup: bool = True,
-                 seed: int = 42, **kwargs):
+                 seed: int = 42, denoise: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.generator, self.critic = encoder, generator, critic
         # the EMA networks (what is evaluated, selected and exported) compute in float32 whatever the
@@ -74,6 +80,9 @@ class CBiGAN(keras.Model):
         self.ema_decay = float(ema_decay)
         self.ema_every = int(ema_every)
         self.ema_warmup = bool(ema_warmup)
+        if not 0.0 <= denoise <= 1.0:
+            raise ValueError(f"denoise must be in [0, 1], got {denoise}")
+        self.denoise = float(denoise)
         # built inside a strategy scope: train with host-side branch selection (see the module docstring)
         self.distributed = tf.distribute.has_strategy()
         self.train_counter = keras.Variable(0, dtype="int64", trainable=False, name="train_counter")
@@ -126,17 +135,24 @@ class CBiGAN(keras.Model):
         z_rec = self.encoder(gz, training=training)
         return L.consistency_loss(x, x_rec, z, z_rec)
 
-    def eg_losses(self, x, z):
-        """L*_EG and its parts. With alpha = 0 the consistency terms are computed for logging only."""
-        ex = self.encoder(x, training=True)
+    def eg_losses(self, x, z, x_defect=None):
+        """L*_EG and its parts. With alpha = 0 the consistency terms are computed for logging only.
+
+        ``x_defect``: ``x`` with synthetic defects (denoising training), or None; when given, the image
+        consistency term reconstructs ``x`` from ``E(x_defect)`` (one encoder call on both).
+        """
+        if x_defect is None:
+            ex = ex_in = self.encoder(x, training=True)
+        else:
+            ex, ex_in = tf.split(self.encoder(tf.concat([x, x_defect], 0), training=True), 2, axis=0)
         gz = self.generator(z, training=True)
         scores = self.critic([tf.concat([x, gz], 0), tf.concat([ex, z], 0)], training=True)
         d_real, d_fake = tf.split(scores, 2, axis=0)
         loss_eg = L.encoder_generator_loss(d_real, d_fake)
         if self.alpha > 0:
-            loss_rx, loss_rz = self.consistency_losses(x, z, ex, gz)
+            loss_rx, loss_rz = self.consistency_losses(x, z, ex_in, gz)
         else:
-            loss_rx, loss_rz = self.consistency_losses(tf.stop_gradient(x), z, tf.stop_gradient(ex),
+            loss_rx, loss_rz = self.consistency_losses(tf.stop_gradient(x), z, tf.stop_gradient(ex_in),
                                                        tf.stop_gradient(gz))
             loss_rx, loss_rz = tf.stop_gradient(loss_rx), tf.stop_gradient(loss_rz)
         loss_c = loss_rx + loss_rz
@@ -182,10 +198,20 @@ class CBiGAN(keras.Model):
             self.trackers[k].update_state(v)
         return tf.constant(True)
 
+    def _defects(self, x):
+        """``x`` with synthetic defects (``denoise`` > 0), keyed by (seed, step, replica); else None."""
+        if self.denoise <= 0:
+            return None
+        step = tf.cast(self.train_counter.value, tf.int64)
+        n, replica = _replicas()
+        key = step * n + tf.cast(replica, tf.int64)
+        return draw_defects(x, self.denoise, tf.stack([self.seed + 104729, key]))[0]
+
     def eg_step(self, x):
         z, _ = self._sample(x)
+        x_defect = self._defects(x)
         with tf.GradientTape() as tape:
-            losses = self.eg_losses(x, z)
+            losses = self.eg_losses(x, z, x_defect)
             loss = self._for_gradients(losses["loss_total"])
         grads = tape.gradient(loss, self.eg_variables)
         self.eg_optimizer.apply_gradients(zip(grads, self.eg_variables))
@@ -266,7 +292,7 @@ def build_model(cfg: Config) -> CBiGAN:
             build_critic(cfg.patch_size, **kw)
     model = CBiGAN(*nets, alpha=cfg.alpha, d_iter=cfg.d_iter,
                    gp_weight=cfg.gp_weight, ema_decay=cfg.ema_decay, ema_every=cfg.ema_every,
-                   ema_warmup=cfg.ema_warmup, seed=cfg.seed, name="cbigan")
+                   ema_warmup=cfg.ema_warmup, seed=cfg.seed, denoise=cfg.denoise, name="cbigan")
     model.build((None, cfg.patch_size, cfg.patch_size, 3))
     model.compile(
         d_optimizer=keras.optimizers.Adam(cfg.lr_d, beta_1=cfg.betas_d[0], beta_2=cfg.betas_d[1]),

@@ -109,6 +109,9 @@ ARMS = {
     "fast_final": ["--preset", "fast", "--select", "final"],
     # the same trained in bfloat16 (magnetic tile: tiles, chosen from its images' sizes)
     "fast_final_bf16": ["--preset", "fast", "--select", "final", "--precision", "mixed_bfloat16"],
+    # the fast preset with denoising training: half of the E+G batch's images get a synthetic defect
+    # (spot, line or pasted patch) and G must give back the clean image (cbigan/defects.py)
+    "fast_dn": ["--preset", "fast", "--denoise", "0.5"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],
     "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3", "--normalize", "none"],

@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
                         + config_default("batch_size"))
     g.add_argument("--alpha", type=float, default=None,
                    help="consistency weight: 0 = EGBAD, 1 = autoencoder " + config_default("alpha"))
+    g.add_argument("--denoise", type=float, default=None,
+                   help="denoising training: share of the E+G batch's images given a synthetic defect (a "
+                        "spot, line or pasted patch) before encoding, with the clean image as the "
+                        "reconstruction target, so that real defects are reconstructed as normal surface "
+                        "(cbigan/defects.py; not in the paper) " + config_default("denoise"))
     g.add_argument("--d-iter", type=int, default=None,
                    help="critic-only batches per E+G batch " + config_default("d_iter"))
     g.add_argument("--gp-weight", type=float, default=None,
