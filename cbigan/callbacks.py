@@ -8,7 +8,7 @@ from pathlib import Path
 
 import keras
 
-from .runfolder import append_csv
+from .runfolder import append_csv, last_logged_row
 
 
 def model_step(model) -> int:
@@ -160,7 +160,8 @@ class StepCSVLogger(keras.callbacks.Callback):
     """One row per ``fit`` epoch (= ``log_every`` steps): step, wall time, and the mean of every loss.
 
     A row covers the steps after the previous row up to its ``step``; when training stops between two
-    rows (budget, interruption) a last, shorter row is written so no step goes unlogged.
+    rows (budget, interruption) a last, shorter row is written so no step goes unlogged. ``seconds``
+    is the run's training time: a resumed run counts on from the last row at or before its step.
     """
 
     def __init__(self, path: Path, batch_size: int):
@@ -174,6 +175,11 @@ class StepCSVLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.t0 = self.t_last = time.monotonic()
         self.step_last = model_step(self.model)
+        before = last_logged_row(self.path, max_step=self.step_last) if self.step_last > 0 else None
+        try:
+            self.t0 -= float(before["seconds"]) if before else 0.0
+        except (KeyError, TypeError, ValueError):  # a log without a usable seconds column
+            pass
 
     def on_train_batch_end(self, batch, logs=None):
         self.batch_logs = logs

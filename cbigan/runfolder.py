@@ -245,14 +245,22 @@ def finished_run(run_dir: Path, cfg: Config) -> str | None:
             f"continues it")
 
 
-def last_logged_step(path: Path) -> int | None:
-    """The step of the last row of a CSV log with a ``step`` column, or None (no file or no rows)."""
+def last_logged_row(path: Path, max_step: int | None = None) -> dict | None:
+    """The last row (strings by column) of a CSV log with a ``step`` column whose step is at most
+    ``max_step`` (None: any), or None (no file, no such row)."""
     try:
         with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if str(r.get("step", "")).isdigit()]
+            rows = [r for r in csv.DictReader(f) if str(r.get("step", "")).isdigit()
+                    and (max_step is None or int(r["step"]) <= max_step)]
     except OSError:
         return None
-    return int(rows[-1]["step"]) if rows else None
+    return rows[-1] if rows else None
+
+
+def last_logged_step(path: Path) -> int | None:
+    """The step of the last row of a CSV log with a ``step`` column, or None (no file or no rows)."""
+    row = last_logged_row(path)
+    return int(row["step"]) if row else None
 
 
 def is_run_dir(path: str | Path) -> bool:

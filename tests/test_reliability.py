@@ -175,7 +175,9 @@ def test_resume_refuses_other_settings_and_fresh_starts_over(synthetic_root, tmp
                                         r"settings to continue it \(e\.g\. --alpha 0\.0001\)"):
         train(_tiny_cfg(synthetic_root, tmp_path, steps=8, alpha=0.5), verbose=0, export=False)
     train(_tiny_cfg(synthetic_root, tmp_path, steps=8), verbose=0, export=False)  # more steps: resumes
-    assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4, 8]
+    log = pd.read_csv(run / "train_log.csv")
+    assert list(log["step"]) == [4, 8]
+    assert log["seconds"][1] > log["seconds"][0]  # the resumed segment counts on from the first one's time
     train(_tiny_cfg(synthetic_root, tmp_path, steps=4, alpha=0.5), verbose=0, fresh=True, export=False)
     assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4]
 
