@@ -359,7 +359,7 @@ def metadata(cfg: Config, threshold_info: dict | None, run_dir: str | Path | Non
     info = threshold_info or {"threshold": None, "rule": "not calibrated"}
     return {
         "format": EXPORT_FORMAT, "category": cfg.category, "kind": cfg.kind,
-        "image_size": cfg.image_size, "patch_size": cfg.patch_size, "score_lambda": cfg.score_lambda,
+        "image_size": cfg.image_size, "scale": cfg.scale, "patch_size": cfg.patch_size, "score_lambda": cfg.score_lambda,
         "image_score": cfg.image_score, "score_topk": cfg.score_topk, "score_margin": cfg.score_margin,
         "feature_layer": cfg.feature_layer, "threshold": info.get("threshold"), "threshold_info": info,
         "run_dir": None if run_dir is None else str(Path(run_dir).resolve()),

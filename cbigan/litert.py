@@ -195,6 +195,7 @@ class LiteRTModel:
         self.threshold = self.meta.get("threshold")
         self.rule = (self.meta.get("threshold_info") or {}).get("rule", "")
         self.image_size = self.cfg.image_size
+        self.kind, self.scale = self.cfg.kind, float(self.cfg.scale)
         self.source = f"LiteRT {self.path}"
         self.interpreter = interpreter(model_path=str(self.path), num_threads=num_threads)
         self._runner = self.interpreter.get_signature_runner(self.meta.get("signature", SIGNATURE))

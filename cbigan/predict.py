@@ -50,6 +50,7 @@ class Results:
     threshold: float | None = None
     threshold_rule: str = ""
     source: str = ""
+    notes: list = field(default_factory=list)         # one-line notes for the user (stderr)
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -91,6 +92,7 @@ class TrainedModel:
         self.rule = ("not calibrated (no threshold.json; python -m cbigan.export RUN calibrates it)"
                      if info is None else info.get("rule", ""))
         self.image_size = self.cfg.image_size
+        self.kind, self.scale = self.cfg.kind, float(self.cfg.scale)
         self._fn = ServingGraph(model, self.cfg, self.threshold).python_fn()
         self.source = f"run {run_dir}"
 
@@ -112,6 +114,7 @@ class ExportedModel:
         self.threshold = meta.get("threshold")
         self.rule = (meta.get("threshold_info") or {}).get("rule", "")
         self.image_size = meta.get("image_size")
+        self.kind, self.scale = meta.get("kind"), float(meta.get("scale", 1.0))  # no scale: written before 1.0
         self.source = f"SavedModel {self._m.path}"
 
     def __call__(self, images: np.ndarray) -> dict:
@@ -131,6 +134,28 @@ def open_model(path: str | Path):
 
 
 # ---------------------------------------------------------------------------------- scoring
+def downscale_note(kind: str | None, canvas: int | None, scale: float, sizes: dict) -> str | None:
+    """A note when tiles inputs are larger than the model's canvas, or None.
+
+    A tiles model scores each image at ``scale`` times its own resolution on a ``canvas`` px square;
+    an image whose scaled longer side exceeds the canvas is shrunk to fit it
+    (:func:`cbigan.imageops.scaled_size`), so its tiles see a coarser scale than training did and
+    small defects may vanish. ``sizes``: path -> (height, width) in pixels. Objects and textures are
+    resized to their square by design: no note.
+    """
+    if kind != "tiles" or not canvas:
+        return None
+    shrunk = {p: float(canvas) / max(hw) for p, hw in sizes.items() if max(hw) * scale > canvas}
+    if not shrunk:
+        return None
+    worst = min(shrunk, key=shrunk.get)
+    h, w = sizes[worst]
+    return (f"{len(shrunk)} of {len(sizes)} images are larger than the model's {canvas} px canvas and are "
+            f"scaled down to fit it (e.g. {Path(worst).name}: {w}x{h} px, by {shrunk[worst]:.2g}), so its "
+            f"tiles see a coarser scale than the training images did; crop or resize them to the training "
+            f"images' scale, or train with --image-size covering them")
+
+
 def _pool_to(a: np.ndarray, side: int) -> np.ndarray:
     """Average-pool a [H, W, ...] array by an integer factor so its longer side is at most ``side``."""
     f = max(1, math.ceil(max(a.shape[:2]) / side))
@@ -164,6 +189,10 @@ def predict(model, files, *, batch_size: int = 16, threshold: float | None = Non
             continue
         images[i] = a
         by_shape.setdefault(a.shape, []).append(i)
+    note = downscale_note(getattr(model, "kind", None), getattr(model, "image_size", None),
+                          getattr(model, "scale", 1.0), {files[i]: a.shape[:2] for i, a in images.items()})
+    if note:
+        res.notes.append(note)
     scores = {}
     bar = progress_bar(total=len(images), desc="scoring", quiet=not progress)
     for idx in by_shape.values():

@@ -128,3 +128,27 @@ def test_a_category_folder_is_refused_naming_its_runs(tmp_path):
     with pytest.raises(ExportError, match=f"is a category folder holding the run\\(s\\) r; pass one of them "
                                           f"\\({run}\\)"):
         open_model(run.parent)
+
+
+def test_tiles_inputs_larger_than_the_canvas_get_a_note(tmp_path):
+    """A tiles model shrinks an image larger than its canvas: the user is told which and by how much."""
+    from cbigan.predict import downscale_note, predict
+
+    class FakeTiles:  # a tiles model's interface: kind, canvas (image_size), scale; scores of a batch
+        kind, image_size, scale, threshold, rule, source = "tiles", 64, 1.0, None, "", "fake"
+
+        def __call__(self, images):
+            return {"score": np.zeros(len(images))}
+
+    for name, (h, w) in {"fits.png": (40, 64), "wide.png": (40, 256), "big.png": (200, 100)}.items():
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / name)
+    files = sorted(tmp_path.glob("*.png"))
+    res, _ = predict(FakeTiles(), files, progress=False)
+    assert len(res.predictions) == 3
+    assert len(res.notes) == 1
+    assert res.notes[0].startswith("2 of 3 images are larger than the model's 64 px canvas")
+    assert "wide.png: 256x40 px, by 0.25" in res.notes[0]
+    # at the model's own scale: 0.25 makes every one fit; objects are resized to a square by design
+    assert downscale_note("tiles", 64, 0.25, {"a": (40, 256)}) is None
+    assert downscale_note("object", 64, 1.0, {"a": (40, 256)}) is None
+    assert downscale_note("tiles", 64, 1.0, {"a": (64, 64)}) is None

@@ -66,6 +66,8 @@ def main(argv=None) -> int:
         print_table(res)
     for path, why in res.bad:
         print(f"skipped {path}: {why}", file=sys.stderr)
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
     if not res.predictions:
         print("error: no image could be scored", file=sys.stderr)
         return 1
