@@ -112,6 +112,8 @@ ARMS = {
     # the fast preset with denoising training: half of the E+G batch's images get a synthetic defect
     # (spot, line or pasted patch) and G must give back the clean image (cbigan/defects.py)
     "fast_dn": ["--preset", "fast", "--denoise", "0.5"],
+    # and with a defect in every one of them
+    "fast_dn1": ["--preset", "fast", "--denoise", "1.0"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],
     "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3", "--normalize", "none"],
