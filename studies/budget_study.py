@@ -324,6 +324,7 @@ def main(argv=None) -> int:
     jobs = [(c, a, int(s)) for c, a, s in (j.split(":") for j in args.also)]
     jobs += [(c, a, int(s)) for s in args.seeds.split(",") for c in args.category.split(",")
              for a in args.arms.split(",")]
+    jobs = list(dict.fromkeys((str(Path(c)), a, s) for c, a, s in jobs))  # each run once, in order
     done = pd.read_csv(Path(args.results) / "runs.csv") if (Path(args.results) / "runs.csv").is_file() else None
     rows = [] if done is None else done.to_dict("records")
     finished = {(Path(r["category"]).name, r["arm"], int(r["seed"])) for r in rows}
