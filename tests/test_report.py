@@ -103,3 +103,19 @@ def test_report_renders_in_headless_chromium(synthetic_root, tmp_path, capsys):
     rows = re.findall(r'<tr class="(image-row[^"]*)"', dom)
     assert all("error" in r for r in rows[:n_errors])  # false negatives and positives first
     assert dom.count("data:image/jpeg;base64,") >= 2 * n_images  # thumbnail and map overlay per image
+
+
+def test_a_missing_mask_is_reported_once_with_the_report(synthetic_root, tmp_path, capsys):
+    """evaluate.py --report reads the test folder twice (scoring, pictures): its warnings print once."""
+    import warnings
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root / "synth_obj", data / "synth_obj")
+    next((data / "synth_obj/ground_truth/red_square").glob("*_mask.png")).unlink()
+    run = make_untrained_run(data, tmp_path / "runs", "synth_obj", image_size=64, patch_size=64,
+                             width=2, latent_dim=16, batch_size=4)["run"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")  # as a user's interpreter: once per place it is raised
+        assert evaluate.main([str(run), "--report", "--quiet", "--data-dir", str(data)]) == 0
+    assert sum("have no mask" in str(w.message) for w in seen) == 1
+    assert (run / REPORT_HTML).is_file()

@@ -28,6 +28,7 @@ cbigan.cli.<command>`` is quick, and ``train.py`` launching several categories s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import textwrap
 import warnings
 from pathlib import Path, PurePath
@@ -49,6 +50,25 @@ def _format_warning(message, category, filename, lineno, line=None):
 
 
 warnings.formatwarning = _format_warning  # the commands import this package before anything warns
+
+
+@contextlib.contextmanager
+def each_warning_once():
+    """Within it, a warning whose text was already shown is not shown again, from whatever line it
+    comes (Python's default shows it once per line that raises it: e.g. a missing mask, once by the
+    scoring and once by the report reading the same test folder)."""
+    shown, previous = set(), warnings.showwarning
+
+    def show_once(message, category, filename, lineno, file=None, line=None):
+        if (str(message), category) not in shown:
+            shown.add((str(message), category))
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_once
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def show(value) -> str:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..anomaly_score import IMAGE_SCORE_RULES
-from . import parser
+from . import each_warning_once, parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +78,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # the report reads the test folder again after scoring: a warning about it (e.g. a missing mask)
+    # is printed once, not once per reading
+    with each_warning_once():
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..evaluation import EvaluationError
     from ..metrics import MetricError
 
