@@ -134,36 +134,43 @@ def open_model(path: str | Path):
 
 
 # ---------------------------------------------------------------------------------- scoring
-def downscale_note(kind: str | None, canvas: int | None, scale: float, sizes: dict) -> str | None:
-    """A note when tiles inputs are larger than the model's canvas, or None.
+def input_notes(kind: str | None, canvas: int | None, scale: float, sizes: dict) -> list[str]:
+    """One-line notes about inputs the model will see differently from its training images, or [].
 
-    A tiles model scores each image at ``scale`` times its own resolution on a ``canvas`` px square;
-    an image whose scaled longer side exceeds the canvas is shrunk to fit it
-    (:func:`cbigan.imageops.scaled_size`), so its tiles see a coarser scale than training did and
-    small defects may vanish. ``sizes``: path -> (height, width) in pixels. Objects and textures are
-    resized to their square by design: no note.
+    * tiles: an image whose longer side times ``scale`` exceeds the ``canvas`` is shrunk to fit it
+      (:func:`cbigan.imageops.scaled_size`), so its tiles see a coarser scale than training did and
+      small defects may vanish;
+    * objects and textures: an image at least :data:`cbigan.kinds.ELONGATED` times longer than wide is
+      squashed to the model's square (a thin crack along it halves or more), where those kinds are
+      trained on square-ish images (an elongated training set gets tiles: :func:`cbigan.kinds.kind_for_sizes`).
+
+    ``sizes``: path -> (height, width) in pixels.
     """
-    if kind != "tiles" or not canvas:
-        return None
-    shrunk = {p: float(canvas) / max(hw) for p, hw in sizes.items() if max(hw) * scale > canvas}
-    if not shrunk:
-        return None
-    worst = min(shrunk, key=shrunk.get)
+    from .kinds import ELONGATED
+
+    if not sizes or not kind:
+        return []
+    if kind == "tiles":
+        if not canvas:
+            return []
+        shrunk = {p: float(canvas) / max(hw) for p, hw in sizes.items() if max(hw) * scale > canvas}
+        if not shrunk:
+            return []
+        worst = min(shrunk, key=shrunk.get)
+        h, w = sizes[worst]
+        return [f"{len(shrunk)} of {len(sizes)} images are larger than the model's {canvas} px canvas and are "
+                f"scaled down to fit it (e.g. {Path(worst).name}: {w}x{h} px, by {shrunk[worst]:.2g}), so "
+                f"its tiles see a coarser scale than the training images did; crop or resize them to the "
+                f"training images' scale, or train with --image-size covering them"]
+    ratio = {p: max(hw) / max(1, min(hw)) for p, hw in sizes.items()}
+    long = {p: r for p, r in ratio.items() if r >= ELONGATED}
+    if not long:
+        return []
+    worst = max(long, key=long.get)
     h, w = sizes[worst]
-    return (f"{len(shrunk)} of {len(sizes)} images are larger than the model's {canvas} px canvas and are "
-            f"scaled down to fit it (e.g. {Path(worst).name}: {w}x{h} px, by {shrunk[worst]:.2g}), so its "
-            f"tiles see a coarser scale than the training images did; crop or resize them to the training "
-            f"images' scale, or train with --image-size covering them")
-
-
-def _pool_to(a: np.ndarray, side: int) -> np.ndarray:
-    """Average-pool a [H, W, ...] array by an integer factor so its longer side is at most ``side``."""
-    f = max(1, math.ceil(max(a.shape[:2]) / side))
-    if f == 1:
-        return a
-    h, w = a.shape[0] // f * f, a.shape[1] // f * f
-    a = a[:h, :w]
-    return a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
+    return [f"{len(long)} of {len(sizes)} images are elongated (e.g. {Path(worst).name}: {w}x{h} px, "
+            f"{long[worst]:.2g}:1) and are squashed to the {kind} model's square, which thins defects "
+            f"along them; a model trained with --kind tiles keeps their aspect ratio"]
 
 
 def predict(model, files, *, batch_size: int = 16, threshold: float | None = None,
@@ -189,10 +196,8 @@ def predict(model, files, *, batch_size: int = 16, threshold: float | None = Non
             continue
         images[i] = a
         by_shape.setdefault(a.shape, []).append(i)
-    note = downscale_note(getattr(model, "kind", None), getattr(model, "image_size", None),
-                          getattr(model, "scale", 1.0), {files[i]: a.shape[:2] for i, a in images.items()})
-    if note:
-        res.notes.append(note)
+    res.notes += input_notes(getattr(model, "kind", None), getattr(model, "image_size", None),
+                             getattr(model, "scale", 1.0), {files[i]: a.shape[:2] for i, a in images.items()})
     scores = {}
     bar = progress_bar(total=len(images), desc="scoring", quiet=not progress)
     for idx in by_shape.values():

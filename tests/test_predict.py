@@ -132,7 +132,7 @@ def test_a_category_folder_is_refused_naming_its_runs(tmp_path):
 
 def test_tiles_inputs_larger_than_the_canvas_get_a_note(tmp_path):
     """A tiles model shrinks an image larger than its canvas: the user is told which and by how much."""
-    from cbigan.predict import downscale_note, predict
+    from cbigan.predict import input_notes, predict
 
     class FakeTiles:  # a tiles model's interface: kind, canvas (image_size), scale; scores of a batch
         kind, image_size, scale, threshold, rule, source = "tiles", 64, 1.0, None, "", "fake"
@@ -149,6 +149,18 @@ def test_tiles_inputs_larger_than_the_canvas_get_a_note(tmp_path):
     assert res.notes[0].startswith("2 of 3 images are larger than the model's 64 px canvas")
     assert "wide.png: 256x40 px, by 0.25" in res.notes[0]
     # at the model's own scale: 0.25 makes every one fit; objects are resized to a square by design
-    assert downscale_note("tiles", 64, 0.25, {"a": (40, 256)}) is None
-    assert downscale_note("object", 64, 1.0, {"a": (40, 256)}) is None
-    assert downscale_note("tiles", 64, 1.0, {"a": (64, 64)}) is None
+    assert input_notes("tiles", 64, 0.25, {"a": (40, 256)}) == []
+    assert input_notes("tiles", 64, 1.0, {"a": (64, 64)}) == []
+
+
+def test_elongated_inputs_to_a_square_model_get_a_note():
+    """Objects and textures squash every input to a square: a 2:1 or longer image is named."""
+    from cbigan.predict import input_notes
+
+    sizes = {"square.png": (300, 310), "strip.png": (500, 1250), "tall.png": (900, 400)}
+    notes = input_notes("object", 64, 1.0, sizes)
+    assert len(notes) == 1
+    assert notes[0].startswith("2 of 3 images are elongated (e.g. strip.png: 1250x500 px, 2.5:1)")
+    assert "--kind tiles" in notes[0]
+    assert input_notes("texture", 512, 1.0, {"a": (512, 512), "b": (500, 700)}) == []
+    assert input_notes(None, 64, 1.0, sizes) == []  # a model that does not say its kind
