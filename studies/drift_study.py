@@ -38,7 +38,21 @@ def drifted(images: np.ndarray, factor: float) -> np.ndarray:
     return np.clip(np.round(images.astype(np.float32) * factor), 0, 255).astype(np.uint8)
 
 
-def scores_of(model, images: np.ndarray, batch: int) -> np.ndarray:
+def served_images(model, test):
+    """The test images as a user serves them: the loaded array (resized to the model's square) for
+    objects and textures; for tiles each file at its own size (the loaded test set holds canvases whose
+    rest is the image mirrored, which a served model would score as part of the image)."""
+    if model.cfg.kind != "tiles":
+        return test.images
+    from cbigan.data import load_image
+
+    return [load_image(p) for p in test.paths]
+
+
+def scores_of(model, images, batch: int) -> np.ndarray:
+    """Image scores of ``images``: an array [N, H, W, 3] in batches, or a list of images one by one."""
+    if not isinstance(images, np.ndarray):
+        return np.array([float(np.asarray(model(im[None])["score"]).reshape(-1)[0]) for im in images])
     return np.concatenate([np.asarray(model(images[i:i + batch])["score"], np.float64).reshape(-1)
                            for i in range(0, len(images), batch)])
 
@@ -51,14 +65,17 @@ def rows_for(run_dir: Path, factors, batch: int) -> list[dict]:
     model = TrainedModel(run_dir)
     if model.threshold is None:
         raise SystemExit(f"{run_dir} has no threshold.json: evaluate or export it first")
-    test = load_test_set(model.cfg)
+    test = load_test_set(model.cfg, with_masks=False)
+    images = served_images(model, test)
     labels = np.asarray(test.labels)
     good = labels == 0
-    base = scores_of(model, test.images, batch)
+    base = scores_of(model, images, batch)
     gap = model.threshold - np.median(base[good])
     rows = []
     for f in [1.0] + [float(v) for v in factors]:
-        s = base if f == 1.0 else scores_of(model, drifted(test.images, f), batch)
+        s = base if f == 1.0 else scores_of(
+            model, drifted(images, f) if isinstance(images, np.ndarray) else [drifted(im, f) for im in images],
+            batch)
         rows.append({
             "category": model.cfg.category, "run": run_dir.name, "normalize": model.cfg.normalize,
             "image_score": model.cfg.image_score, "factor": f, "n_good": int(good.sum()),
