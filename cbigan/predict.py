@@ -173,6 +173,16 @@ def input_notes(kind: str | None, canvas: int | None, scale: float, sizes: dict)
             f"along them; a model trained with --kind tiles keeps their aspect ratio"]
 
 
+def _pool_to(a: np.ndarray, side: int) -> np.ndarray:
+    """Average-pool a [H, W, ...] array by an integer factor so its longer side is at most ``side``."""
+    f = max(1, math.ceil(max(a.shape[:2]) / side))
+    if f == 1:
+        return a
+    h, w = a.shape[0] // f * f, a.shape[1] // f * f
+    a = a[:h, :w]
+    return a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
+
+
 def predict(model, files, *, batch_size: int = 16, threshold: float | None = None,
             keep_maps: bool = False, progress: bool = True) -> tuple[Results, dict]:
     """Score ``files`` with ``model``; returns the results and, with ``keep_maps``, display arrays.

@@ -103,8 +103,8 @@ def _tiny_cfg(root, out, **kw):
 def test_nan_loss_stops_with_step_and_term_and_keeps_the_checkpoint(synthetic_root, tmp_path, monkeypatch):
     original = CBiGAN.eg_losses
 
-    def poisoned(self, x, z):
-        losses = original(self, x, z)
+    def poisoned(self, x, z, *rest):
+        losses = original(self, x, z, *rest)
         bad = tf.cast(self.train_counter.value, tf.float32) >= 9.0
         losses["loss_eg"] = tf.where(bad, tf.constant(float("nan")), losses["loss_eg"])
         return losses

@@ -478,8 +478,8 @@ def test_nan_before_the_first_backup_says_there_is_none(tmp_path, monkeypatch):
     category(tmp_path, masks=False)
     original = CBiGAN.eg_losses
 
-    def poisoned(self, x, z):
-        losses = original(self, x, z)
+    def poisoned(self, x, z, *rest):
+        losses = original(self, x, z, *rest)
         losses["loss_eg"] = losses["loss_eg"] + tf.constant(float("nan"))
         return losses
 
