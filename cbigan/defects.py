@@ -60,6 +60,6 @@ def draw_defects(x, prob: float, seed, max_frac: float = MAX_FRAC):
     lo = tf.reduce_min(xf, axis=(1, 2, 3), keepdims=True)
     hi = tf.reduce_max(xf, axis=(1, 2, 3), keepdims=True)
     constant = lo + col(6)[..., None] * (hi - lo)
-    fill = tf.where(col(7)[..., None] < 0.5, constant + 0.0 * xf, tf.roll(xf, 1, axis=0))
+    fill = tf.where(col(7)[..., None] < 0.5, constant, tf.roll(xf, 1, axis=0))  # broadcast to [B, H, W, C]
     out = mask * fill + (1.0 - mask) * xf
     return tf.cast(out, x.dtype), mask
