@@ -61,6 +61,8 @@ class Config:
     train_crops: str | None = None     # tiles: "canvas" (anywhere) or "image" (centred in the image's
                                        # region); None: the kind's ("canvas"; "image" for tiles). The
                                        # same crops for objects and textures
+    global_views: float = 0.0          # tiles: share of each training batch that is whole images resized to
+                                       # one tile (the global view, scored beside the tiles); 0: none
     # networks
     latent_dim: int = 64
     width: int | None = None           # width multiplier c; None: the paper's 3 (--preset fast: 6 for
@@ -137,6 +139,10 @@ class Config:
             raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")
         if not 0 <= c.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {c.alpha}")
+        if not 0 <= c.global_views < 1:
+            raise ValueError(f"global_views must be in [0, 1) (a share of each training batch), got {c.global_views}")
+        if c.global_views and c.kind != "tiles":
+            raise ValueError(f"global views are for --kind tiles (a {c.kind} model sees whole images already)")
         if not 0 <= c.denoise <= 1:
             raise ValueError(f"denoise must be in [0, 1] (a share of the training images), got {c.denoise}")
         if c.select not in SELECTION_RULES:

@@ -164,6 +164,25 @@ def scaled_size(height, width, canvas: int, scale: float):
     return (tf.maximum(1, tf.cast(tf.round(h * f), tf.int32)), tf.maximum(1, tf.cast(tf.round(w * f), tf.int32)))
 
 
+def region_views(images, regions, size: int):
+    """The whole of each image's region, resized to ``size`` x ``size``: the *global view* of a tiles
+    canvas (``Config.global_views``).
+
+    ``images``: [N, S, S, C] uint8 or float canvases; ``regions``: [N, 2] int (h, w), the top-left part of
+    each that is the image (:func:`fit_to_canvas`). Returns float32 [N, size, size, C] in the input's
+    units: bilinear with antialiasing (the aspect ratio is not kept: a 2:1 image is squashed, as an
+    ``object`` model squashes it). One op for training, scoring and the export.
+    """
+    x = tf.cast(images, tf.float32)
+    regions = tf.cast(regions, tf.int32)
+
+    def one(args):
+        image, hw = args
+        return tf.image.resize(image[:hw[0], :hw[1]], (size, size), method="bilinear", antialias=True)
+
+    return tf.map_fn(one, (x, regions), fn_output_signature=tf.TensorSpec([size, size, None], tf.float32))
+
+
 def _symmetric_index(n, size: int):
     """Source index, in 0..n-1, of each of ``size`` positions when a length-n axis is extended by
     repeated mirror reflection (``d c b a | a b c d | d c b a | a b ...``, scipy's ``reflect``)."""

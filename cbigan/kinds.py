@@ -294,6 +294,21 @@ class TilesKind(TextureKind):
         without a 32 px border; results/small_defects)."""
         return max(0, int(cfg.patch_size) // 2)
 
+    def geometric_augment(self, images_uint8, cfg, seed, regions=None):
+        """Tile crops (:meth:`TextureKind.geometric_augment`); with ``global_views`` > 0 and ``regions``,
+        the first ``round(global_views * N)`` images of the batch give their global view instead (the
+        whole region resized to one tile: :func:`cbigan.imageops.region_views`)."""
+        x = super().geometric_augment(images_uint8, cfg, seed, regions)
+        n_global = int(round(float(cfg.global_views) * int(cfg.batch_size)))
+        if n_global <= 0 or regions is None:
+            return x
+        import tensorflow as tf
+
+        from .imageops import region_views
+
+        views = region_views(images_uint8[:n_global], regions[:n_global], int(cfg.patch_size))
+        return tf.concat([views, x[n_global:]], 0)
+
     def fit(self, images, cfg):
         import tensorflow as tf
 

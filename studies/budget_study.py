@@ -114,6 +114,11 @@ ARMS = {
     "fast_dn": ["--preset", "fast", "--denoise", "0.5"],
     # and with a defect in every one of them
     "fast_dn1": ["--preset", "fast", "--denoise", "1.0"],
+    # tiles (bfloat16, as fast_final_bf16) with a quarter of every batch the whole image resized to one
+    # tile (--global-views 0.25): the model also learns the whole part's look, scored beside the tiles
+    # (magnetic tile's uneven and break defects span more than a tile; the squashed 64 px object model
+    # and the tiles make nearly uncorrelated mistakes there)
+    "tiles_gv": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.25", "--precision", "mixed_bfloat16"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],
     "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3", "--normalize", "none"],

@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiles: where training crops lie: 'canvas' = anywhere on the canvas, its mirrored "
                         "padding included; 'image' = centred inside each image (objects and textures: the "
                         "same thing) " + config_default("train_crops", "canvas, image with --kind tiles"))
+    g.add_argument("--global-views", type=float, default=None,
+                   help="tiles: share of each training batch that is a whole image resized to one tile (its "
+                        "global view), so the model learns the whole part's look beside its tiles "
+                        "(not in the paper) " + config_default("global_views"))
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, default=None, help="size of z " + config_default("latent_dim"))
     g.add_argument("--width", type=int, default=None, help="width multiplier c of the networks " + data["width"])
