@@ -1,0 +1,141 @@
+"""Pilot (not yet a feature): a tiles model's global view scored beside its tiles.
+
+    python studies/pilots/global_view.py RUN [RUN ...] [--data-dir DIR] [--out CSV]
+
+RUN: a tiles run trained with ``--global-views`` (or without: then the global view is an image the
+model never saw whole). For the test images and the run's held-out train/good images (the same seeded
+split as training), it computes
+
+* the **local** map: the run's own tiles map (:class:`cbigan.localization.Localizer` at the run's sigma,
+  stride and lambda) and its image score by the run's rule (map_max less the score margin);
+* the **global** map: the whole image (its region of the canvas, normalized as the canvas is) resized to
+  one tile (:func:`cbigan.imageops.region_views`), mapped by the same networks (:func:`localize`, sigma
+  4 at the tile's 64 px), image score its maximum;
+
+and the image auROC of each view and of their combinations, the views' scores each divided by the
+standard deviation of its held-out normal images' scores (no test labels): the sum, the maximum; and
+the pixel metrics of the local map, the global map (bilinear to the region) and their sum (each map
+divided by its held-out 99th-percentile pixel value). Prints one row per run and appends it to ``--out``.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from cbigan.anomaly_score import map_scores
+from cbigan.data import load_resized, load_test_set, split_train_val
+from cbigan.evaluation import _with_data_dir
+from cbigan.imageops import region_views, to_model_range
+from cbigan.layout import TRAIN, category_dir, good_folder, list_images
+from cbigan.localization import Localizer, localize, map_settings
+from cbigan.metrics import auroc
+from cbigan.model import load_trained
+from cbigan.networks import feature_extractor
+from cbigan.pixel_metrics import pixel_metrics, region_masks, select_images
+
+GLOBAL_SIGMA = 4.0
+
+
+def global_maps(model, cfg, canvases, regions, chunk: int = 32) -> np.ndarray:
+    """[N, p, p] anomaly maps of the images' global views (p = the tile size)."""
+    feats = feature_extractor(model.critic, cfg.feature_layer)
+    p = int(cfg.patch_size)
+
+    @tf.function(reduce_retracing=True)
+    def one(x, r):
+        views = region_views(to_model_range(x, cfg.normalize), r, p)
+        return localize(model.ema_encoder, model.ema_generator, feats, tf.ensure_shape(views, [None, p, p, 3]),
+                        patch=p, lam=cfg.score_lambda, sigma=GLOBAL_SIGMA)["anomaly_map"]
+
+    out = [one(tf.constant(canvases[i:i + chunk]), tf.constant(regions[i:i + chunk]))
+           for i in range(0, len(canvases), chunk)]
+    return np.concatenate([o.numpy() for o in out])
+
+
+def local_maps(model, cfg, canvases):
+    sigma, stride = map_settings(cfg)
+    return Localizer(model, cfg, sigma=sigma, stride=stride).run(canvases, progress=True).maps(cfg.score_lambda)
+
+
+def to_canvas(gmaps, regions, size):
+    """Global maps [N, p, p] -> [N, S, S]: bilinear to each image's region, zero outside it."""
+    out = np.zeros((len(gmaps), size, size), np.float32)
+    for i, (m, (h, w)) in enumerate(zip(gmaps, regions)):
+        out[i, :h, :w] = tf.image.resize(m[..., None], (int(h), int(w)), method="bilinear")[..., 0].numpy()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--every", type=int, default=1, help="every K-th test and held-out image only (smoke tests)")
+    args = ap.parse_args()
+    for run in args.runs:
+        cfg, model = load_trained(run)
+        cfg = cfg.resolved()
+        if args.data_dir:
+            cfg = _with_data_dir(cfg, args.data_dir)
+        good = good_folder(category_dir(cfg.data_dir, cfg.category) / TRAIN)
+        _, val_paths = split_train_val(list_images(good), cfg.val_split, cfg.seed)
+        val_paths = val_paths[::args.every]
+        vreg = []
+        val, _ = load_resized(val_paths, cfg, "held-out images", False, vreg)
+        vreg = np.array(vreg, np.int32)
+        test = load_test_set(cfg)
+        if args.every > 1:
+            from dataclasses import replace
+            k = slice(None, None, args.every)
+            test = replace(test, images=test.images[k], labels=np.asarray(test.labels)[k],
+                           defect_types=list(test.defect_types)[k], paths=list(test.paths)[k],
+                           masks=None if test.masks is None else test.masks[k],
+                           has_mask=np.asarray(test.has_mask)[k], regions=test.regions[k])
+        y, treg = np.asarray(test.labels), test.regions
+        margin = int(cfg.score_margin)
+        # held-out normal images: each view's score spread (and the maps' 99th percentile)
+        v_loc = local_maps(model, cfg, val)
+        v_glob = global_maps(model, cfg, val, vreg)
+        s_vl = map_scores(v_loc, "map_max", regions=vreg, margin=margin)
+        s_vg = v_glob.reshape(len(v_glob), -1).max(1)
+        q_l = np.percentile(np.concatenate([m[:h, :w].ravel() for m, (h, w) in zip(v_loc, vreg)]), 99)
+        q_g = np.percentile(v_glob, 99)
+        del v_loc
+        t_loc = local_maps(model, cfg, test.images)
+        t_glob = global_maps(model, cfg, test.images, treg)
+        s_l = map_scores(t_loc, "map_max", regions=treg, margin=margin)
+        s_g = t_glob.reshape(len(t_glob), -1).max(1)
+        zl, zg = s_l / s_vl.std(), s_g / s_vg.std()
+        row = {"run": Path(run).name, "category": cfg.category, "global_views": cfg.global_views,
+               "auroc_local": auroc(y, s_l), "auroc_global": auroc(y, s_g),
+               "auroc_sum": auroc(y, zl + zg), "auroc_max": auroc(y, np.maximum(zl - np.median(s_vl) / s_vl.std(),
+                                                                            zg - np.median(s_vg) / s_vg.std())),
+               "auroc_rawsum": auroc(y, s_l + s_g), "scale_ratio": float(s_vg.std() / s_vl.std()),
+               "corr": float(np.corrcoef(s_l, s_g)[0, 1])}
+        for t in sorted(set(test.defect_types) - {"good"}):
+            sel = np.array([d in ("good", t) for d in test.defect_types])
+            row[f"sum_{t}"] = auroc(y[sel], (zl + zg)[sel])
+            row[f"local_{t}"] = auroc(y[sel], s_l[sel])
+        if test.masks is not None:
+            keep, _ = select_images(y, test.has_mask, warn=False)
+            valid = region_masks(treg[keep], t_loc.shape[1:])
+            g_canvas = to_canvas(t_glob, treg, t_loc.shape[1])
+            for name, maps in (("local", t_loc), ("global", g_canvas), ("sum", t_loc / q_l + g_canvas / q_g),
+                               ("rawsum", t_loc + g_canvas)):
+                pm = pixel_metrics(maps[keep], test.masks[keep], valid=valid)
+                row[f"pixel_auroc_{name}"], row[f"aupro_{name}"] = pm["pixel_auroc"], pm["aupro"]
+                if name in ("sum", "rawsum"):
+                    row[f"auroc_{name}map_max"] = auroc(y, map_scores(maps, "map_max", regions=treg, margin=margin))
+                    row[f"auroc_{name}map_max_m0"] = auroc(y, map_scores(maps, "map_max", regions=treg, margin=0))
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        if args.out:
+            out = Path(args.out)
+            pd.DataFrame([row]).to_csv(out, mode="a", header=not out.exists(), index=False)
+
+
+if __name__ == "__main__":
+    main()
