@@ -57,6 +57,10 @@ def global_maps(model, cfg, canvases, regions, chunk: int = 32) -> np.ndarray:
 
 
 def local_maps(model, cfg, canvases):
+    """The tiles' own maps (without the global view the product adds for such a run)."""
+    from dataclasses import replace
+
+    cfg = replace(cfg, global_views=0.0)
     sigma, stride = map_settings(cfg)
     return Localizer(model, cfg, sigma=sigma, stride=stride).run(canvases, progress=True).maps(cfg.score_lambda)
 
