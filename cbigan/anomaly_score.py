@@ -175,11 +175,16 @@ def _map_scores_tf(maps, rule, topk, regions, margin):
 
 
 def rule_scores(rule: str, lam: float, *, l_r=None, l_fd=None, maps=None, topk: float = DEFAULT_TOPK,
-                regions=None, margin: int = 0):
+                regions=None, margin: int = 0, global_maps=None, global_weight: float = 1.0):
     """Image scores [N] by ``rule`` at ``lam``: ``paper`` from the per-patch parts ``l_r``, ``l_fd``
     [N, P] (:func:`image_scores`), the map rules from the anomaly maps ``maps`` [N, H, W] at the same
     lambda, over each image's ``regions`` less ``margin`` (:func:`map_scores`). ValueError for an
-    unknown rule or a missing input."""
+    unknown rule or a missing input.
+
+    ``global_maps`` [N, p, p] (tiles trained with global views, beyond the paper): the maps of each image's
+    global view at the same lambda; the map rules then add ``global_weight`` times the same rule over the
+    whole of it (weight calibrated on held-out normal images: :func:`cbigan.threshold.calibrate_threshold`).
+    The paper's rule ignores them."""
     if rule == "paper":
         if l_r is None or l_fd is None:
             raise ValueError("the paper's score needs the per-patch parts l_r and l_fd")
@@ -188,4 +193,7 @@ def rule_scores(rule: str, lam: float, *, l_r=None, l_fd=None, maps=None, topk: 
         raise ValueError(f"image score rule must be one of {', '.join(IMAGE_SCORE_RULES)}, got {rule!r}")
     if maps is None:
         raise ValueError(f"the {rule} score needs the anomaly maps")
-    return map_scores(maps, rule, topk, regions, margin)
+    scores = map_scores(maps, rule, topk, regions, margin)
+    if global_maps is None:
+        return scores
+    return scores + float(global_weight) * map_scores(global_maps, rule, topk)

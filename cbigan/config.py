@@ -143,6 +143,9 @@ class Config:
             raise ValueError(f"global_views must be in [0, 1) (a share of each training batch), got {c.global_views}")
         if c.global_views and c.kind != "tiles":
             raise ValueError(f"global views are for --kind tiles (a {c.kind} model sees whole images already)")
+        if c.global_views and c.image_score not in ("map_max", "map_topk"):
+            raise ValueError(f"global views add to the anomaly map's image score: use --image-score map_max or "
+                             f"map_topk, not {c.image_score}")
         if not 0 <= c.denoise <= 1:
             raise ValueError(f"denoise must be in [0, 1] (a share of the training images), got {c.denoise}")
         if c.select not in SELECTION_RULES:

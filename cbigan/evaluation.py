@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -124,11 +124,12 @@ def score_test_set(run_dir: str | Path, cfg: Config | None = None, model=None, *
 
         stride = resolve_stride(cfg, stride)
         loc = Localizer(model, cfg, sigma=sigma, stride=stride)
-        out = loc.run(test.images, progress=progress, desc=f"scoring + maps {cfg.category}")
+        out = loc.run(test.images, progress=progress, desc=f"scoring + maps {cfg.category}", regions=test.regions)
         l_r, l_fd = out.l_r, out.l_fd
         pixel_maps = ImageResults(out.l_r, out.l_fd, map_r=out.map_r, map_fd=out.map_fd, masks=test.masks,
                                   has_mask=np.asarray(test.has_mask, bool), sigma=float(sigma), stride=stride,
-                                  regions=test.regions)
+                                  regions=test.regions, global_r=out.global_r, global_fd=out.global_fd,
+                                  global_weight=out.global_weight)
     else:
         scores = score_images(Scorer(model, cfg), test.images, progress=progress,
                               desc=f"scoring {cfg.category}")
@@ -342,7 +343,8 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         fingerprint = weights_fingerprint(run_dir)
         if old is not None and old.fingerprint == fingerprint and old.paths == _current_test_paths(cfg):
             if want_pixel:
-                old = old.with_maps(_load_pixel_maps(pixel_file, fingerprint, old.paths, sigma, stride))
+                old = old.with_maps(_load_pixel_maps(pixel_file, fingerprint, old.paths, sigma, stride,
+                                                     bool(cfg.global_views)))
             if old.has_maps or not want_pixel:
                 scored, reused = old, True
     if scored is None:
@@ -358,6 +360,10 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         if scored.has_maps:
             scored.save_maps(pixel_file)
 
+    if scored.global_r is not None:  # the weight of the global view: the run's calibration, not the file's
+        from .localization import global_weight
+
+        scored = replace(scored, global_weight=global_weight(cfg))
     scores_df = scores_table(scored, chosen, threshold, rule=rule, topk=cfg.score_topk, margin=cfg.score_margin)
     write_atomic(run_dir / SCORES_CSV, lambda p: scores_df.to_csv(p, index=False, float_format="%.6g"))
     t0 = time.monotonic()
@@ -432,15 +438,17 @@ def _float_or_none(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _load_pixel_maps(path: Path, fingerprint: str, paths: list, sigma: float, stride: int):
-    """Stored maps when they belong to these weights, test images, sigma and stride; else None."""
+def _load_pixel_maps(path: Path, fingerprint: str, paths: list, sigma: float, stride: int,
+                     global_view: bool = False):
+    """Stored maps when they belong to these weights, test images, sigma and stride (and hold the global
+    view's maps exactly when the run has one); else None."""
     if not path.is_file():
         return None
     try:
         px = ImageResults.load_maps(path)
     except (OSError, ValueError, KeyError):
         return None
-    if px.fingerprint != fingerprint or px.paths != paths or not px.maps_match(sigma, stride):
+    if px.fingerprint != fingerprint or px.paths != paths or not px.maps_match(sigma, stride, global_view):
         return None
     return px
 

@@ -26,6 +26,7 @@ threshold exports ``threshold = NaN`` and ``is_anomaly = False`` everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,13 +36,13 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from .anomaly_score import rule_scores
+from .anomaly_score import combine, rule_scores
 from .config import Config
 from .runfolder import EXPORT, is_run_dir
 from .data import PNG_SIGNATURE, to_model_range
 from .networks import feature_extractor
 from .kinds import kind_of
-from .localization import localize, map_settings
+from .localization import global_weight, localize, map_settings
 from .scoring import in_chunks
 
 METADATA = "cbigan.json"
@@ -266,9 +267,12 @@ class ServingGraph:
         lam = float(cfg.score_lambda)
         sigma, stride = map_settings(cfg)  # stride None: the patch size
         out = localize(self.encoder, self.generator, self.features, to_model_range(images_uint8, cfg.normalize),
-                       patch=cfg.patch_size, lam=lam, sigma=sigma, stride=stride)
+                       patch=cfg.patch_size, lam=lam, sigma=sigma, stride=stride,
+                       global_view=bool(cfg.global_views), regions=regions)
+        glob = combine(out["global_r"], out["global_fd"], lam) if "global_r" in out else None
         score = rule_scores(cfg.image_score, lam, l_r=out["l_r"], l_fd=out["l_fd"], maps=out["anomaly_map"],
-                            topk=cfg.score_topk, regions=regions, margin=cfg.score_margin)
+                            topk=cfg.score_topk, regions=regions, margin=cfg.score_margin, global_maps=glob,
+                            global_weight=global_weight(cfg))
         thr = tf.constant(math.nan if self.threshold is None else self.threshold, tf.float32)
         n = tf.shape(score)[0]
         return {
@@ -361,6 +365,7 @@ def metadata(cfg: Config, threshold_info: dict | None, run_dir: str | Path | Non
         "format": EXPORT_FORMAT, "category": cfg.category, "kind": cfg.kind,
         "image_size": cfg.image_size, "scale": cfg.scale, "patch_size": cfg.patch_size, "score_lambda": cfg.score_lambda,
         "image_score": cfg.image_score, "score_topk": cfg.score_topk, "score_margin": cfg.score_margin,
+        "global_views": cfg.global_views, "global_weight": global_weight(cfg) if cfg.global_views else None,
         "feature_layer": cfg.feature_layer, "threshold": info.get("threshold"), "threshold_info": info,
         "run_dir": None if run_dir is None else str(Path(run_dir).resolve()),
         "signatures": {
@@ -383,6 +388,8 @@ def export_model(model, cfg: Config, export_dir: str | Path, *, threshold_info: 
     existing one (1 if none). An existing explicit version is refused unless ``overwrite``.
     """
     cfg = cfg.resolved()
+    if threshold_info and "global_weight" in threshold_info:  # calibrated with this threshold
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "global_weight": float(threshold_info["global_weight"])})
     model_dir = Path(export_dir) / (model_name or cfg.category)
     existing = versions(model_dir)
     if version is None:

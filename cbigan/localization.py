@@ -211,8 +211,34 @@ def channel_mean_map(d, p_h: int, p_w: int):
     return tf.tile(d[:, None, None], [1, p_h, p_w])
 
 
+def global_weight(cfg) -> float:
+    """The weight of the global view's score in the image score of a run trained with ``global_views``:
+    calibrated with the threshold on the held-out images (:func:`cbigan.threshold.view_weight`), kept in
+    the threshold record (``threshold.json``, merged into ``config.json``: ``cfg.extra["threshold"]``) or
+    given as ``cfg.extra["global_weight"]``; 1 before calibration or without held-out images."""
+    if "global_weight" in cfg.extra:
+        return float(cfg.extra["global_weight"])
+    record = cfg.extra.get("threshold")
+    return float(record.get("global_weight", 1.0)) if isinstance(record, dict) else 1.0
+
+
+def global_view_parts(encoder, generator, features, x, regions, *, patch: int, sigma: float = DEFAULT_SIGMA):
+    """The global view's two map parts ``(global_r, global_fd)``, each [N, p, p] (p = ``patch``).
+
+    Each image's region of ``x`` ([N, S, S, C] in the model range; ``regions`` [N, 2] (h, w)) resized to one
+    tile (:func:`cbigan.imageops.region_views`) and mapped as :func:`localize` maps a tile: channel means
+    of |x - G(E(x))| and of the feature difference, smoothed at ``sigma`` pixels of the tile.
+    """
+    from .imageops import region_views
+
+    p = int(patch)
+    views = tf.ensure_shape(region_views(x, tf.cast(regions, tf.int32), p), [None, p, p, None])
+    out = score_patches(encoder, generator, features, views)
+    return gaussian_blur(out["diff"], sigma), gaussian_blur(channel_mean_map(out["feature_abs"], p, p), sigma)
+
+
 def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
-             sigma: float = DEFAULT_SIGMA, stride: int | None = None):
+             sigma: float = DEFAULT_SIGMA, stride: int | None = None, global_view: bool = False, regions=None):
     """Score parts and anomaly maps of full images ``x`` in [-1, 1], [N, S, S, 3] (static S).
 
     Returns a dict of tensors:
@@ -223,6 +249,11 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
       is their linear combination (smoothing and averaging are linear);
     * ``anomaly_map`` [N, S, S]: :func:`cbigan.anomaly_score.combine` of the two map parts at ``lam``;
     * ``reconstruction`` [N, S, S, 3]: G(E(x)) of the non-overlapping patches, stitched, in [-1, 1].
+
+    ``global_view`` (tiles trained with ``global_views``): also ``global_r``, ``global_fd`` [N, p, p], the
+    map parts of each image's global view (:func:`global_view_parts`; ``regions`` [N, 2] (h, w), None: the
+    whole image), which the map rules add to the image score (:func:`cbigan.anomaly_score.rule_scores`);
+    the anomaly map and the paper's parts stay the tiles'.
     """
     size = x.shape[1]
     if size is None or x.shape[2] != size:
@@ -252,8 +283,14 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
     lam = float(lam)
     # the smoothing is linear: one blur of the combined map (a graph that needs only the anomaly map,
     # the export, blurs once; evaluation fetches map_r and map_fd, not this)
-    return {"l_r": l_r, "l_fd": l_fd, "map_r": map_r, "map_fd": map_fd,
-            "anomaly_map": gaussian_blur(combine(raw_r, raw_fd, lam), sigma), "reconstruction": rec}
+    out = {"l_r": l_r, "l_fd": l_fd, "map_r": map_r, "map_fd": map_fd,
+           "anomaly_map": gaussian_blur(combine(raw_r, raw_fd, lam), sigma), "reconstruction": rec}
+    if global_view:
+        if regions is None:
+            regions = tf.fill(tf.stack([tf.shape(x)[0], 2]), size)
+        out["global_r"], out["global_fd"] = global_view_parts(encoder, generator, features, x, regions,
+                                                              patch=patch, sigma=sigma)
+    return out
 
 
 # ---------------------------------------------------------------------------------- batched use
@@ -274,73 +311,96 @@ class Localizer:
         self.positions = patch_positions(self.cfg.image_size, self.cfg.patch_size, self.stride)
         self.features = feature_extractor(model.critic, self.cfg.feature_layer)
         self.patches_per_call = patches_per_call
+        #: the global view's map is added to the tiles' (a model trained with ``global_views``)
+        self.global_view = bool(self.cfg.global_views)
         size = self.cfg.image_size
-        self._fn = tf.function(self._localize, reduce_retracing=True,
-                               input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
-        self._parts_fn = tf.function(self._parts, reduce_retracing=True,
-                                     input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+        spec = [tf.TensorSpec([None, size, size, 3], tf.uint8), tf.TensorSpec([None, 2], tf.int32)]
+        self._fn = tf.function(self._localize, reduce_retracing=True, input_signature=spec)
+        self._parts_fn = tf.function(self._parts, reduce_retracing=True, input_signature=spec)
 
     @property
     def patches_per_image(self) -> int:
-        """Network inputs per image (overlapping patches included)."""
-        return len(self.positions) ** 2
+        """Network inputs per image (overlapping patches and the global view included)."""
+        return len(self.positions) ** 2 + int(self.global_view)
+
+    @property
+    def _global_keys(self) -> tuple:
+        return ("global_r", "global_fd") if self.global_view else ()
+
+    def _regions(self, images_uint8, regions):
+        """``regions`` [N, 2] int32, or every image whole when None."""
+        if regions is None:
+            return np.full((len(images_uint8), 2), self.cfg.image_size, np.int32)
+        return np.asarray(regions, np.int32).reshape(-1, 2)
 
     @property
     def images_per_call(self) -> int:
         return max(1, self.patches_per_call // self.patches_per_image)
 
-    def _localize_one_pass(self, images_uint8):
+    def _localize_one_pass(self, images_uint8, regions):
         m = self.model
         return localize(m.ema_encoder, m.ema_generator, self.features,
                         to_model_range(images_uint8, self.cfg.normalize),
-                        patch=self.cfg.patch_size, lam=self.lam, sigma=self.sigma, stride=self.stride)
+                        patch=self.cfg.patch_size, lam=self.lam, sigma=self.sigma, stride=self.stride,
+                        global_view=self.global_view, regions=regions)
 
     def _specs(self, keys) -> dict:
         s, grid = self.cfg.image_size, (self.cfg.image_size // self.cfg.patch_size) ** 2
+        p = self.cfg.patch_size
         shapes = {"l_r": [grid], "l_fd": [grid], "map_r": [s, s], "map_fd": [s, s], "anomaly_map": [s, s],
-                  "reconstruction": [s, s, 3]}
+                  "reconstruction": [s, s, 3], "global_r": [p, p], "global_fd": [p, p]}
         return {k: (tf.float32, shapes[k]) for k in keys}
 
-    def _localize(self, images_uint8):
+    def _localize(self, images_uint8, regions):
         """All outputs of :func:`localize`, the batch in chunks run side by side (:func:`in_chunks`)."""
-        keys = ("l_r", "l_fd", "map_r", "map_fd", "anomaly_map", "reconstruction")
-        return in_chunks(self._localize_one_pass, images_uint8, self.patches_per_image, self._specs(keys))
+        keys = ("l_r", "l_fd", "map_r", "map_fd", "anomaly_map", "reconstruction") + self._global_keys
+        return in_chunks(self._localize_one_pass, (images_uint8, regions), self.patches_per_image,
+                         self._specs(keys))
 
-    def _parts(self, images_uint8):
+    def _parts(self, images_uint8, regions):
         """Only what :meth:`run` keeps (the graph then skips the combined map's blur)."""
-        keys = ("l_r", "l_fd", "map_r", "map_fd")
-        return in_chunks(lambda x: {k: v for k, v in self._localize_one_pass(x).items() if k in keys},
-                         images_uint8, self.patches_per_image, self._specs(keys))
+        keys = ("l_r", "l_fd", "map_r", "map_fd") + self._global_keys
+        return in_chunks(lambda x, r: {k: v for k, v in self._localize_one_pass(x, r).items() if k in keys},
+                         (images_uint8, regions), self.patches_per_image, self._specs(keys))
 
-    def raw(self, images_uint8) -> dict:
-        """All outputs of :func:`localize` (tensors) for a batch of resized uint8 images."""
-        return self._fn(tf.convert_to_tensor(np.asarray(images_uint8), tf.uint8))
+    def raw(self, images_uint8, regions=None) -> dict:
+        """All outputs of :func:`localize` (tensors) for a batch of resized uint8 images; ``regions``
+        [N, 2] (h, w): each image's part of them (tiles; None: all of it)."""
+        return self._fn(tf.convert_to_tensor(np.asarray(images_uint8), tf.uint8),
+                        tf.constant(self._regions(images_uint8, regions)))
 
-    def run(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "maps") -> ImageResults:
+    def run(self, images_uint8: np.ndarray, progress: bool = False, desc: str = "maps",
+            regions=None) -> ImageResults:
         """Score parts and map parts of many images, in chunks (a progress bar on a terminal with
         ``progress``: :func:`cbigan.progress.progress`). Each chunk is written into arrays of the final
         size: the maps of many large images (583 magnetic tiles on 640 px canvases: 0.96 GB a part)
-        are held once, not once per chunk and again joined."""
+        are held once, not once per chunk and again joined. ``regions``: as :meth:`raw` (the global
+        view needs them; the result does not hold them)."""
         from .progress import progress as progress_bar
 
         grid = (self.cfg.image_size // self.cfg.patch_size) ** 2
         size = self.cfg.image_size
         n = len(images_uint8)
+        p = self.cfg.patch_size
         out = {"l_r": np.zeros((n, grid), np.float32), "l_fd": np.zeros((n, grid), np.float32),
                "map_r": np.zeros((n, size, size), np.float32), "map_fd": np.zeros((n, size, size), np.float32)}
+        out.update({k: np.zeros((n, p, p), np.float32) for k in self._global_keys})
         step = self.images_per_call
+        regions = self._regions(images_uint8, regions)
         with progress_bar(total=n, desc=desc, quiet=not progress) as bar:
             for i in range(0, n, step):
-                chunk = self._parts_fn(tf.convert_to_tensor(np.asarray(images_uint8[i:i + step]), tf.uint8))
+                chunk = self._parts_fn(tf.convert_to_tensor(np.asarray(images_uint8[i:i + step]), tf.uint8),
+                                       tf.constant(regions[i:i + step]))
                 for key, array in out.items():
                     array[i:i + step] = chunk[key].numpy().reshape(array[i:i + step].shape)
                 bar.update(min(step, n - i))
         return ImageResults(out["l_r"], out["l_fd"], map_r=out["map_r"], map_fd=out["map_fd"],
-                            sigma=self.sigma, stride=self.stride)
+                            sigma=self.sigma, stride=self.stride, global_r=out.get("global_r"),
+                            global_fd=out.get("global_fd"), global_weight=global_weight(self.cfg))
 
-    def maps(self, images_uint8: np.ndarray, lam: float | None = None) -> np.ndarray:
+    def maps(self, images_uint8: np.ndarray, lam: float | None = None, regions=None) -> np.ndarray:
         """Anomaly maps [N, S, S] at ``lam`` (default: the localizer's)."""
-        return self.run(images_uint8).maps(self.lam if lam is None else lam)
+        return self.run(images_uint8, regions=regions).maps(self.lam if lam is None else lam)
 
 
 def map_settings(cfg: Config) -> tuple[float, int | None]:
@@ -372,7 +432,7 @@ class ImageScorer:
         """Per-image results (parts, and maps for a map rule) of [N, S, S, 3] uint8 images; ``regions``
         [N, 2] ``(h, w)``: the part of each that is the image (tiles; None: all of it)."""
         if isinstance(self.engine, Localizer):
-            out = self.engine.run(images_uint8, progress=progress, desc=desc)
+            out = self.engine.run(images_uint8, progress=progress, desc=desc, regions=regions)
         else:
             from .scoring import score_images
 

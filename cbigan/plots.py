@@ -184,7 +184,7 @@ class RunFolderView:
             from .localization import map_settings
 
             sigma, stride = map_settings(c)
-            results = self.localizer(sigma, stride).run(test.images)
+            results = self.localizer(sigma, stride).run(test.images, regions=test.regions)
         else:
             results = self.scorer.score(test.images)
         results = dataclasses.replace(results, regions=test.regions)  # tiles: the images' own parts
@@ -335,10 +335,11 @@ def maps_data(run_dir, n_rows: int | None = None, data_dir: str | None = None, s
     c = run.cfg
     rule = dict(lam=run.lam, rule=c.image_score, topk=c.score_topk, margin=c.score_margin)  # the run's own
     if scores is None:
-        scores = dataclasses.replace(loc.run(test.images), regions=test.regions).image_scores(**rule)
+        scores = dataclasses.replace(loc.run(test.images, regions=test.regions),
+                                     regions=test.regions).image_scores(**rule)
     picked = select_examples(test.defect_types, scores, n_rows)
-    out = dataclasses.replace(loc.run(test.images[picked]),
-                              regions=None if test.regions is None else test.regions[picked])
+    regions = None if test.regions is None else test.regions[picked]
+    out = dataclasses.replace(loc.run(test.images[picked], regions=regions), regions=regions)
     maps, image_scores = out.maps(run.lam), out.image_scores(**rule)
     rows = []
     for k, i in enumerate(picked):

@@ -31,6 +31,8 @@ class ImageResults:
       ``masks`` ([N, S, S] uint8 in {0, 1}) and ``has_mask`` ([N] bool: good, or a mask file exists)
       when the images are a labelled test set; ``regions`` ([N, 2] (h, w)): the top-left part of each
       map that is the image (the whole map but for tiles, whose canvas is the image mirrored);
+    * ``global_r``, ``global_fd`` [N, p, p] or None: the map parts of each image's global view (tiles
+      trained with global views), which the map rules add to the image score times ``global_weight``;
     * ``fingerprint``: of the weights and config that produced them; ``seconds``: scoring wall time.
     """
 
@@ -48,6 +50,9 @@ class ImageResults:
     regions: np.ndarray | None = None
     fingerprint: str = ""
     seconds: float = float("nan")
+    global_r: np.ndarray | None = None
+    global_fd: np.ndarray | None = None
+    global_weight: float = 1.0
 
     def __len__(self) -> int:
         return len(self.l_r)
@@ -61,7 +66,15 @@ class ImageResults:
         if rule in MAP_RULES and maps is None:
             maps = self.maps(lam)
         return np.asarray(rule_scores(rule, lam, l_r=self.l_r, l_fd=self.l_fd, maps=maps, topk=topk,
-                                      regions=self.regions, margin=margin), np.float64)
+                                      regions=self.regions, margin=margin, global_maps=self.global_maps(lam),
+                                      global_weight=self.global_weight), np.float64)
+
+    def global_maps(self, lam: float) -> np.ndarray | None:
+        """[N, p, p] maps of the images' global views at ``lam``, or None (no global view)."""
+        if self.global_r is None or self.global_fd is None:
+            return None
+        return np.asarray(combine(np.asarray(self.global_r, np.float32), np.asarray(self.global_fd, np.float32),
+                                  lam), np.float32)
 
     def rule_scores(self, cfg) -> np.ndarray:
         """[N] image scores by the run's own rule: ``cfg.image_score`` at ``cfg.score_lambda`` with its
@@ -83,17 +96,18 @@ class ImageResults:
         return np.asarray(combine(np.asarray(self.map_r, np.float32), np.asarray(self.map_fd, np.float32), lam),
                           np.float32)
 
-    def maps_match(self, sigma: float, stride: int) -> bool:
+    def maps_match(self, sigma: float, stride: int, global_view: bool = False) -> bool:
         return (self.has_maps and self.sigma is not None and math.isclose(self.sigma, sigma)
-                and int(self.stride) == int(stride))
+                and int(self.stride) == int(stride) and (self.global_r is not None) == bool(global_view))
 
     def with_maps(self, other: "ImageResults | None") -> "ImageResults":
         """These score parts with the maps (and masks, sigma, stride) of ``other``."""
         if other is None:
             return replace(self, map_r=None, map_fd=None, masks=None, has_mask=None, sigma=None, stride=None,
-                           regions=None)
+                           regions=None, global_r=None, global_fd=None)
         return replace(self, map_r=other.map_r, map_fd=other.map_fd, masks=other.masks,
-                       has_mask=other.has_mask, sigma=other.sigma, stride=other.stride, regions=other.regions)
+                       has_mask=other.has_mask, sigma=other.sigma, stride=other.stride, regions=other.regions,
+                       global_r=other.global_r, global_fd=other.global_fd, global_weight=other.global_weight)
 
     # -- on disk
     def save_parts(self, path: str | Path) -> None:
@@ -122,7 +136,10 @@ class ImageResults:
                          mask_shape=np.array(masks.shape), has_mask=np.asarray(has_mask, bool),
                          sigma=np.array(float(self.sigma)), stride=np.array(int(self.stride)),
                          paths=np.array(self.paths, dtype=str), fingerprint=np.array(self.fingerprint),
-                         regions=np.zeros((0, 2), np.int32) if self.regions is None else np.asarray(self.regions))
+                         regions=np.zeros((0, 2), np.int32) if self.regions is None else np.asarray(self.regions),
+                         **({} if self.global_r is None else
+                            {"global_r": np.asarray(self.global_r, np.float32),
+                             "global_fd": np.asarray(self.global_fd, np.float32)}))
         write_atomic(Path(path), write)
 
     @classmethod
@@ -136,4 +153,6 @@ class ImageResults:
             return cls(empty, empty, z["paths"].tolist(), map_r=z["map_r"], map_fd=z["map_fd"],
                        masks=masks if with_masks else None, has_mask=z["has_mask"] if with_masks else None,
                        regions=z["regions"] if "regions" in z.files and len(z["regions"]) else None, sigma=float(z["sigma"]), stride=int(z["stride"]),
-                       fingerprint=str(z["fingerprint"]))
+                       fingerprint=str(z["fingerprint"]),
+                       global_r=z["global_r"] if "global_r" in z.files else None,
+                       global_fd=z["global_fd"] if "global_fd" in z.files else None)

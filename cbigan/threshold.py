@@ -22,8 +22,11 @@ SavedModel embeds the value in its graph and in ``assets.extra/cbigan.json``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from .anomaly_score import map_scores
 from .config import Config
 from .runfolder import read_threshold, write_threshold  # noqa: F401  (the run folder owns the files)
 
@@ -100,8 +103,13 @@ def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
         return info
     from .localization import ImageScorer
 
-    scores = ImageScorer(model, cfg)(np.asarray(val_images), progress=progress, desc="calibrating the threshold",
-                                     regions=regions)
+    results = ImageScorer(model, cfg).results(np.asarray(val_images), progress=progress,
+                                              desc="calibrating the threshold", regions=regions)
+    if results.global_r is not None:
+        weight = view_weight(results, cfg)
+        info["global_weight"] = weight
+        results = replace(results, global_weight=weight)
+    scores = results.rule_scores(cfg)
     info["threshold"] = threshold_from_scores(scores, percentile)
     info["rule"] = threshold_rule(percentile, n_val, cfg.score_lambda, cfg.image_score)
     info["image_score"] = cfg.image_score
@@ -110,6 +118,20 @@ def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
     info.update(val_score_min=float(np.min(scores)), val_score_mean=float(np.mean(scores)),
                 val_score_max=float(np.max(scores)))
     return info
+
+
+def view_weight(results, cfg: Config) -> float:
+    """The weight of the global view's score in the image score (tiles trained with global views): the
+    standard deviation of the held-out images' tiles scores over that of their global-view scores (each
+    by the run's rule), so that both views vary alike on normal images and neither drowns the other;
+    1 with fewer than 2 held-out images or a view that does not vary. ``results``: the held-out images'
+    :class:`cbigan.results.ImageResults` with their global-view maps."""
+    lam = cfg.score_lambda
+    tiles = replace(results, global_r=None, global_fd=None).rule_scores(cfg)
+    views = np.asarray(map_scores(results.global_maps(lam), cfg.image_score, cfg.score_topk), np.float64)
+    if len(tiles) < 2 or not (np.std(views) > 0 and np.std(tiles) > 0):
+        return 1.0
+    return float(np.std(tiles) / np.std(views))
 
 
 def manual_threshold(value: float, cfg: Config) -> dict:

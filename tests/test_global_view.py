@@ -1,0 +1,139 @@
+"""Tiles with a global view (``--global-views``): training batches, the map and the export."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cbigan.config import Config
+
+
+def _tiles_cfg(**kw) -> Config:
+    base = dict(category="x", kind="tiles", image_size=128, patch_size=64, width=1, latent_dim=8,
+                global_views=0.5, batch_size=4)
+    return Config(**{**base, **kw}).resolved()
+
+
+def test_region_views_resize_each_images_own_region():
+    from cbigan.imageops import region_views
+
+    imgs = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3)).astype(np.uint8)
+    regions = np.array([[100, 60], [128, 128]], np.int32)
+    views = region_views(imgs, regions, 32).numpy()
+    assert views.shape == (2, 32, 32, 3) and views.dtype == np.float32
+    for v, im, (h, w) in zip(views, imgs, regions):
+        ref = tf.image.resize(im[:h, :w].astype(np.float32), (32, 32), method="bilinear", antialias=True)
+        np.testing.assert_allclose(v, ref.numpy(), atol=1e-4)
+
+
+def test_a_share_of_each_training_batch_is_global_views():
+    from cbigan.imageops import image_stats, region_views, to_model_range
+    from cbigan.kinds import kind_of
+
+    cfg = _tiles_cfg()
+    imgs = np.random.default_rng(1).integers(0, 256, (4, 128, 128, 3)).astype(np.uint8)
+    regions = tf.constant([[90, 70], [128, 100], [64, 128], [128, 128]], tf.int32)
+    x = kind_of(cfg).augment(tf.constant(imgs), cfg, tf.constant([3, 4], tf.int64), regions=regions).numpy()
+    assert x.shape == (4, 64, 64, 3)
+    stats = image_stats(imgs)  # the whole canvas's statistics, as at scoring time
+    want = to_model_range(region_views(imgs[:2], regions[:2], 64), cfg.normalize,
+                          (stats[0][:2], stats[1][:2])).numpy()
+    np.testing.assert_allclose(x[:2], want, atol=1e-4)              # round(0.5 * 4) = 2 global views
+    cfg0 = cfg.__class__(**{**cfg.__dict__, "global_views": 0.0})
+    crops = kind_of(cfg0).augment(tf.constant(imgs), cfg0, tf.constant([3, 4], tf.int64), regions=regions).numpy()
+    np.testing.assert_allclose(x[2:], crops[2:], atol=1e-5)          # the rest: the usual tile crops
+    assert not np.allclose(x[:2], crops[:2], atol=1e-3)
+
+
+@pytest.mark.parametrize("bad, message", [(dict(global_views=1.0), "global_views must be in"),
+                                          (dict(global_views=-0.1), "global_views must be in"),
+                                          (dict(kind="texture", image_size=128), "for --kind tiles"),
+                                          (dict(image_score="paper"), "use --image-score map_max")])
+def test_global_views_are_checked(bad, message):
+    with pytest.raises(ValueError, match=message):
+        _tiles_cfg(**bad)
+
+
+def test_the_global_views_map_adds_to_the_image_score_not_to_the_map():
+    """Per image: the global view = its region resized to one tile, mapped as a tile and smoothed there
+    (against a per-image reference); the anomaly map and the paper's parts stay the tiles'; the map rule's
+    score = the tiles' + global_weight x the same rule over the global view's map."""
+    from scipy.ndimage import gaussian_filter
+
+    from cbigan.anomaly_score import map_scores
+    from cbigan.imageops import to_model_range
+    from cbigan.localization import Localizer
+    from cbigan.model import build_model
+    from cbigan.networks import feature_extractor
+    from cbigan.scoring import score_patches
+
+    cfg = _tiles_cfg(extra={"global_weight": 0.7})
+    model = build_model(cfg)
+    imgs = np.random.default_rng(2).integers(0, 256, (2, 128, 128, 3)).astype(np.uint8)
+    regions = np.array([[100, 60], [128, 128]], np.int32)
+    with_view = Localizer(model, cfg, sigma=2.0, stride=32).run(imgs, regions=regions)
+    plain_cfg = cfg.__class__(**{**cfg.__dict__, "global_views": 0.0})
+    plain = Localizer(model, plain_cfg, sigma=2.0, stride=32).run(imgs, regions=regions)
+    np.testing.assert_array_equal(with_view.l_r, plain.l_r)
+    np.testing.assert_allclose(with_view.map_r, plain.map_r, rtol=1e-6, atol=1e-7)
+    assert plain.global_r is None and with_view.global_r.shape == (2, 64, 64)
+    feats = feature_extractor(model.critic, cfg.feature_layer)
+    x = to_model_range(imgs, cfg.normalize).numpy()
+    for i, (h, w) in enumerate(regions):
+        view = tf.image.resize(x[i:i + 1, :h, :w], (64, 64), method="bilinear", antialias=True)
+        d = score_patches(model.ema_encoder, model.ema_generator, feats, view)["diff"].numpy()[0]
+        d = gaussian_filter(d.astype(np.float64), 2.0, mode="reflect", truncate=4.0)
+        np.testing.assert_allclose(with_view.global_r[i], d, rtol=1e-4, atol=1e-5)
+    lam = cfg.score_lambda
+    for rule in ("map_max", "map_topk"):
+        tiles = map_scores(plain.maps(lam), rule, regions=regions, margin=8)
+        glob = map_scores(with_view.global_maps(lam), rule)
+        got = with_view.__class__(**{**with_view.__dict__, "regions": regions}).image_scores(lam, rule, margin=8)
+        np.testing.assert_allclose(got, tiles + 0.7 * glob, rtol=1e-6)
+    assert with_view.image_scores(lam, "paper").tolist() == plain.image_scores(lam, "paper").tolist()
+
+
+def test_the_weight_evens_out_the_views_spread_on_held_out_images():
+    from cbigan.results import ImageResults
+    from cbigan.threshold import view_weight
+
+    rng = np.random.default_rng(4)
+    cfg = _tiles_cfg(score_margin=0)
+    n = 6
+    maps = rng.random((n, 8, 8)).astype(np.float32)
+    glob = (3.0 * rng.random((n, 4, 4))).astype(np.float32)
+    res = ImageResults(np.zeros((n, 1)), np.zeros((n, 1)), map_r=maps, map_fd=maps, global_r=glob, global_fd=glob)
+    tiles, views = maps.reshape(n, -1).max(1), glob.reshape(n, -1).max(1)
+    assert view_weight(res, cfg) == pytest.approx(tiles.std() / views.std(), rel=1e-6)
+    flat = ImageResults(np.zeros((n, 1)), np.zeros((n, 1)), map_r=maps, map_fd=maps,
+                        global_r=np.ones_like(glob), global_fd=np.ones_like(glob))
+    assert view_weight(flat, cfg) == 1.0                             # a view that does not vary
+
+
+def test_export_scores_equal_evaluation_with_a_global_view(tmp_path):
+    """A non-square input: the SavedModel's score and map (at the input's size) equal evaluate.py's."""
+    from cbigan.data import load_image
+    from cbigan.evaluation import evaluate_run
+    from cbigan.export import find_saved_model
+    from cbigan.training import train
+    from test_tiles import make_strips
+
+    make_strips(tmp_path / "data", n_train=12, n_good=2, n_defect=2)
+    cfg = Config(category="strips", data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "runs"),
+                 run_name="g", kind="tiles", image_size=576, patch_size=64, image_score="map_max",
+                 val_split=0.2, steps=6, batch_size=8, d_iter=1, width=1, latent_dim=8, ema_every=1,
+                 log_every=3, eval_every=6, preview_every=6, seed=3, select="final", global_views=0.25)
+    run = train(cfg, verbose=0, export_dir=str(tmp_path / "export"))
+    from cbigan.runfolder import read_config, read_threshold
+
+    weight = read_threshold(run)["global_weight"]                    # calibrated on the held-out images
+    assert weight > 0 and weight != 1.0
+    from cbigan.localization import global_weight
+
+    assert global_weight(read_config(run)) == weight                 # merged into config.json with it
+    ev = evaluate_run(run, progress=False)
+    loaded = tf.saved_model.load(str(find_saved_model(tmp_path / "export" / "strips")))
+    sig = loaded.signatures["serving_default"]
+    for path, score in zip(ev.scores["path"], ev.scores["score"]):
+        out = sig(images=tf.constant(load_image(path)[None].astype(np.float32)))
+        assert out["anomaly_map"].shape == (1, 200, 520)
+        assert float(out["score"][0]) == pytest.approx(score, rel=1e-4)
