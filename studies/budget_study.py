@@ -46,10 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 #: (selection on maps of every held-out image each --eval-every would cost most of a 15-minute budget).
 #: Each arm names its --normalize and --train-crops, so it keeps what it ran as the defaults change.
 TILES = ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-         "--eval-every", "1000000"]
+         "--eval-every", "1000000", "--global-views", "0"]
 
 #: Arm name -> train.py flags. EGBAD and the autoencoder use the fast recipe with alpha 0 / 1, so the
-#: three methods differ only in alpha; "paper" is the paper's recipe unchanged.
+#: three methods differ only in alpha; "paper" is the paper's recipe unchanged. The arms of the fast
+#: preset as it was pin --global-views 0: they ran before the fast preset gave tiles a global view.
 ARMS = {
     # the fast arms pin --width 3 and --normalize none: they ran before the fast preset widened objects
     # to 6 and standardized every image
@@ -93,27 +94,27 @@ ARMS = {
     "tiles_a01": TILES + ["--normalize", "per_image", "--train-crops", "image", "--alpha", "0.1"],
     # the fast preset as it is (objects at width 6, textures at 3) with every image standardized per
     # channel (--normalize per_image, the tiles default): robust to lighting drift, if not worse
-    "fast_norm": ["--preset", "fast", "--normalize", "per_image"],
+    "fast_norm": ["--preset", "fast", "--normalize", "per_image", "--global-views", "0"],
     # tiles_image with 128 px tiles instead of 64 (4x the context per tile, at native scale: large,
     # low-contrast defects such as 'uneven' span more than a 64 px tile; about a third of the steps)
     "tiles_p128": TILES + ["--normalize", "per_image", "--train-crops", "image", "--patch-size", "128"],
     # the fast preset as it is, trained in bfloat16 (--precision mixed_bfloat16: about 1.2x the steps;
     # float32 weights, losses, outputs and scoring)
-    "fast_bf16": ["--preset", "fast", "--precision", "mixed_bfloat16"],
+    "fast_bf16": ["--preset", "fast", "--precision", "mixed_bfloat16", "--global-views", "0"],
     # the fast preset as a new user types it, on a folder it does not know: the kind is chosen from the
     # images' sizes (magnetic tile: tiles on a 640 px canvas) and scoring that chooses nothing keeps to
     # its share of the time (the tiles arms above passed --eval-every 1000000 instead)
-    "auto": ["--preset", "fast"],
+    "auto": ["--preset", "fast", "--global-views", "0"],
     # the fast preset with the last (EMA) weights as the model instead of the snapshot chosen on
     # synthetic defects (ninth study: the synthetic statistic peaks early while the test auROC still rises)
-    "fast_final": ["--preset", "fast", "--select", "final"],
+    "fast_final": ["--preset", "fast", "--select", "final", "--global-views", "0"],
     # the same trained in bfloat16 (magnetic tile: tiles, chosen from its images' sizes)
-    "fast_final_bf16": ["--preset", "fast", "--select", "final", "--precision", "mixed_bfloat16"],
+    "fast_final_bf16": ["--preset", "fast", "--select", "final", "--precision", "mixed_bfloat16", "--global-views", "0"],
     # the fast preset with denoising training: half of the E+G batch's images get a synthetic defect
     # (spot, line or pasted patch) and G must give back the clean image (cbigan/defects.py)
-    "fast_dn": ["--preset", "fast", "--denoise", "0.5"],
+    "fast_dn": ["--preset", "fast", "--denoise", "0.5", "--global-views", "0"],
     # and with a defect in every one of them
-    "fast_dn1": ["--preset", "fast", "--denoise", "1.0"],
+    "fast_dn1": ["--preset", "fast", "--denoise", "1.0", "--global-views", "0"],
     # tiles (bfloat16, as fast_final_bf16) with a quarter of every batch the whole image resized to one
     # tile (--global-views 0.25): the model also learns the whole part's look, scored beside the tiles
     # (magnetic tile's uneven and break defects span more than a tile; the squashed 64 px object model
