@@ -119,6 +119,10 @@ def write_litert(model, cfg: Config, path: str | Path, *, threshold_info: dict |
     """Convert ``model`` (a :class:`cbigan.model.CBiGAN` of ``cfg``) and write ``path`` (``.tflite``) and
     its JSON, each atomically (the model first); returns ``path``."""
     path, cfg = Path(path), cfg.resolved()
+    if cfg.global_views:
+        raise ExportError(f"a LiteRT model cannot hold the global view of this tiles run (--global-views "
+                          f"{cfg.global_views:g}: its antialiased resize has no LiteRT kernel); export the "
+                          f"SavedModel (the default --format), or train with --global-views 0")
     thr = None if threshold_info is None else threshold_info.get("threshold")
     data, outputs = convert(ServingGraph(model, cfg, thr))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -159,3 +159,18 @@ def test_clear_errors(tmp_path, monkeypatch, runs):
         interpreter_class()
     with pytest.raises(SystemExit):
         export_main([str(runs["obj"]["run"]), "--format", "litert", "--version", "2"])
+
+
+def test_a_tiles_run_with_a_global_view_is_refused_in_one_line(tmp_path):
+    """The global view's antialiased resize has no LiteRT kernel: said before any conversion."""
+    from synthetic import make_untrained_run
+
+    from cbigan.export import ExportError
+    from cbigan.litert import write_litert
+
+    make_strips(tmp_path / "data")
+    r = make_untrained_run(tmp_path / "data", tmp_path / "runs", "lt_tiles", kind="tiles", image_size=128,
+                           patch_size=64, image_score="map_max", global_views=0.25, **SMALL)
+    with pytest.raises(ExportError, match=r"--global-views 0.25.*SavedModel"):
+        write_litert(r["model"], r["cfg"], tmp_path / "x.tflite")
+    assert not (tmp_path / "x.tflite").exists()
