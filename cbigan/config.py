@@ -187,13 +187,18 @@ class Config:
     @classmethod
     def from_json(cls, path: str | Path) -> "Config":
         data = json.loads(Path(path).read_text())
-        data.setdefault("train_crops", "canvas")  # written before the field: the crops it trained on
-        data.setdefault("global_views", 0.0)      # likewise: no global views before the field
+        for name, value in BEFORE_THE_FIELD.items():
+            data.setdefault(name, value)
         known = {f.name for f in dataclasses.fields(cls)}
         extra = {k: v for k, v in data.items() if k not in known}
         cfg = cls(**{k: v for k, v in data.items() if k in known})
         cfg.extra.update(extra)
         return cfg.resolved()
+
+
+#: What a run whose ``config.json`` predates a field trained with: the crops anywhere on the canvas, no
+#: global views (their defaults changed since). Loading and resuming such a run keep these.
+BEFORE_THE_FIELD = {"train_crops": "canvas", "global_views": 0.0}
 
 
 def default_run_name(cfg: Config) -> str:

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from .anomaly_score import PAPER_LAMBDA
-from .config import Config
+from .config import BEFORE_THE_FIELD, Config
 from .errors import DataError, EvaluationError
 
 CONFIG_JSON = "config.json"
@@ -208,7 +208,7 @@ def clear_run(run_dir: Path) -> None:
 
 def check_resumable(run_dir: Path, cfg: Config) -> None:
     """Refuse to resume a run whose stored config differs from ``cfg`` in a field that shapes the model."""
-    old = read_json(Path(run_dir) / CONFIG_JSON, "run config")
+    old = {**BEFORE_THE_FIELD, **read_json(Path(run_dir) / CONFIG_JSON, "run config")}
     new = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as config.json holds it (tuples as lists)
     diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old and new[k] != old[k])
     if diff:

@@ -137,3 +137,23 @@ def test_export_scores_equal_evaluation_with_a_global_view(tmp_path):
         out = sig(images=tf.constant(load_image(path)[None].astype(np.float32)))
         assert out["anomaly_map"].shape == (1, 200, 520)
         assert float(out["score"][0]) == pytest.approx(score, rel=1e-4)
+
+
+def test_a_run_from_before_the_field_loads_and_resumes_without_global_views(tmp_path):
+    """config.json written before global views existed: --preset fast tiles then trained without them, so
+    loading keeps 0 and resuming it with today's fast preset (0.25) is refused, not silently changed."""
+    import dataclasses
+    import json
+
+    from cbigan.errors import DataError
+    from cbigan.runfolder import check_resumable
+
+    old = dataclasses.asdict(Config(category="x", kind="tiles", preset="fast", global_views=0.0).resolved())
+    old.pop("global_views")
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert Config.from_json(tmp_path / "config.json").global_views == 0.0
+    now = Config(category="x", kind="tiles", preset="fast").resolved()
+    assert now.global_views == 0.25
+    with pytest.raises(DataError, match=r"global_views 0\.0 there, 0\.25 now"):
+        check_resumable(tmp_path, now)
+    check_resumable(tmp_path, dataclasses.replace(now, global_views=0.0))
