@@ -311,7 +311,7 @@ class Localizer:
         self.positions = patch_positions(self.cfg.image_size, self.cfg.patch_size, self.stride)
         self.features = feature_extractor(model.critic, self.cfg.feature_layer)
         self.patches_per_call = patches_per_call
-        #: the global view's map is added to the tiles' (a model trained with ``global_views``)
+        #: each image's global view is mapped beside the tiles (a model trained with ``global_views``)
         self.global_view = bool(self.cfg.global_views)
         size = self.cfg.image_size
         spec = [tf.TensorSpec([None, size, size, 3], tf.uint8), tf.TensorSpec([None, 2], tf.int32)]
