@@ -73,18 +73,64 @@ def to_canvas(gmaps, regions, size):
     return out
 
 
+def draw(model, cfg, out):
+    """One row per image (one good, then the first of each defect type): image, tiles map, global view,
+    the global view's map; titles give the tiles score, the global score and the weighted sum."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cbigan.localization import global_weight
+
+    test = load_test_set(cfg)
+    types = list(test.defect_types)
+    picked = [types.index(t) for t in ["good"] + sorted(set(types) - {"good"})]
+    imgs, reg = test.images[picked], test.regions[picked]
+    t_loc = local_maps(model, cfg, imgs)
+    s_l = map_scores(t_loc, "map_max", regions=reg, margin=int(cfg.score_margin))
+    g = global_maps(model, cfg, imgs, reg)
+    w = global_weight(cfg)
+    p = int(cfg.patch_size)
+    views = region_views(imgs, reg, p).numpy().clip(0, 255).astype(np.uint8)
+    fig, axes = plt.subplots(len(picked), 4, figsize=(10, 2.6 * len(picked)), squeeze=False)
+    vmax_l, vmax_g = np.percentile(t_loc, 99.5), np.percentile(g, 99.5)
+    for row, i in enumerate(picked):
+        h, wd = reg[row]
+        ax = axes[row]
+        ax[0].imshow(imgs[row, :h, :wd])
+        ax[0].set_title(f"{types[i]}: {Path(test.paths[i]).name}", fontsize=8)
+        ax[1].imshow(t_loc[row, :h, :wd], cmap="inferno", vmin=0, vmax=vmax_l)
+        ax[1].set_title(f"tiles map, max {s_l[row]:.3f}", fontsize=8)
+        ax[2].imshow(views[row])
+        ax[2].set_title(f"global view ({p} px)", fontsize=8)
+        ax[3].imshow(g[row], cmap="inferno", vmin=0, vmax=vmax_g)
+        ax[3].set_title(f"its map, max {g[row].max():.3f}; score {s_l[row] + w * g[row].max():.3f}", fontsize=8)
+        for a in ax:
+            a.set_xticks([]), a.set_yticks([])
+    fig.suptitle(f"{cfg.category}: tiles and the global view (score = tiles max + {w:.2f} x global max)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    print(f"wrote {out}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--every", type=int, default=1, help="every K-th test and held-out image only (smoke tests)")
+    ap.add_argument("--figure", default=None, help="only draw one good and one image of each defect type: "
+                    "the image, its tiles map, its global view and that view's map (PNG path)")
     args = ap.parse_args()
     for run in args.runs:
         cfg, model = load_trained(run)
         cfg = cfg.resolved()
         if args.data_dir:
             cfg = _with_data_dir(cfg, args.data_dir)
+        if args.figure:
+            draw(model, cfg, args.figure)
+            continue
         good = good_folder(category_dir(cfg.data_dir, cfg.category) / TRAIN)
         _, val_paths = split_train_val(list_images(good), cfg.val_split, cfg.seed)
         val_paths = val_paths[::args.every]
