@@ -120,7 +120,7 @@ ARMS = {
     # (magnetic tile's uneven and break defects span more than a tile; the squashed 64 px object model
     # and the tiles make nearly uncorrelated mistakes there)
     "tiles_gv": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.25", "--precision", "mixed_bfloat16"],
-    # and with half of every batch whole images
+    # and with half of every batch whole images (the fast preset's tiles since)
     "tiles_gv50": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.5", "--precision", "mixed_bfloat16"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],

@@ -141,7 +141,7 @@ def test_export_scores_equal_evaluation_with_a_global_view(tmp_path):
 
 def test_a_run_from_before_the_field_loads_and_resumes_without_global_views(tmp_path):
     """config.json written before global views existed: --preset fast tiles then trained without them, so
-    loading keeps 0 and resuming it with today's fast preset (0.25) is refused, not silently changed."""
+    loading keeps 0 and resuming it with today's fast preset (0.5) is refused, not silently changed."""
     import dataclasses
     import json
 
@@ -153,7 +153,7 @@ def test_a_run_from_before_the_field_loads_and_resumes_without_global_views(tmp_
     (tmp_path / "config.json").write_text(json.dumps(old))
     assert Config.from_json(tmp_path / "config.json").global_views == 0.0
     now = Config(category="x", kind="tiles", preset="fast").resolved()
-    assert now.global_views == 0.25
-    with pytest.raises(DataError, match=r"global_views 0\.0 there, 0\.25 now"):
+    assert now.global_views == 0.5
+    with pytest.raises(DataError, match=r"global_views 0\.0 there, 0\.5 now"):
         check_resumable(tmp_path, now)
     check_resumable(tmp_path, dataclasses.replace(now, global_views=0.0))

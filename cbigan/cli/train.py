@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--global-views", type=float, default=None,
                    help="tiles: share of each training batch that is a whole image resized to one tile (its "
                         "global view), so the model learns the whole part's look beside its tiles "
-                        "(not in the paper) " + config_default("global_views", "0, 0.25 with --preset fast for "
+                        "(not in the paper) " + config_default("global_views", "0, 0.5 with --preset fast for "
                                                                "tiles scored by a map rule"))
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, default=None, help="size of z " + config_default("latent_dim"))
