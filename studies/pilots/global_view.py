@@ -9,7 +9,7 @@ split as training), it computes
 * the **local** map: the run's own tiles map (:class:`cbigan.localization.Localizer` at the run's sigma,
   stride and lambda) and its image score by the run's rule (map_max less the score margin);
 * the **global** map: the whole image (its region of the canvas, normalized as the canvas is) resized to
-  one tile (:func:`cbigan.imageops.region_views`), mapped by the same networks (:func:`localize`, sigma
+  one tile (:func:`cbigan.imageops.region_views`), mapped by the same networks (:func:`cbigan.localization.global_view_parts`, sigma
   4 at the tile's 64 px), image score its maximum;
 
 and the image auROC of each view and of their combinations, the views' scores each divided by the
@@ -26,12 +26,12 @@ import pandas as pd
 import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from cbigan.anomaly_score import map_scores
+from cbigan.anomaly_score import combine, map_scores
 from cbigan.data import load_resized, load_test_set, split_train_val
 from cbigan.evaluation import _with_data_dir
 from cbigan.imageops import region_views, to_model_range
 from cbigan.layout import TRAIN, category_dir, good_folder, list_images
-from cbigan.localization import Localizer, localize, map_settings
+from cbigan.localization import Localizer, global_view_parts, map_settings
 from cbigan.metrics import auroc
 from cbigan.model import load_trained
 from cbigan.networks import feature_extractor
@@ -41,15 +41,15 @@ GLOBAL_SIGMA = 4.0
 
 
 def global_maps(model, cfg, canvases, regions, chunk: int = 32) -> np.ndarray:
-    """[N, p, p] anomaly maps of the images' global views (p = the tile size)."""
+    """[N, p, p] anomaly maps of the images' global views (p = the tile size): the product's
+    :func:`cbigan.localization.global_view_parts` at lambda, sigma 4 px of the tile."""
     feats = feature_extractor(model.critic, cfg.feature_layer)
-    p = int(cfg.patch_size)
 
     @tf.function(reduce_retracing=True)
     def one(x, r):
-        views = region_views(to_model_range(x, cfg.normalize), r, p)
-        return localize(model.ema_encoder, model.ema_generator, feats, tf.ensure_shape(views, [None, p, p, 3]),
-                        patch=p, lam=cfg.score_lambda, sigma=GLOBAL_SIGMA)["anomaly_map"]
+        g_r, g_fd = global_view_parts(model.ema_encoder, model.ema_generator, feats,
+                                      to_model_range(x, cfg.normalize), r, patch=cfg.patch_size, sigma=GLOBAL_SIGMA)
+        return combine(g_r, g_fd, cfg.score_lambda)
 
     out = [one(tf.constant(canvases[i:i + chunk]), tf.constant(regions[i:i + chunk]))
            for i in range(0, len(canvases), chunk)]
