@@ -122,6 +122,8 @@ ARMS = {
     "tiles_gv": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.25", "--precision", "mixed_bfloat16"],
     # and with half of every batch whole images (the fast preset's tiles since)
     "tiles_gv50": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.5", "--precision", "mixed_bfloat16"],
+    # and with three quarters of every batch whole images (the tiles still get a quarter)
+    "tiles_gv75": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.75", "--precision", "mixed_bfloat16"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],
     "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3", "--normalize", "none"],
