@@ -33,7 +33,8 @@ image's edge and the seam with the mirrored canvas raise the map there on normal
 maximum would pick up; evidence in results/small_defects).
 
 :func:`rule_scores` is the one place that applies a rule; every user (evaluation, threshold, selection,
-predict, export) calls it.
+predict, export) calls it. :func:`anomaly_map` is the one place the map of a run with global views
+is made (the tiles' map plus the weighted global view's).
 """
 
 from __future__ import annotations
@@ -172,6 +173,33 @@ def _map_scores_tf(maps, rule, topk, regions, margin):
     take = tf.range(tf.shape(best)[1])[None, :] < k[:, None]
     total = tf.reduce_sum(tf.where(take, best, tf.zeros_like(best)), axis=1)
     return total / tf.cast(k, maps.dtype)
+
+
+def anomaly_map(tile_maps, global_maps=None, regions=None, global_weight: float = 1.0):
+    """The anomaly map shown and measured (pixel auROC, AUPRO) [N, S, S], from the maps at one lambda.
+
+    ``tile_maps`` [N, S, S]: the model's own map (stitched tiles, or the whole object / texture image).
+    Without ``global_maps`` it is the anomaly map. With them ([N, p, p]: tiles trained with global views,
+    beyond the paper) each is resized (bilinear) to its image's region (``regions`` [N, 2] (h, w); None:
+    the whole map) and added times ``global_weight``, the same calibrated weight :func:`rule_scores` gives
+    the global view in the image score (:func:`cbigan.imageops.region_canvas`; 0 outside the region).
+    A defect larger than a tile (magnetic tile's breaks and uneven surfaces) then shows in the map as it
+    does in the score (AUPRO evidence: results/small_defects). NumPy in, NumPy out (float32); tensors in,
+    a tensor out.
+    """
+    if global_maps is None:
+        return tile_maps
+    import tensorflow as tf
+
+    from .imageops import region_canvas
+
+    size = int(tile_maps.shape[1])
+    if regions is None:  # every image fills the map
+        regions = tf.fill(tf.stack([tf.shape(tile_maps)[0], 2]), size)
+    extra = region_canvas(global_maps, regions, size) * float(global_weight)
+    if _is_tensor(tile_maps) or _is_tensor(global_maps):
+        return tile_maps + extra
+    return (np.asarray(tile_maps, np.float32) + extra.numpy()).astype(np.float32)
 
 
 def rule_scores(rule: str, lam: float, *, l_r=None, l_fd=None, maps=None, topk: float = DEFAULT_TOPK,

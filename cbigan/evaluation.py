@@ -227,15 +227,15 @@ def metrics_table(scored: ImageResults, lambdas, chosen: float, threshold: dict 
     others = [r for r in dict.fromkeys(rules) if r != rule]
     rows, details = [], None
     for lam in lambdas:
-        maps = scored.maps(lam) if scored.has_maps else None  # combined once, for every rule and pixel metric
-        s = scored.image_scores(lam, rule, topk, maps, margin)
+        tiles = scored.tile_maps(lam) if scored.has_maps else None  # combined once, for every rule
+        s = scored.image_scores(lam, rule, topk, tiles, margin)
         row = {"lambda": lam, "chosen": bool(math.isclose(lam, chosen))}
         row.update(lambda_metrics(scored.labels, scored.defect_types, s))
         for other in others:
-            m = lambda_metrics(scored.labels, scored.defect_types, scored.image_scores(lam, other, topk, maps, margin))
+            m = lambda_metrics(scored.labels, scored.defect_types, scored.image_scores(lam, other, topk, tiles, margin))
             row.update({f"{k}[{other}]": m[k] for k in ("auroc", "max_balanced_accuracy", "f1_max")})
         if keep is not None:
-            px = pixel_row(scored, lam, keep, maps)
+            px = pixel_row(scored, lam, keep, scored.maps(lam, tiles))
             if row["chosen"]:
                 details = dict(px.pop("_pixel"), n_excluded=int(np.sum(~keep)))
             px.pop("_pixel", None)

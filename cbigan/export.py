@@ -36,7 +36,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from .anomaly_score import combine, rule_scores
+from .anomaly_score import anomaly_map, combine, rule_scores
 from .config import Config
 from .runfolder import EXPORT, is_run_dir
 from .data import PNG_SIGNATURE, to_model_range
@@ -270,16 +270,18 @@ class ServingGraph:
                        patch=cfg.patch_size, lam=lam, sigma=sigma, stride=stride,
                        global_view=bool(cfg.global_views), regions=regions)
         glob = combine(out["global_r"], out["global_fd"], lam) if "global_r" in out else None
+        weight = global_weight(cfg)
         score = rule_scores(cfg.image_score, lam, l_r=out["l_r"], l_fd=out["l_fd"], maps=out["anomaly_map"],
                             topk=cfg.score_topk, regions=regions, margin=cfg.score_margin, global_maps=glob,
-                            global_weight=global_weight(cfg))
+                            global_weight=weight)
+        amap = anomaly_map(out["anomaly_map"], glob, regions, weight)  # the tiles' map (+ the global view's)
         thr = tf.constant(math.nan if self.threshold is None else self.threshold, tf.float32)
         n = tf.shape(score)[0]
         return {
             "score": score,
             "is_anomaly": tf.greater(score, thr),
             "threshold": tf.fill([n], thr),
-            "anomaly_map": tf.ensure_shape(out["anomaly_map"], [None, cfg.image_size, cfg.image_size]),
+            "anomaly_map": tf.ensure_shape(amap, [None, cfg.image_size, cfg.image_size]),
             "reconstruction": tf.ensure_shape((out["reconstruction"] + 1.0) * 127.5,
                                               [None, cfg.image_size, cfg.image_size, 3]),
         }

@@ -183,6 +183,25 @@ def region_views(images, regions, size: int):
     return tf.map_fn(one, (x, regions), fn_output_signature=tf.TensorSpec([size, size, None], tf.float32))
 
 
+def region_canvas(maps, regions, size: int):
+    """The inverse of :func:`region_views` for maps: each global view's map back over its image's region.
+
+    ``maps``: [N, p, p] float (one map per global view); ``regions``: [N, 2] int (h, w), each at most
+    ``size``. Returns float32 [N, size, size]: the map resized (bilinear) to h x w in the top-left corner,
+    0 elsewhere (the mirrored part of a tiles canvas, which no metric reads). One op for evaluation,
+    figures, predict and the export, so their anomaly maps agree.
+    """
+    maps = tf.convert_to_tensor(maps, tf.float32)
+    regions = tf.cast(regions, tf.int32)
+
+    def one(args):
+        m, hw = args
+        up = tf.image.resize(m[..., None], (hw[0], hw[1]), method="bilinear")[..., 0]
+        return tf.pad(up, [[0, size - hw[0]], [0, size - hw[1]]])
+
+    return tf.map_fn(one, (maps, regions), fn_output_signature=tf.TensorSpec([size, size], tf.float32))
+
+
 def _symmetric_index(n, size: int):
     """Source index, in 0..n-1, of each of ``size`` positions when a length-n axis is extended by
     repeated mirror reflection (``d c b a | a b c d | d c b a | a b ...``, scipy's ``reflect``)."""

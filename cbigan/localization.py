@@ -253,7 +253,8 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
     ``global_view`` (tiles trained with ``global_views``): also ``global_r``, ``global_fd`` [N, p, p], the
     map parts of each image's global view (:func:`global_view_parts`; ``regions`` [N, 2] (h, w), None: the
     whole image), which the map rules add to the image score (:func:`cbigan.anomaly_score.rule_scores`);
-    the anomaly map and the paper's parts stay the tiles'.
+    ``anomaly_map`` and the paper's parts stay the tiles' (the map shown adds the global view's:
+    :func:`cbigan.anomaly_score.anomaly_map`).
     """
     size = x.shape[1]
     if size is None or x.shape[2] != size:
@@ -375,7 +376,7 @@ class Localizer:
         ``progress``: :func:`cbigan.progress.progress`). Each chunk is written into arrays of the final
         size: the maps of many large images (583 magnetic tiles on 640 px canvases: 0.96 GB a part)
         are held once, not once per chunk and again joined. ``regions``: as :meth:`raw` (the global
-        view needs them; the result does not hold them)."""
+        view needs them; the result holds them when given)."""
         from .progress import progress as progress_bar
 
         grid = (self.cfg.image_size // self.cfg.patch_size) ** 2
@@ -386,7 +387,7 @@ class Localizer:
                "map_r": np.zeros((n, size, size), np.float32), "map_fd": np.zeros((n, size, size), np.float32)}
         out.update({k: np.zeros((n, p, p), np.float32) for k in self._global_keys})
         step = self.images_per_call
-        regions = self._regions(images_uint8, regions)
+        given, regions = regions, self._regions(images_uint8, regions)
         with progress_bar(total=n, desc=desc, quiet=not progress) as bar:
             for i in range(0, n, step):
                 chunk = self._parts_fn(tf.convert_to_tensor(np.asarray(images_uint8[i:i + step]), tf.uint8),
@@ -396,7 +397,8 @@ class Localizer:
                 bar.update(min(step, n - i))
         return ImageResults(out["l_r"], out["l_fd"], map_r=out["map_r"], map_fd=out["map_fd"],
                             sigma=self.sigma, stride=self.stride, global_r=out.get("global_r"),
-                            global_fd=out.get("global_fd"), global_weight=global_weight(self.cfg))
+                            global_fd=out.get("global_fd"), global_weight=global_weight(self.cfg),
+                            regions=None if given is None else regions)
 
     def maps(self, images_uint8: np.ndarray, lam: float | None = None, regions=None) -> np.ndarray:
         """Anomaly maps [N, S, S] at ``lam`` (default: the localizer's)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .anomaly_score import DEFAULT_TOPK, MAP_RULES, best_patch, combine, rule_scores
+from .anomaly_score import DEFAULT_TOPK, MAP_RULES, anomaly_map, best_patch, combine, rule_scores
 from .runfolder import write_atomic
 
 
@@ -32,7 +32,8 @@ class ImageResults:
       when the images are a labelled test set; ``regions`` ([N, 2] (h, w)): the top-left part of each
       map that is the image (the whole map but for tiles, whose canvas is the image mirrored);
     * ``global_r``, ``global_fd`` [N, p, p] or None: the map parts of each image's global view (tiles
-      trained with global views), which the map rules add to the image score times ``global_weight``;
+      trained with global views), which the map rules add to the image score, and :meth:`maps` to the
+      anomaly map, times ``global_weight``;
     * ``fingerprint``: of the weights and config that produced them; ``seconds``: scoring wall time.
     """
 
@@ -59,13 +60,14 @@ class ImageResults:
 
     # -- the score, through the one rule
     def image_scores(self, lam: float, rule: str = "paper", topk: float = DEFAULT_TOPK,
-                     maps: np.ndarray | None = None, margin: int = 0) -> np.ndarray:
+                     tile_maps: np.ndarray | None = None, margin: int = 0) -> np.ndarray:
         """[N] float64 image scores at ``lam`` by ``rule`` (:func:`cbigan.anomaly_score.rule_scores`:
-        ``paper`` from the parts, the map rules from :meth:`maps` over :attr:`regions` less ``margin``
-        map pixels; ``maps``: those maps at ``lam`` when the caller has them already)."""
-        if rule in MAP_RULES and maps is None:
-            maps = self.maps(lam)
-        return np.asarray(rule_scores(rule, lam, l_r=self.l_r, l_fd=self.l_fd, maps=maps, topk=topk,
+        ``paper`` from the parts, the map rules from :meth:`tile_maps` over :attr:`regions` less
+        ``margin`` map pixels, plus the global view's; ``tile_maps``: those maps at ``lam`` when the
+        caller has them already)."""
+        if rule in MAP_RULES and tile_maps is None:
+            tile_maps = self.tile_maps(lam)
+        return np.asarray(rule_scores(rule, lam, l_r=self.l_r, l_fd=self.l_fd, maps=tile_maps, topk=topk,
                                       regions=self.regions, margin=margin, global_maps=self.global_maps(lam),
                                       global_weight=self.global_weight), np.float64)
 
@@ -89,12 +91,20 @@ class ImageResults:
     def has_maps(self) -> bool:
         return self.map_r is not None and self.map_fd is not None
 
-    def maps(self, lam: float) -> np.ndarray:
-        """[N, S, S] float32 anomaly maps at ``lam``."""
+    def tile_maps(self, lam: float) -> np.ndarray:
+        """[N, S, S] float32 maps of the model's own view at ``lam`` (the stitched tiles; for a run without
+        global views, the anomaly maps), which the map rules score."""
         if not self.has_maps:
             raise ValueError("these results hold no anomaly maps")
         return np.asarray(combine(np.asarray(self.map_r, np.float32), np.asarray(self.map_fd, np.float32), lam),
                           np.float32)
+
+    def maps(self, lam: float, tile_maps: np.ndarray | None = None) -> np.ndarray:
+        """[N, S, S] float32 anomaly maps at ``lam`` (:func:`cbigan.anomaly_score.anomaly_map`: the
+        :meth:`tile_maps`, plus ``global_weight`` x the global view's map over each region when the run
+        has global views); ``tile_maps``: those at ``lam`` when the caller has them already."""
+        tiles = self.tile_maps(lam) if tile_maps is None else tile_maps
+        return np.asarray(anomaly_map(tiles, self.global_maps(lam), self.regions, self.global_weight), np.float32)
 
     def maps_match(self, sigma: float, stride: int, global_view: bool = False) -> bool:
         return (self.has_maps and self.sigma is not None and math.isclose(self.sigma, sigma)

@@ -1,5 +1,7 @@
 """Tiles with a global view (``--global-views``): training batches, the map and the export."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,10 +55,42 @@ def test_global_views_are_checked(bad, message):
         _tiles_cfg(**bad)
 
 
-def test_the_global_views_map_adds_to_the_image_score_not_to_the_map():
+def test_region_canvas_puts_each_map_back_over_its_region():
+    from cbigan.imageops import region_canvas
+
+    maps = np.random.default_rng(5).random((3, 16, 16)).astype(np.float32)
+    regions = np.array([[100, 60], [128, 128], [7, 128]], np.int32)
+    got = region_canvas(maps, regions, 128).numpy()
+    assert got.shape == (3, 128, 128) and got.dtype == np.float32
+    for g, m, (h, w) in zip(got, maps, regions):
+        ref = tf.image.resize(m[..., None], (h, w), method="bilinear")[..., 0].numpy()
+        np.testing.assert_allclose(g[:h, :w], ref, atol=1e-6)
+        assert not g[h:].any() and not g[:, w:].any()                # nothing outside the image
+
+
+def test_anomaly_map_adds_the_weighted_global_view_in_numpy_and_in_the_graph():
+    from cbigan.anomaly_score import anomaly_map
+    from cbigan.imageops import region_canvas
+
+    rng = np.random.default_rng(6)
+    tiles, glob = rng.random((2, 64, 64)).astype(np.float32), rng.random((2, 8, 8)).astype(np.float32)
+    regions = np.array([[50, 64], [64, 30]], np.int32)
+    want = tiles + 0.3 * region_canvas(glob, regions, 64).numpy()
+    got = anomaly_map(tiles, glob, regions, 0.3)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(anomaly_map(tf.constant(tiles), tf.constant(glob), tf.constant(regions), 0.3).numpy(),
+                               want, rtol=1e-6)
+    assert anomaly_map(tiles, None, regions, 0.3) is tiles           # no global view: the tiles' map
+    whole = anomaly_map(tiles, glob, None, 1.0)                       # no regions: the whole map
+    np.testing.assert_allclose(whole, tiles + region_canvas(glob, [[64, 64]] * 2, 64).numpy(), rtol=1e-6)
+
+
+def test_the_global_views_map_adds_to_the_image_score_and_to_the_map():
     """Per image: the global view = its region resized to one tile, mapped as a tile and smoothed there
-    (against a per-image reference); the anomaly map and the paper's parts stay the tiles'; the map rule's
-    score = the tiles' + global_weight x the same rule over the global view's map."""
+    (against a per-image reference); the paper's parts stay the tiles'; the map rule's score = the tiles'
+    + global_weight x the same rule over the global view's map; the anomaly map = the tiles' map +
+    global_weight x the global view's map resized over the image's region."""
     from scipy.ndimage import gaussian_filter
 
     from cbigan.anomaly_score import map_scores
@@ -90,6 +124,12 @@ def test_the_global_views_map_adds_to_the_image_score_not_to_the_map():
         got = with_view.__class__(**{**with_view.__dict__, "regions": regions}).image_scores(lam, rule, margin=8)
         np.testing.assert_allclose(got, tiles + 0.7 * glob, rtol=1e-6)
     assert with_view.image_scores(lam, "paper").tolist() == plain.image_scores(lam, "paper").tolist()
+    np.testing.assert_allclose(with_view.tile_maps(lam), plain.maps(lam), rtol=1e-6, atol=1e-7)
+    shown = with_view.maps(lam)
+    for i, (h, w) in enumerate(regions):
+        up = tf.image.resize(with_view.global_maps(lam)[i][..., None], (h, w), method="bilinear")[..., 0].numpy()
+        np.testing.assert_allclose(shown[i, :h, :w], plain.maps(lam)[i, :h, :w] + 0.7 * up, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(shown[i, h:], plain.maps(lam)[i, h:], rtol=1e-6, atol=1e-7)
 
 
 def test_the_weight_evens_out_the_views_spread_on_held_out_images():
@@ -133,10 +173,20 @@ def test_export_scores_equal_evaluation_with_a_global_view(tmp_path):
     ev = evaluate_run(run, progress=False)
     loaded = tf.saved_model.load(str(find_saved_model(tmp_path / "export" / "strips")))
     sig = loaded.signatures["serving_default"]
+    from cbigan.data import load_test_set
+    from cbigan.localization import Localizer, map_settings
+    from cbigan.model import load_trained
+
+    cfg, model = load_trained(run)
+    sigma, stride = map_settings(cfg)
+    test = load_test_set(cfg)
+    shown = Localizer(model, cfg, sigma=sigma, stride=stride).run(test.images, regions=test.regions).maps(cfg.score_lambda)
+    maps = {Path(q).parts[-2:]: m for q, m in zip(test.paths, shown)}
     for path, score in zip(ev.scores["path"], ev.scores["score"]):
         out = sig(images=tf.constant(load_image(path)[None].astype(np.float32)))
         assert out["anomaly_map"].shape == (1, 200, 520)
         assert float(out["score"][0]) == pytest.approx(score, rel=1e-4)
+        np.testing.assert_allclose(out["anomaly_map"][0].numpy(), maps[Path(path).parts[-2:]][:200, :520], rtol=1e-4, atol=1e-5)
 
 
 def test_a_run_from_before_the_field_loads_and_resumes_without_global_views(tmp_path):
