@@ -175,6 +175,17 @@ def _map_scores_tf(maps, rule, topk, regions, margin):
     return total / tf.cast(k, maps.dtype)
 
 
+def global_weight(cfg) -> float:
+    """The weight of the global view's score in the image score of a run trained with ``global_views``:
+    calibrated with the threshold on the held-out images (:func:`cbigan.threshold.view_weight`), kept in
+    the threshold record (``threshold.json``, merged into ``config.json``: ``cfg.extra["threshold"]``) or
+    given as ``cfg.extra["global_weight"]``; 1 before calibration or without held-out images."""
+    if "global_weight" in cfg.extra:
+        return float(cfg.extra["global_weight"])
+    record = cfg.extra.get("threshold")
+    return float(record.get("global_weight", 1.0)) if isinstance(record, dict) else 1.0
+
+
 def anomaly_map(tile_maps, global_maps=None, regions=None, global_weight: float = 1.0):
     """The anomaly map shown and measured (pixel auROC, AUPRO) [N, S, S], from the maps at one lambda.
 

@@ -361,7 +361,7 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
             scored.save_maps(pixel_file)
 
     if scored.global_r is not None:  # the weight of the global view: the run's calibration, not the file's
-        from .localization import global_weight
+        from .anomaly_score import global_weight
 
         scored = replace(scored, global_weight=global_weight(cfg))
     scores_df = scores_table(scored, chosen, threshold, rule=rule, topk=cfg.score_topk, margin=cfg.score_margin)

@@ -36,13 +36,13 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from .anomaly_score import anomaly_map, combine, rule_scores
+from .anomaly_score import anomaly_map, combine, global_weight, rule_scores
 from .config import Config
 from .runfolder import EXPORT, is_run_dir
 from .data import PNG_SIGNATURE, to_model_range
 from .networks import feature_extractor
 from .kinds import kind_of
-from .localization import global_weight, localize, map_settings
+from .localization import localize, map_settings
 from .scoring import in_chunks
 
 METADATA = "cbigan.json"

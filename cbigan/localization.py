@@ -40,7 +40,7 @@ from dataclasses import replace
 import numpy as np
 import tensorflow as tf
 
-from .anomaly_score import DEFAULT_MAP_SIGMA, MAP_RULES, combine
+from .anomaly_score import DEFAULT_MAP_SIGMA, MAP_RULES, combine, global_weight
 from .config import Config
 from .data import from_patches, to_model_range
 from .kinds import kind_of
@@ -209,17 +209,6 @@ def channel_mean_map(d, p_h: int, p_w: int):
         return d
     d = tf.reduce_mean(tf.reshape(d, (tf.shape(d)[0], -1)), axis=1)   # flat layer: one value a patch
     return tf.tile(d[:, None, None], [1, p_h, p_w])
-
-
-def global_weight(cfg) -> float:
-    """The weight of the global view's score in the image score of a run trained with ``global_views``:
-    calibrated with the threshold on the held-out images (:func:`cbigan.threshold.view_weight`), kept in
-    the threshold record (``threshold.json``, merged into ``config.json``: ``cfg.extra["threshold"]``) or
-    given as ``cfg.extra["global_weight"]``; 1 before calibration or without held-out images."""
-    if "global_weight" in cfg.extra:
-        return float(cfg.extra["global_weight"])
-    record = cfg.extra.get("threshold")
-    return float(record.get("global_weight", 1.0)) if isinstance(record, dict) else 1.0
 
 
 def global_view_parts(encoder, generator, features, x, regions, *, patch: int, sigma: float = DEFAULT_SIGMA):

@@ -153,8 +153,9 @@ class ImageResults:
         write_atomic(Path(path), write)
 
     @classmethod
-    def load_maps(cls, path: str | Path) -> "ImageResults":
-        """The maps of ``pixel_maps.npz`` (no score parts: ``l_r`` and ``l_fd`` are empty)."""
+    def load_maps(cls, path: str | Path, global_weight: float = 1.0) -> "ImageResults":
+        """The maps of ``pixel_maps.npz`` (no score parts: ``l_r`` and ``l_fd`` are empty); the file does
+        not hold the global view's weight: pass the run's (:func:`cbigan.anomaly_score.global_weight`)."""
         with np.load(path, allow_pickle=False) as z:
             shape = tuple(int(v) for v in z["mask_shape"])
             masks = np.unpackbits(z["masks"], axis=-1, count=shape[-1]).reshape(shape)
@@ -165,4 +166,5 @@ class ImageResults:
                        regions=z["regions"] if "regions" in z.files and len(z["regions"]) else None, sigma=float(z["sigma"]), stride=int(z["stride"]),
                        fingerprint=str(z["fingerprint"]),
                        global_r=z["global_r"] if "global_r" in z.files else None,
-                       global_fd=z["global_fd"] if "global_fd" in z.files else None)
+                       global_fd=z["global_fd"] if "global_fd" in z.files else None,
+                       global_weight=float(global_weight))

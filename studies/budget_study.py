@@ -194,6 +194,7 @@ def no_margin_auroc(run_dir: Path, rule: str) -> float | None:
     larger: the same stored maps and the one rule implementation (cbigan.anomaly_score), so the study
     shows what the border margin changes. None without stored maps or a margin."""
     sys.path.insert(0, str(ROOT))
+    from cbigan.anomaly_score import global_weight
     from cbigan.config import Config
     from cbigan.metrics import auroc
     from cbigan.results import ImageResults
@@ -202,7 +203,7 @@ def no_margin_auroc(run_dir: Path, rule: str) -> float | None:
     if not cfg.score_margin or not (run_dir / "pixel_maps.npz").is_file():
         return None
     parts = ImageResults.load_parts(run_dir / "scores_parts.npz")
-    maps = ImageResults.load_maps(run_dir / "pixel_maps.npz")
+    maps = ImageResults.load_maps(run_dir / "pixel_maps.npz", global_weight(cfg))
     scores = maps.image_scores(cfg.score_lambda, rule, cfg.score_topk, margin=0)
     return float(auroc(parts.labels, scores))
 

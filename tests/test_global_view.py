@@ -167,7 +167,7 @@ def test_export_scores_equal_evaluation_with_a_global_view(tmp_path):
 
     weight = read_threshold(run)["global_weight"]                    # calibrated on the held-out images
     assert weight > 0 and weight != 1.0
-    from cbigan.localization import global_weight
+    from cbigan.anomaly_score import global_weight
 
     assert global_weight(read_config(run)) == weight                 # merged into config.json with it
     ev = evaluate_run(run, progress=False)
@@ -207,3 +207,19 @@ def test_a_run_from_before_the_field_loads_and_resumes_without_global_views(tmp_
     with pytest.raises(DataError, match=r"global_views 0\.0 there, 0\.5 now"):
         check_resumable(tmp_path, now)
     check_resumable(tmp_path, dataclasses.replace(now, global_views=0.0))
+
+
+def test_stored_maps_take_the_runs_weight(tmp_path):
+    """pixel_maps.npz holds the parts, not the weight: loading with the run's weight gives its map."""
+    from cbigan.anomaly_score import anomaly_map
+    from cbigan.results import ImageResults
+
+    rng = np.random.default_rng(7)
+    maps, glob = rng.random((2, 32, 32)).astype(np.float32), rng.random((2, 8, 8)).astype(np.float32)
+    regions = np.array([[32, 20], [16, 32]], np.int32)
+    res = ImageResults(np.zeros((2, 1)), np.zeros((2, 1)), paths=["a.png", "b.png"], map_r=maps, map_fd=maps,
+                       sigma=4.0, stride=16, regions=regions, global_r=glob, global_fd=glob)
+    res.save_maps(tmp_path / "pixel_maps.npz")
+    back = ImageResults.load_maps(tmp_path / "pixel_maps.npz", 0.4)
+    np.testing.assert_allclose(back.maps(0.1), anomaly_map(maps, glob, regions, 0.4), rtol=1e-6)
+    assert not np.allclose(back.maps(0.1), ImageResults.load_maps(tmp_path / "pixel_maps.npz").maps(0.1))

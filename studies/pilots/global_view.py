@@ -81,7 +81,7 @@ def draw(model, cfg, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cbigan.localization import global_weight
+    from cbigan.anomaly_score import global_weight
 
     test = load_test_set(cfg)
     types = list(test.defect_types)
