@@ -1,0 +1,58 @@
+"""Pilot: how the image score of a global-view tiles run weighs and reads its global view.
+
+    python studies/pilots/view_weight.py RUN [RUN ...] [--alphas 0,0.5,1,1.5,2,3] [--out CSV]
+
+RUN: an evaluated tiles run trained with ``--global-views`` (its ``pixel_maps.npz`` holds the tiles' map
+parts and the global view's). No network runs. For each alpha and each reading of the global view's map
+(``max``, the product's; ``topk``: the mean of its highest 1%; ``mean``) the image auROC of
+
+    tiles score (the run's rule over its region less the score margin) + alpha * w * global reading
+
+(w: the run's calibrated weight; alpha 1 with ``max`` is the product's score; alpha 0 the tiles alone).
+Test labels choose nothing here: the pilot shows how flat the auROC is around the calibrated weight.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from cbigan.anomaly_score import combine, map_scores
+from cbigan.metrics import auroc
+from cbigan.results import ImageResults
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--alphas", default="0,0.5,1,1.5,2,3")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    for run in map(Path, args.runs):
+        cfg = json.loads((run / "config.json").read_text())
+        lam, margin, rule = float(cfg["score_lambda"]), int(cfg.get("score_margin") or 0), cfg["image_score"]
+        w = float(cfg.get("global_weight", cfg.get("threshold", {}).get("global_weight", 1.0)))
+        px = ImageResults.load_maps(run / "pixel_maps.npz")
+        if px.global_r is None:
+            print(f"{run}: its pixel_maps.npz holds no global view (evaluated before they were stored): skipped")
+            continue
+        y = np.array([Path(p).parent.name != "good" for p in px.paths])
+        tiles = map_scores(px.tile_maps(lam), rule, regions=px.regions, margin=margin)
+        g = px.global_maps(lam).reshape(len(y), -1)
+        readings = {"max": g.max(1), "topk": np.sort(g, 1)[:, -max(1, g.shape[1] // 100):].mean(1), "mean": g.mean(1)}
+        row = {"run": f"{run.parent.name}/{run.name}", "w": w, "global_views": cfg.get("global_views")}
+        for name, s_g in readings.items():
+            row[f"global_{name}_alone"] = auroc(y, s_g)
+            for a in (float(v) for v in args.alphas.split(",")):
+                row[f"{name}_a{a:g}"] = auroc(y, tiles + a * w * s_g)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        if args.out:
+            out = Path(args.out)
+            pd.DataFrame([row]).to_csv(out, mode="a", header=not out.exists(), index=False)
+
+
+if __name__ == "__main__":
+    main()
