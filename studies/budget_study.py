@@ -124,6 +124,10 @@ ARMS = {
     "tiles_gv50": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.5", "--precision", "mixed_bfloat16"],
     # and with three quarters of every batch whole images (the tiles still get a quarter)
     "tiles_gv75": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.75", "--precision", "mixed_bfloat16"],
+    # half of every batch global views, with networks twice as wide (objects gained from it, fourth study;
+    # the global view is an object's view)
+    "tiles_gv50_w6": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.5", "--width", "6",
+                      "--precision", "mixed_bfloat16"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],
     "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3", "--normalize", "none"],
