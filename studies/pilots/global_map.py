@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cbigan.anomaly_score import combine, map_scores
@@ -26,6 +25,7 @@ from cbigan.localization import resize_maps
 from cbigan.metrics import auroc
 from cbigan.pixel_metrics import pixel_metrics, region_masks, select_images
 from cbigan.results import ImageResults
+from common import emit, run_label
 
 
 def to_canvas(gmaps, regions, size):
@@ -61,13 +61,10 @@ def main():
         for a in (float(v) for v in args.alphas.split(",")):
             maps = local + a * w * glob if args.mode == "sum" else np.maximum(local, a * w * glob)
             pm = pixel_metrics(maps[keep], masks, valid=valid)
-            row = {"run": f"{run.parent.name}/{run.name}", "mode": args.mode, "alpha": a, "w": w,
+            row = {"run": run_label(run), "mode": args.mode, "alpha": a, "w": w,
                    "every": args.every, "pixel_auroc": pm["pixel_auroc"], "aupro": pm["aupro"],
                    "image_auroc_map_max": auroc(y, map_scores(maps, "map_max", regions=reg, margin=margin))}
-            print({kk: round(v, 4) if isinstance(v, float) else v for kk, v in row.items()}, flush=True)
-            if args.out:
-                out = Path(args.out)
-                pd.DataFrame([row]).to_csv(out, mode="a", header=not out.exists(), index=False)
+            emit(row, args.out)
 
 
 if __name__ == "__main__":

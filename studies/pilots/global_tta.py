@@ -19,20 +19,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cbigan.anomaly_score import combine, global_weight, map_scores
-from cbigan.data import load_resized, load_test_set, split_train_val
-from cbigan.evaluation import _with_data_dir
+from cbigan.data import load_test_set
 from cbigan.imageops import to_model_range
-from cbigan.layout import TRAIN, category_dir, good_folder, list_images
 from cbigan.localization import global_view_parts, map_settings
 from cbigan.metrics import auroc
-from cbigan.model import load_trained
 from cbigan.networks import feature_extractor
 from cbigan.results import ImageResults
+from common import emit, held_out_images, load_run, run_label
 
 FLIPS = ((False, False), (True, False), (False, True), (True, True))  # (left-right, up-down)
 
@@ -77,16 +74,10 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     for run in args.runs:
-        cfg, model = load_trained(run)
-        cfg = cfg.resolved()
-        if args.data_dir:
-            cfg = _with_data_dir(cfg, args.data_dir)
+        cfg, model = load_run(run, args.data_dir)
         w = global_weight(cfg)
-        good = good_folder(category_dir(cfg.data_dir, cfg.category) / TRAIN)
-        _, val_paths = split_train_val(list_images(good), cfg.val_split, cfg.seed)
-        vreg = []
-        val, _ = load_resized(val_paths, cfg, "held-out images", False, vreg)
-        v = global_scores(model, cfg, val, np.array(vreg, np.int32))
+        val, vreg = held_out_images(cfg)
+        v = global_scores(model, cfg, val, vreg)
         test = load_test_set(cfg, with_masks=False)
         t = global_scores(model, cfg, test.images, test.regions)
         y = np.asarray(test.labels)
@@ -95,16 +86,13 @@ def main():
         tiles = map_scores(px.tile_maps(cfg.score_lambda), cfg.image_score, cfg.score_topk,
                            regions=px.regions, margin=int(cfg.score_margin))
         w_mean = w * v["flip0"].std() / v["mean"].std()
-        row = {"run": f"{Path(run).parent.name}/{Path(run).name}", "w": w, "w_mean": float(w_mean),
+        row = {"run": run_label(run), "w": w, "w_mean": float(w_mean),
                "auroc_tiles": auroc(y, tiles), "auroc_global": auroc(y, t["flip0"]),
                "auroc_global_mean": auroc(y, t["mean"]),
                "auroc_product": auroc(y, tiles + w * t["flip0"]),
                "auroc_tta": auroc(y, tiles + w_mean * t["mean"]),
                **{f"auroc_global_{k}": auroc(y, s) for k, s in t.items() if k.startswith("flip")}}
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-        if args.out:
-            out = Path(args.out)
-            pd.DataFrame([row]).to_csv(out, mode="a", header=not out.exists(), index=False)
+        emit(row, args.out)
 
 
 if __name__ == "__main__":

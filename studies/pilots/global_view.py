@@ -22,20 +22,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cbigan.anomaly_score import combine, map_scores
-from cbigan.data import load_resized, load_test_set, split_train_val
-from cbigan.evaluation import _with_data_dir
+from cbigan.data import load_test_set
 from cbigan.imageops import region_views, to_model_range
-from cbigan.layout import TRAIN, category_dir, good_folder, list_images
 from cbigan.localization import Localizer, global_view_parts, map_settings
 from cbigan.metrics import auroc
-from cbigan.model import load_trained
 from cbigan.networks import feature_extractor
 from cbigan.pixel_metrics import pixel_metrics, region_masks, select_images
+from common import emit, held_out_images, load_run
 
 GLOBAL_SIGMA = 4.0
 
@@ -124,19 +121,11 @@ def main():
                     "the image, its tiles map, its global view and that view's map (PNG path)")
     args = ap.parse_args()
     for run in args.runs:
-        cfg, model = load_trained(run)
-        cfg = cfg.resolved()
-        if args.data_dir:
-            cfg = _with_data_dir(cfg, args.data_dir)
+        cfg, model = load_run(run, args.data_dir)
         if args.figure:
             draw(model, cfg, args.figure)
             continue
-        good = good_folder(category_dir(cfg.data_dir, cfg.category) / TRAIN)
-        _, val_paths = split_train_val(list_images(good), cfg.val_split, cfg.seed)
-        val_paths = val_paths[::args.every]
-        vreg = []
-        val, _ = load_resized(val_paths, cfg, "held-out images", False, vreg)
-        vreg = np.array(vreg, np.int32)
+        val, vreg = held_out_images(cfg, args.every)
         test = load_test_set(cfg)
         if args.every > 1:
             from dataclasses import replace
@@ -181,10 +170,7 @@ def main():
                 if name in ("sum", "rawsum"):
                     row[f"auroc_{name}map_max"] = auroc(y, map_scores(maps, "map_max", regions=treg, margin=margin))
                     row[f"auroc_{name}map_max_m0"] = auroc(y, map_scores(maps, "map_max", regions=treg, margin=0))
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-        if args.out:
-            out = Path(args.out)
-            pd.DataFrame([row]).to_csv(out, mode="a", header=not out.exists(), index=False)
+        emit(row, args.out)
 
 
 if __name__ == "__main__":

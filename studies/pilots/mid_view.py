@@ -14,19 +14,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cbigan.anomaly_score import global_weight, map_scores
-from cbigan.data import load_resized, load_test_set, split_train_val
-from cbigan.evaluation import _with_data_dir
+from cbigan.data import load_test_set
 from cbigan.imageops import region_views, to_model_range
-from cbigan.layout import TRAIN, category_dir, good_folder, list_images
 from cbigan.localization import Localizer, localize, map_settings
 from cbigan.metrics import auroc
-from cbigan.model import load_trained
 from cbigan.networks import feature_extractor
+from common import emit, held_out_images, load_run, run_label
 
 
 def view_scores(model, cfg, canvases, regions, size: int, chunk: int = 16) -> np.ndarray:
@@ -63,22 +60,15 @@ def main():
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     for run in args.runs:
-        cfg, model = load_trained(run)
-        cfg = cfg.resolved()
-        if args.data_dir:
-            cfg = _with_data_dir(cfg, args.data_dir)
+        cfg, model = load_run(run, args.data_dir)
         w = global_weight(cfg)
-        good = good_folder(category_dir(cfg.data_dir, cfg.category) / TRAIN)
-        _, val_paths = split_train_val(list_images(good), cfg.val_split, cfg.seed)
-        vreg = []
-        val, _ = load_resized(val_paths, cfg, "held-out images", False, vreg)
-        vreg = np.array(vreg, np.int32)
+        val, vreg = held_out_images(cfg)
         test = load_test_set(cfg, with_masks=False)
         y = np.asarray(test.labels)
         v_t, v_g = product_parts(model, cfg, val, vreg)
         t_t, t_g = product_parts(model, cfg, test.images, test.regions)
         base = t_t + w * t_g
-        row = {"run": f"{Path(run).parent.name}/{Path(run).name}", "w": w, "auroc_tiles": auroc(y, t_t),
+        row = {"run": run_label(run), "w": w, "auroc_tiles": auroc(y, t_t),
                "auroc_global": auroc(y, t_g), "auroc_product": auroc(y, base)}
         for s in sizes:
             v_m = view_scores(model, cfg, val, vreg, s)
@@ -88,10 +78,7 @@ def main():
             row[f"w_mid{s}"] = float(w_m)
             row[f"auroc_product_plus_mid{s}"] = auroc(y, base + w_m * t_m)
             row[f"corr_mid{s}_tiles"] = float(np.corrcoef(t_m, t_t)[0, 1])
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-        if args.out:
-            out = Path(args.out)
-            pd.DataFrame([row]).to_csv(out, mode="a", header=not out.exists(), index=False)
+        emit(row, args.out)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cbigan.anomaly_score import combine, map_scores
 from cbigan.metrics import auroc
 from cbigan.results import ImageResults
+from common import emit, run_label
 
 
 def main():
@@ -43,15 +43,12 @@ def main():
         tiles = map_scores(px.tile_maps(lam), rule, regions=px.regions, margin=margin)
         g = px.global_maps(lam).reshape(len(y), -1)
         readings = {"max": g.max(1), "topk": np.sort(g, 1)[:, -max(1, g.shape[1] // 100):].mean(1), "mean": g.mean(1)}
-        row = {"run": f"{run.parent.name}/{run.name}", "w": w, "global_views": cfg.get("global_views")}
+        row = {"run": run_label(run), "w": w, "global_views": cfg.get("global_views")}
         for name, s_g in readings.items():
             row[f"global_{name}_alone"] = auroc(y, s_g)
             for a in (float(v) for v in args.alphas.split(",")):
                 row[f"{name}_a{a:g}"] = auroc(y, tiles + a * w * s_g)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-        if args.out:
-            out = Path(args.out)
-            pd.DataFrame([row]).to_csv(out, mode="a", header=not out.exists(), index=False)
+        emit(row, args.out)
 
 
 if __name__ == "__main__":
