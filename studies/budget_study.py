@@ -44,9 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The tiles arms' common flags (issue 15): the fast recipe on 64 px crops of each image at its own
 #: scale, scored on overlapping tiles by the anomaly map's maximum; the last weights are the model
 #: (selection on maps of every held-out image each --eval-every would cost most of a 15-minute budget).
-#: Each arm names its --normalize and --train-crops, so it keeps what it ran as the defaults change.
+#: Each arm names its --normalize and --train-crops, so it keeps what it ran as the defaults change
+#: (and --width 3: the fast preset's tiles were widened to 6 after the twelfth study).
 TILES = ["--preset", "fast", "--kind", "tiles", "--image-score", "map_max", "--select", "final",
-         "--eval-every", "1000000", "--global-views", "0"]
+         "--eval-every", "1000000", "--global-views", "0", "--width", "3"]
 
 #: Arm name -> train.py flags. EGBAD and the autoencoder use the fast recipe with alpha 0 / 1, so the
 #: three methods differ only in alpha; "paper" is the paper's recipe unchanged. The arms of the fast
@@ -119,13 +120,16 @@ ARMS = {
     # tile (--global-views 0.25): the model also learns the whole part's look, scored beside the tiles
     # (magnetic tile's uneven and break defects span more than a tile; the squashed 64 px object model
     # and the tiles make nearly uncorrelated mistakes there)
-    "tiles_gv": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.25", "--precision", "mixed_bfloat16"],
+    "tiles_gv": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.25", "--width", "3",
+                 "--precision", "mixed_bfloat16"],
     # and with half of every batch whole images (the fast preset's tiles since)
-    "tiles_gv50": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.5", "--precision", "mixed_bfloat16"],
+    "tiles_gv50": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.5", "--width", "3",
+                   "--precision", "mixed_bfloat16"],
     # and with three quarters of every batch whole images (the tiles still get a quarter)
-    "tiles_gv75": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.75", "--precision", "mixed_bfloat16"],
+    "tiles_gv75": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.75", "--width", "3",
+                   "--precision", "mixed_bfloat16"],
     # half of every batch global views, with networks twice as wide (objects gained from it, fourth study;
-    # the global view is an object's view)
+    # the global view is an object's view): the fast preset's tiles since the twelfth study
     "tiles_gv50_w6": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.5", "--width", "6",
                       "--precision", "mixed_bfloat16"],
     "paper": ["--preset", "paper"],
@@ -145,6 +149,11 @@ ARM_CATEGORY_FLAGS.update({(arm, c): f for (a, c), f in list(ARM_CATEGORY_FLAGS.
                                        "tiles_a01", "tiles_p128")})
 ARM_CATEGORY_FLAGS.update({("tiles_half", c): ["--image-size", str(int(f[1]) // 2)]
                            for (a, c), f in list(ARM_CATEGORY_FLAGS.items()) if a == "tiles"})
+#: The fast preset's arms on magnetic tile train tiles (its images vary in size): they ran at width 3,
+#: before the fast preset's tiles were widened to 6 (twelfth study).
+ARM_CATEGORY_FLAGS.update({(arm, "magnetic_tile"): ["--width", "3"]
+                           for arm in ("auto", "fast_bf16", "fast_final", "fast_final_bf16", "fast_dn", "fast_dn1",
+                                       "fast_norm")})
 #: Image-score rules evaluate.py reports side by side on every run (one scoring pass).
 RULES = ("paper", "map_max", "map_topk")
 

@@ -21,15 +21,15 @@ def test_fast_preset_stays_cbigan_and_only_changes_objects_data():
     assert tex.d_iter == obj.d_iter and tex.lr_eg == obj.lr_eg
 
 
-def test_fast_preset_widens_objects_only(tmp_path):
-    """--preset fast: width 6 for objects, the paper's 3 for textures, tiles and every paper run;
+def test_fast_preset_widens_objects_and_tiles(tmp_path):
+    """--preset fast: width 6 for objects and tiles, the paper's 3 for textures and every paper run;
     --width wins; a config written before width could be None loads as it ran."""
     import json
 
     width = {(preset, kind): apply_preset(Config(category="x", kind=kind), preset).resolved().width
              for preset in ("paper", "fast") for kind in ("object", "texture", "tiles")}
     assert width == {("paper", "object"): 3, ("paper", "texture"): 3, ("paper", "tiles"): 3,
-                     ("fast", "object"): 6, ("fast", "texture"): 3, ("fast", "tiles"): 3}
+                     ("fast", "object"): 6, ("fast", "texture"): 3, ("fast", "tiles"): 6}
     assert parse_args(["--category", "bottle", "--preset", "fast", "--width", "3"])[0].width == 3
     assert parse_args(["--category", "bottle", "--preset", "fast"])[0].width == 6
     old = {**Config(category="bottle", preset="fast").__dict__, "width": 3}   # an earlier fast run

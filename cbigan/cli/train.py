@@ -22,8 +22,13 @@ from ..kinds import KINDS, infer_kind
 from . import config_default, parser, show
 
 
+#: The help's stand-in category for a folder trained as tiles.
+TILES_CASE = "tiles"
+
+
 def _resolved(category: str, preset: str) -> Config:
-    return apply_preset(Config(category=category), preset).resolved()
+    kind = "tiles" if category == TILES_CASE else None
+    return apply_preset(Config(category=category, kind=kind), preset).resolved()
 
 
 def _data_default(name: str, text: str, cases: tuple) -> str:
@@ -69,7 +74,8 @@ def data_defaults() -> dict[str, str]:
                                               f"for other objects, 0 to {val(tex, 'rotation')} for textures",
                                   ((rot, "for objects" if _objects_alike("rotation") else f"for {rotated}"),
                                    (tex, "for textures"))),
-        "width": _data_default("width", val(obj, "width"), ((obj, "for objects"), (tex, "for textures"))),
+        "width": _data_default("width", val(obj, "width"), ((obj, "for objects"), (tex, "for textures"),
+                                                           (TILES_CASE, "for tiles"))),
     }
 
 
@@ -138,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "same thing) " + config_default("train_crops", "canvas, image with --kind tiles"))
     g.add_argument("--global-views", type=float, default=None,
                    help="tiles: share of each training batch that is a whole image resized to one tile (its "
-                        "global view), so the model learns the whole part's look beside its tiles "
-                        "(not in the paper) " + config_default("global_views", "0, 0.5 with --preset fast for "
+                        "global view), so the model learns the whole part's look beside its tiles; its score and its map "
+                        "join the tiles' with a weight calibrated on held-out images (not in the paper) " + config_default("global_views", "0, 0.5 with --preset fast for "
                                                                "tiles scored by a map rule"))
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, default=None, help="size of z " + config_default("latent_dim"))
