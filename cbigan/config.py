@@ -244,7 +244,7 @@ PRESETS: dict[str, dict] = {
 #: as wide (width 6: bottle 0.904 vs 0.871 image auROC at 15 CPU minutes, 3 seeds); textures keep the
 #: paper's 3 (leather sample 0.932 vs 1.000 at width 6, one seed, with a third fewer steps; fourth
 #: study). ``fast`` tiles are widened too since they learn each image's global view (an object's view):
-#: magnetic tile 0.812 / 0.801 vs 0.772 (median of 3 seeds) at width 3, AUPRO 0.619 / 0.624 (twelfth
+#: magnetic tile 0.801 (0.801-0.812) vs 0.772 (median of 3 seeds each) at width 3, AUPRO 0.619 (twelfth
 #: study; without the global view width 6 had not helped tiles: 0.712 vs 0.715) (results/small_defects).
 #: ``global_views`` of each preset for tiles scored by a map rule (the global view adds to the map
 #: rule's score; other kinds see whole images already). ``fast``: half of each batch; magnetic tile
