@@ -210,7 +210,7 @@ def anomaly_map(tile_maps, global_maps=None, regions=None, global_weight: float 
     extra = region_canvas(global_maps, regions, size) * float(global_weight)
     if _is_tensor(tile_maps) or _is_tensor(global_maps):
         return tile_maps + extra
-    return (np.asarray(tile_maps, np.float32) + extra.numpy()).astype(np.float32)
+    return np.asarray(tile_maps, np.float32) + extra.numpy()
 
 
 def rule_scores(rule: str, lam: float, *, l_r=None, l_fd=None, maps=None, topk: float = DEFAULT_TOPK,

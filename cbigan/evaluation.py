@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .anomaly_score import DEFAULT_MAP_SIGMA as MAP_SIGMA
-from .anomaly_score import DEFAULT_TOPK, IMAGE_SCORE_RULES, MAP_RULES, PAPER_LAMBDA
+from .anomaly_score import DEFAULT_TOPK, IMAGE_SCORE_RULES, MAP_RULES, PAPER_LAMBDA, global_weight
 from .config import Config, method_name
 from .errors import EvaluationError
 from .kinds import StrideError, kind_of
@@ -344,7 +344,7 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         if old is not None and old.fingerprint == fingerprint and old.paths == _current_test_paths(cfg):
             if want_pixel:
                 old = old.with_maps(_load_pixel_maps(pixel_file, fingerprint, old.paths, sigma, stride,
-                                                     bool(cfg.global_views)))
+                                                     bool(cfg.global_views), global_weight(cfg)))
             if old.has_maps or not want_pixel:
                 scored, reused = old, True
     if scored is None:
@@ -360,10 +360,6 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         if scored.has_maps:
             scored.save_maps(pixel_file)
 
-    if scored.global_r is not None:  # the weight of the global view: the run's calibration, not the file's
-        from .anomaly_score import global_weight
-
-        scored = replace(scored, global_weight=global_weight(cfg))
     scores_df = scores_table(scored, chosen, threshold, rule=rule, topk=cfg.score_topk, margin=cfg.score_margin)
     write_atomic(run_dir / SCORES_CSV, lambda p: scores_df.to_csv(p, index=False, float_format="%.6g"))
     t0 = time.monotonic()
@@ -439,13 +435,14 @@ def _float_or_none(v) -> float | None:
 
 
 def _load_pixel_maps(path: Path, fingerprint: str, paths: list, sigma: float, stride: int,
-                     global_view: bool = False):
+                     global_view: bool = False, global_weight: float = 1.0):
     """Stored maps when they belong to these weights, test images, sigma and stride (and hold the global
-    view's maps exactly when the run has one); else None."""
+    view's maps exactly when the run has one), with the run's ``global_weight`` (the file does not hold
+    it); else None."""
     if not path.is_file():
         return None
     try:
-        px = ImageResults.load_maps(path)
+        px = ImageResults.load_maps(path, global_weight)
     except (OSError, ValueError, KeyError):
         return None
     if px.fingerprint != fingerprint or px.paths != paths or not px.maps_match(sigma, stride, global_view):

@@ -171,6 +171,8 @@ def test_export_scores_equal_evaluation_with_a_global_view(tmp_path):
 
     assert global_weight(read_config(run)) == weight                 # merged into config.json with it
     ev = evaluate_run(run, progress=False)
+    again = evaluate_run(run, progress=False)                        # stored maps, with the run's weight
+    assert again.reused_parts and again.scores["score"].tolist() == ev.scores["score"].tolist()
     loaded = tf.saved_model.load(str(find_saved_model(tmp_path / "export" / "strips")))
     sig = loaded.signatures["serving_default"]
     from cbigan.data import load_test_set
