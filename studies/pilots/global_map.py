@@ -13,27 +13,19 @@ the run's score margin), one row per run and alpha, appended to ``--out``. ``--m
 pixelwise maximum instead of the sum.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from cbigan.anomaly_score import combine, map_scores
-from cbigan.localization import resize_maps
+from cbigan.anomaly_score import combine, global_weight, map_scores
+from cbigan.config import Config
+from cbigan.imageops import region_canvas
 from cbigan.metrics import auroc
 from cbigan.pixel_metrics import pixel_metrics, region_masks, select_images
 from cbigan.results import ImageResults
 from common import emit, run_label
-
-
-def to_canvas(gmaps, regions, size):
-    """Global maps [N, p, p] -> [N, S, S]: bilinear to each image's region, zero outside it."""
-    out = np.zeros((len(gmaps), size, size), np.float32)
-    for i, (m, (h, w)) in enumerate(zip(gmaps, regions)):
-        out[i, :h, :w] = np.asarray(resize_maps(m, (int(h), int(w))))
-    return out
 
 
 def main():
@@ -45,16 +37,16 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     for run in map(Path, args.runs):
-        cfg = json.loads((run / "config.json").read_text())
-        lam, margin = float(cfg["score_lambda"]), int(cfg.get("score_margin") or 0)
-        w = float(cfg.get("global_weight", cfg.get("threshold", {}).get("global_weight", 1.0)))
+        cfg = Config.from_json(run / "config.json").resolved()
+        lam, margin, w = cfg.score_lambda, int(cfg.score_margin), global_weight(cfg)
         px = ImageResults.load_maps(run / "pixel_maps.npz")
         k = slice(None, None, args.every)
         paths = px.paths[k]
         y = np.array([Path(p).parent.name != "good" for p in paths])
         reg = px.regions[k]
         local = np.asarray(combine(px.map_r[k], px.map_fd[k], lam), np.float32)
-        glob = to_canvas(np.asarray(combine(px.global_r[k], px.global_fd[k], lam)), reg, local.shape[1])
+        # the product's resize (anomaly_score.anomaly_map), done once for every alpha
+        glob = region_canvas(combine(px.global_r[k], px.global_fd[k], lam), reg, local.shape[1]).numpy()
         keep, _ = select_images(y, px.has_mask[k], warn=False)
         valid = region_masks(reg[keep], local.shape[1:])
         masks = px.masks[k][keep]

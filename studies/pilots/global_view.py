@@ -27,7 +27,7 @@ import tensorflow as tf
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cbigan.anomaly_score import combine, map_scores
 from cbigan.data import load_test_set
-from cbigan.imageops import region_views, to_model_range
+from cbigan.imageops import region_canvas, region_views, to_model_range
 from cbigan.localization import Localizer, global_view_parts, map_settings
 from cbigan.metrics import auroc
 from cbigan.networks import feature_extractor
@@ -60,14 +60,6 @@ def local_maps(model, cfg, canvases):
     cfg = replace(cfg, global_views=0.0)
     sigma, stride = map_settings(cfg)
     return Localizer(model, cfg, sigma=sigma, stride=stride).run(canvases, progress=True).maps(cfg.score_lambda)
-
-
-def to_canvas(gmaps, regions, size):
-    """Global maps [N, p, p] -> [N, S, S]: bilinear to each image's region, zero outside it."""
-    out = np.zeros((len(gmaps), size, size), np.float32)
-    for i, (m, (h, w)) in enumerate(zip(gmaps, regions)):
-        out[i, :h, :w] = tf.image.resize(m[..., None], (int(h), int(w)), method="bilinear")[..., 0].numpy()
-    return out
 
 
 def draw(model, cfg, out):
@@ -162,7 +154,7 @@ def main():
         if test.masks is not None:
             keep, _ = select_images(y, test.has_mask, warn=False)
             valid = region_masks(treg[keep], t_loc.shape[1:])
-            g_canvas = to_canvas(t_glob, treg, t_loc.shape[1])
+            g_canvas = region_canvas(t_glob, treg, t_loc.shape[1]).numpy()
             for name, maps in (("local", t_loc), ("global", g_canvas), ("sum", t_loc / q_l + g_canvas / q_g),
                                ("rawsum", t_loc + g_canvas)):
                 pm = pixel_metrics(maps[keep], test.masks[keep], valid=valid)

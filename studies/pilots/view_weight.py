@@ -12,14 +12,14 @@ parts and the global view's). No network runs. For each alpha and each reading o
 Test labels choose nothing here: the pilot shows how flat the auROC is around the calibrated weight.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from cbigan.anomaly_score import combine, map_scores
+from cbigan.anomaly_score import global_weight, map_scores
+from cbigan.config import Config
 from cbigan.metrics import auroc
 from cbigan.results import ImageResults
 from common import emit, run_label
@@ -32,9 +32,8 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     for run in map(Path, args.runs):
-        cfg = json.loads((run / "config.json").read_text())
-        lam, margin, rule = float(cfg["score_lambda"]), int(cfg.get("score_margin") or 0), cfg["image_score"]
-        w = float(cfg.get("global_weight", cfg.get("threshold", {}).get("global_weight", 1.0)))
+        cfg = Config.from_json(run / "config.json").resolved()
+        lam, margin, rule, w = cfg.score_lambda, int(cfg.score_margin), cfg.image_score, global_weight(cfg)
         px = ImageResults.load_maps(run / "pixel_maps.npz")
         if px.global_r is None:
             print(f"{run}: its pixel_maps.npz holds no global view (evaluated before they were stored): skipped")
@@ -43,7 +42,7 @@ def main():
         tiles = map_scores(px.tile_maps(lam), rule, regions=px.regions, margin=margin)
         g = px.global_maps(lam).reshape(len(y), -1)
         readings = {"max": g.max(1), "topk": np.sort(g, 1)[:, -max(1, g.shape[1] // 100):].mean(1), "mean": g.mean(1)}
-        row = {"run": run_label(run), "w": w, "global_views": cfg.get("global_views")}
+        row = {"run": run_label(run), "w": w, "global_views": cfg.global_views}
         for name, s_g in readings.items():
             row[f"global_{name}_alone"] = auroc(y, s_g)
             for a in (float(v) for v in args.alphas.split(",")):
