@@ -25,7 +25,16 @@ Image-score rules (``Config.image_score``, ``--image-score``; :data:`IMAGE_SCORE
 * ``map_max``: the maximum of the Gaussian-smoothed anomaly map at the same lambda
   (:mod:`cbigan.localization`), which a small defect raises fully;
 * ``map_topk``: the mean of the highest ``score_topk`` share (default 1%) of the map's pixels, a less
-  noisy version of the maximum.
+  noisy version of the maximum;
+* ``fused`` / ``fused_max`` (beyond the paper): every kind of evidence the run has (:func:`evidence`: the
+  summed score ``paper``, the map's maximum ``map_max`` and, for tiles with global views, the global
+  view's maximum ``global_max`` and its mean ``global_mean``), each standardized by the mean and
+  standard deviation of its scores on the run's held-out normal images, ``z = (s - mean) / std``, then
+  averaged (``fused``) or the largest taken (``fused_max``) (:func:`fuse`). A local defect raises
+  ``map_max``, a global or diffuse anomaly the sums, and neither rule has to be guessed per run. The
+  statistics are calibrated with the threshold (:func:`cbigan.threshold.calibrate_threshold`, stored
+  under ``fusion`` in ``threshold.json``); without them (fewer than 2 held-out images) the fused rules
+  score as ``map_max``.
 
 The map rules look only at each image's own pixels (``regions``: tiles put an image on a mirrored
 canvas) less a border ``margin`` (``Config.score_margin``; tiles leave half a tile out by default: the
@@ -43,10 +52,16 @@ import numpy as np
 
 #: The paper's lambda (weight of the feature part L_fD).
 PAPER_LAMBDA = 0.1
+#: Rules that fuse every kind of evidence, each standardized on held-out normal images (:func:`fuse`).
+FUSED_RULES = ("fused", "fused_max")
 #: Image-score rules: ``paper`` from the per-patch parts, the others from the anomaly map.
-IMAGE_SCORE_RULES = ("paper", "map_max", "map_topk")
-#: Rules computed from the anomaly map (they need :func:`cbigan.localization.localize`'s maps).
+IMAGE_SCORE_RULES = ("paper", "map_max", "map_topk") + FUSED_RULES
+#: Rules computed from the anomaly map alone (they need :func:`cbigan.localization.localize`'s maps).
 MAP_RULES = ("map_max", "map_topk")
+#: Rules that need the anomaly maps (the map rules and the fused ones); they also use the global view.
+RULES_WITH_MAPS = MAP_RULES + FUSED_RULES
+#: The kinds of evidence :func:`evidence` gives (the last two only for tiles with global views).
+EVIDENCE = ("paper", "map_max", "global_max", "global_mean")
 #: Default share of the map's pixels that ``map_topk`` averages.
 DEFAULT_TOPK = 0.01
 #: Default standard deviation, in pixels of the model-resolution map, of the Gaussian smoothing of
@@ -213,26 +228,117 @@ def anomaly_map(tile_maps, global_maps=None, regions=None, global_weight: float 
     return np.asarray(tile_maps, np.float32) + extra.numpy()
 
 
+def evidence(lam: float, *, l_r, l_fd, maps, regions=None, margin: int = 0, global_maps=None) -> dict:
+    """Every kind of evidence of N images at ``lam``, as image scores [N] by name (:data:`EVIDENCE`):
+
+    * ``paper``: the summed score (:func:`image_scores` of the per-patch parts ``l_r``, ``l_fd`` [N, P]):
+      global evidence, raised by an anomaly spread over the image;
+    * ``map_max``: the maximum of the model's own map ``maps`` [N, H, W] over ``regions`` less
+      ``margin`` (:func:`map_scores`): local evidence, raised fully by a defect of a few pixels;
+    * with ``global_maps`` [N, p, p] (tiles trained with global views): ``global_max``, the global view's
+      map maximum, and ``global_mean``, its mean (the whole image at one tile's size, summed).
+
+    NumPy in, float64 NumPy out; tensors in, tensors out."""
+    out = {"paper": image_scores(l_r, l_fd, lam), "map_max": map_scores(maps, "map_max", regions=regions,
+                                                                        margin=margin)}
+    if global_maps is not None:
+        out["global_max"] = map_scores(global_maps, "map_max")
+        if _is_tensor(global_maps):
+            import tensorflow as tf
+
+            out["global_mean"] = tf.reduce_mean(global_maps, axis=[1, 2])
+        else:
+            out["global_mean"] = np.asarray(global_maps, np.float64).mean(axis=(1, 2))
+    return out
+
+
+def fusion_statistics(held_out: dict, lam: float) -> dict | None:
+    """The statistics of :func:`fuse` from the held-out normal images' :func:`evidence` at ``lam``:
+    ``{"lambda": lam, "mean": {name: m}, "std": {name: s}}`` over the kinds whose scores vary (std > 0
+    and finite); None with fewer than 2 images or none that varies (the fused rules then score as
+    ``map_max``)."""
+    mean, std = {}, {}
+    for name, values in held_out.items():
+        v = np.asarray(values, np.float64).ravel()
+        if len(v) < 2 or not np.all(np.isfinite(v)):
+            continue
+        s = float(np.std(v))
+        if s > 0:
+            mean[name], std[name] = float(np.mean(v)), s
+    return {"lambda": float(lam), "mean": mean, "std": std} if mean else None
+
+
+def fuse(ev: dict, stats: dict, reduce: str = "mean"):
+    """The fused image score [N]: every kind of evidence in ``stats`` standardized,
+    ``z = (ev[name] - mean[name]) / std[name]``, then their mean (``reduce="mean"``, rule ``fused``) or
+    maximum (``"max"``, rule ``fused_max``). A z of 3 is three held-out standard deviations above the
+    held-out mean. ``ev``: :func:`evidence` (NumPy or tensors); ``stats``: :func:`fusion_statistics`."""
+    names = [n for n in EVIDENCE if n in stats["mean"] and n in ev]
+    if not names:
+        raise ValueError(f"no evidence in common between the scores ({sorted(ev)}) and the statistics "
+                         f"({sorted(stats['mean'])})")
+    zs = [(ev[n] - stats["mean"][n]) / stats["std"][n] for n in names]
+    if any(_is_tensor(z) for z in zs):
+        import tensorflow as tf
+
+        z = tf.stack([tf.cast(z, tf.float32) for z in zs], axis=0)
+        return tf.reduce_mean(z, axis=0) if reduce == "mean" else tf.reduce_max(z, axis=0)
+    z = np.stack([np.asarray(z, np.float64) for z in zs])
+    return z.mean(axis=0) if reduce == "mean" else z.max(axis=0)
+
+
+def fusion_at(fusion, lam: float) -> dict:
+    """The entry of ``fusion`` (one :func:`fusion_statistics` dict, or a list of them at several
+    lambdas) calibrated at ``lam``; ValueError when there is none."""
+    entries = [fusion] if isinstance(fusion, dict) else list(fusion)
+    for entry in entries:
+        if entry is not None and abs(float(entry["lambda"]) - float(lam)) < 1e-9:
+            return entry
+    have = ", ".join(f"{float(e['lambda']):g}" for e in entries if e is not None)
+    raise ValueError(f"the fused rules' statistics were calibrated at lambda {have or 'none'}, not {lam:g}")
+
+
+def fusion_stats(cfg) -> list | dict | None:
+    """The fused rules' statistics of a run (a list of :func:`fusion_statistics`, one per lambda):
+    calibrated with the threshold on the held-out images
+    (``threshold.json``'s ``fusion``, merged into ``config.json``: ``cfg.extra["threshold"]``) or given
+    as ``cfg.extra["fusion"]``; None when there are none (the fused rules then score as ``map_max``)."""
+    if "fusion" in cfg.extra:
+        return cfg.extra["fusion"]
+    record = cfg.extra.get("threshold")
+    return record.get("fusion") if isinstance(record, dict) else None
+
+
 def rule_scores(rule: str, lam: float, *, l_r=None, l_fd=None, maps=None, topk: float = DEFAULT_TOPK,
-                regions=None, margin: int = 0, global_maps=None, global_weight: float = 1.0):
+                regions=None, margin: int = 0, global_maps=None, global_weight: float = 1.0,
+                fusion: dict | None = None):
     """Image scores [N] by ``rule`` at ``lam``: ``paper`` from the per-patch parts ``l_r``, ``l_fd``
     [N, P] (:func:`image_scores`), the map rules from the anomaly maps ``maps`` [N, H, W] at the same
-    lambda, over each image's ``regions`` less ``margin`` (:func:`map_scores`). ValueError for an
-    unknown rule or a missing input.
+    lambda, over each image's ``regions`` less ``margin`` (:func:`map_scores`), the fused rules from
+    both (:func:`evidence`, :func:`fuse` with the held-out statistics ``fusion``, calibrated at the same
+    lambda: ValueError for another; None: scored as ``map_max``). ValueError for an unknown rule or a
+    missing input.
 
     ``global_maps`` [N, p, p] (tiles trained with global views, beyond the paper): the maps of each image's
     global view at the same lambda; the map rules then add ``global_weight`` times the same rule over the
-    whole of it (weight calibrated on held-out normal images: :func:`cbigan.threshold.calibrate_threshold`).
-    The paper's rule ignores them."""
+    whole of it (weight calibrated on held-out normal images: :func:`cbigan.threshold.calibrate_threshold`),
+    and the fused rules fuse it as two more kinds of evidence. The paper's rule ignores them."""
     if rule == "paper":
         if l_r is None or l_fd is None:
             raise ValueError("the paper's score needs the per-patch parts l_r and l_fd")
         return image_scores(l_r, l_fd, lam)
-    if rule not in MAP_RULES:
+    if rule not in RULES_WITH_MAPS:
         raise ValueError(f"image score rule must be one of {', '.join(IMAGE_SCORE_RULES)}, got {rule!r}")
     if maps is None:
         raise ValueError(f"the {rule} score needs the anomaly maps")
-    scores = map_scores(maps, rule, topk, regions, margin)
+    if rule in FUSED_RULES and fusion is not None:
+        if l_r is None or l_fd is None:
+            raise ValueError(f"the {rule} score needs the per-patch parts l_r and l_fd")
+        ev = evidence(lam, l_r=l_r, l_fd=l_fd, maps=maps, regions=regions, margin=margin,
+                      global_maps=global_maps)
+        return fuse(ev, fusion_at(fusion, lam), "max" if rule == "fused_max" else "mean")
+    map_rule = "map_max" if rule in FUSED_RULES else rule
+    scores = map_scores(maps, map_rule, topk, regions, margin)
     if global_maps is None:
         return scores
-    return scores + float(global_weight) * map_scores(global_maps, rule, topk)
+    return scores + float(global_weight) * map_scores(global_maps, map_rule, topk)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # the MVTec AD category lists live with the input kinds (cbigan/kinds.py)
-from .anomaly_score import IMAGE_SCORE_RULES
+from .anomaly_score import IMAGE_SCORE_RULES, RULES_WITH_MAPS
 from .kinds import OBJECTS, ROTATED_OBJECTS, TEXTURES, default_kind, kind_of  # noqa: F401  (re-exported)
 
 CATEGORIES = TEXTURES + OBJECTS
@@ -142,14 +142,14 @@ class Config:
             raise ValueError(f"alpha must be in [0, 1], got {c.alpha}")
         if c.global_views is None:
             c.global_views = (PRESET_GLOBAL_VIEWS.get(c.preset, 0.0)
-                              if c.kind == "tiles" and c.image_score in ("map_max", "map_topk") else 0.0)
+                              if c.kind == "tiles" and c.image_score in RULES_WITH_MAPS else 0.0)
         if not 0 <= c.global_views < 1:
             raise ValueError(f"global_views must be in [0, 1) (a share of each training batch), got {c.global_views}")
         if c.global_views and c.kind != "tiles":
             raise ValueError(f"global views are for --kind tiles (a {c.kind} model sees whole images already)")
-        if c.global_views and c.image_score not in ("map_max", "map_topk"):
-            raise ValueError(f"global views add to the anomaly map's image score: use --image-score map_max or "
-                             f"map_topk, not {c.image_score}")
+        if c.global_views and c.image_score not in RULES_WITH_MAPS:
+            raise ValueError(f"global views add to the anomaly map's image score: use --image-score "
+                             f"{', '.join(RULES_WITH_MAPS)}, not {c.image_score}")
         if not 0 <= c.denoise <= 1:
             raise ValueError(f"denoise must be in [0, 1] (a share of the training images), got {c.denoise}")
         if c.select not in SELECTION_RULES:

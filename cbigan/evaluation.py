@@ -45,7 +45,8 @@ import numpy as np
 import pandas as pd
 
 from .anomaly_score import DEFAULT_MAP_SIGMA as MAP_SIGMA
-from .anomaly_score import DEFAULT_TOPK, IMAGE_SCORE_RULES, MAP_RULES, PAPER_LAMBDA, global_weight
+from .anomaly_score import (DEFAULT_TOPK, FUSED_RULES, IMAGE_SCORE_RULES, PAPER_LAMBDA, RULES_WITH_MAPS,
+                            fusion_stats, global_weight)
 from .config import Config, method_name
 from .errors import EvaluationError
 from .kinds import StrideError, kind_of
@@ -232,8 +233,16 @@ def metrics_table(scored: ImageResults, lambdas, chosen: float, threshold: dict 
         row = {"lambda": lam, "chosen": bool(math.isclose(lam, chosen))}
         row.update(lambda_metrics(scored.labels, scored.defect_types, s))
         for other in others:
-            m = lambda_metrics(scored.labels, scored.defect_types, scored.image_scores(lam, other, topk, tiles, margin))
+            try:
+                s_other = scored.image_scores(lam, other, topk, tiles, margin)
+            except ValueError:  # a fused rule at a lambda its statistics were not calibrated at
+                continue
+            m = lambda_metrics(scored.labels, scored.defect_types, s_other)
             row.update({f"{k}[{other}]": m[k] for k in ("auroc", "max_balanced_accuracy", "f1_max")})
+            other_thr = (threshold or {}).get("rule_thresholds", {}).get(other)
+            if other_thr is not None and math.isclose(lam, threshold["score_lambda"]):
+                at = at_threshold(scored.labels, s_other, other_thr)
+                row.update({f"thr_{k}[{other}]": at[k] for k in ("recall", "false_alarm_rate")})
         if keep is not None:
             px = pixel_row(scored, lam, keep, scored.maps(lam, tiles))
             if row["chosen"]:
@@ -248,8 +257,8 @@ def metrics_table(scored: ImageResults, lambdas, chosen: float, threshold: dict 
     df = pd.DataFrame(rows)
     first = ["lambda", "chosen", "auroc", "max_balanced_accuracy", "mba_threshold", "f1_max", "f1_threshold"]
     first += [c for c in ("pixel_auroc", "aupro") if c in df.columns]
-    thr = [c for c in ("threshold", "thr_precision", "thr_recall", "thr_f1", "thr_balanced_accuracy")
-           if c in df.columns]
+    thr = [c for c in ("threshold", "thr_precision", "thr_recall", "thr_f1", "thr_balanced_accuracy",
+                       "thr_false_alarm_rate") if c in df.columns]
     per_type = sorted(c for c in df.columns if c.startswith("auroc_"))
     per_rule = [c for c in df.columns if c.endswith("]")]
     out = df[first + thr + per_type + per_rule].copy()
@@ -329,9 +338,11 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
     for r in rules or ():
         if r not in IMAGE_SCORE_RULES:
             raise EvaluationError(f"image score rule must be one of {', '.join(IMAGE_SCORE_RULES)}, got {r!r}")
-    need_maps = rule in MAP_RULES or any(r in MAP_RULES for r in rules or ())
+    need_maps = rule in RULES_WITH_MAPS or any(r in RULES_WITH_MAPS for r in rules or ())
     want_pixel = (bool(pixel) and has_ground_truth(cfg)) or need_maps
     rules = list(rules) if rules else (list(IMAGE_SCORE_RULES) if want_pixel else [])
+    if (rule in FUSED_RULES or any(r in FUSED_RULES for r in rules)) and _lacks_fusion(threshold):
+        threshold, cfg = _recalibrate(run_dir, cfg, model, skip_bad_images, progress)
 
     scored, reused, skipped = None, False, []
     parts, pixel_file = run_dir / PARTS_NPZ, run_dir / PIXEL_NPZ
@@ -344,7 +355,8 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         if old is not None and old.fingerprint == fingerprint and old.paths == _current_test_paths(cfg):
             if want_pixel:
                 old = old.with_maps(_load_pixel_maps(pixel_file, fingerprint, old.paths, sigma, stride,
-                                                     bool(cfg.global_views), global_weight(cfg)))
+                                                     bool(cfg.global_views), global_weight(cfg),
+                                                     fusion_stats(cfg)))
             if old.has_maps or not want_pixel:
                 scored, reused = old, True
     if scored is None:
@@ -359,6 +371,9 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         scored.save_parts(parts)
         if scored.has_maps:
             scored.save_maps(pixel_file)
+    from dataclasses import replace as _replace
+
+    scored = _replace(scored, fusion=fusion_stats(cfg))  # the run's, calibrated with its threshold
 
     scores_df = scores_table(scored, chosen, threshold, rule=rule, topk=cfg.score_topk, margin=cfg.score_margin)
     write_atomic(run_dir / SCORES_CSV, lambda p: scores_df.to_csv(p, index=False, float_format="%.6g"))
@@ -424,7 +439,10 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
     if threshold is not None:
         row = metrics_df[np.isclose(metrics_df["lambda"], threshold["score_lambda"])].iloc[0]
         summary["at_threshold"] = {k: float(row[f"thr_{k}"])
-                                   for k in ("precision", "recall", "f1", "balanced_accuracy")}
+                                   for k in ("precision", "recall", "f1", "balanced_accuracy", "false_alarm_rate")}
+        summary["at_threshold_by_rule"] = {
+            r: {k: _float_or_none(row[f"thr_{k}[{r}]"]) for k in ("recall", "false_alarm_rate")}
+            for r in rules if f"thr_recall[{r}]" in row.index}
     write_evaluation(run_dir, summary)
     return EvaluationResult(run_dir, summary, metrics_df, scores_df, reused)
 
@@ -434,15 +452,35 @@ def _float_or_none(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _lacks_fusion(threshold: dict | None) -> bool:
+    """Whether a calibrated threshold record predates the fused rules' statistics (a run trained before
+    them): it has held-out images but no ``fusion`` key."""
+    return threshold is not None and threshold.get("threshold") is not None and \
+        int(threshold.get("n_val") or 0) > 0 and not threshold.get("has_fusion")
+
+
+def _recalibrate(run_dir: Path, cfg: Config, model, skip_bad_images: bool, progress: bool):
+    """Calibrate the run's threshold record again on its held-out images (the same seeded split, the
+    same model: the run's threshold stays what it was) so that it holds the fused rules' statistics;
+    returns ``(threshold record, config)``."""
+    from .export import resolve_threshold
+    from .model import load_trained
+
+    if model is None:
+        _, model = load_trained(run_dir)
+    resolve_threshold(run_dir, cfg, model, recalibrate=True, skip_bad_images=skip_bad_images, verbose=progress)
+    return read_threshold(run_dir), _with_data_dir(read_config(run_dir), cfg.data_dir)
+
+
 def _load_pixel_maps(path: Path, fingerprint: str, paths: list, sigma: float, stride: int,
-                     global_view: bool = False, global_weight: float = 1.0):
+                     global_view: bool = False, global_weight: float = 1.0, fusion=None):
     """Stored maps when they belong to these weights, test images, sigma and stride (and hold the global
     view's maps exactly when the run has one), with the run's ``global_weight`` (the file does not hold
     it); else None."""
     if not path.is_file():
         return None
     try:
-        px = ImageResults.load_maps(path, global_weight)
+        px = ImageResults.load_maps(path, global_weight, fusion)
     except (OSError, ValueError, KeyError):
         return None
     if px.fingerprint != fingerprint or px.paths != paths or not px.maps_match(sigma, stride, global_view):
@@ -489,7 +527,13 @@ def format_report(ev: EvaluationResult) -> str:
         lines.append(f"at the calibrated threshold {t['threshold']:.6g} (lambda {t['score_lambda']:g}, "
                      f"{t['percentile']}th percentile of {t['n_val']} held-out normal images): "
                      f"precision {a['precision']:.4f}  recall {a['recall']:.4f}  F1 {a['f1']:.4f}  "
-                     f"balanced accuracy {a['balanced_accuracy']:.4f}")
+                     f"balanced accuracy {a['balanced_accuracy']:.4f}  false alarms on test/good "
+                     f"{a.get('false_alarm_rate', float('nan')):.1%}")
+        by_rule = s.get("at_threshold_by_rule") or {}
+        if by_rule:
+            lines.append("each rule at its own calibrated threshold: " + "  ".join(
+                f"{r} recall {v['recall']:.1%} / false alarms {v['false_alarm_rate']:.1%}"
+                for r, v in by_rule.items() if v["recall"] is not None))
     if len(ev.metrics) > 1:
         cols = ["lambda", "auroc", "max_balanced_accuracy", "f1_max"]
         cols += [c for c in ("pixel_auroc", "aupro") if c in ev.metrics.columns]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from .anomaly_score import anomaly_map, combine, global_weight, rule_scores
+from .anomaly_score import anomaly_map, combine, fusion_stats, global_weight, rule_scores
 from .config import Config
 from .runfolder import EXPORT, is_run_dir
 from .data import PNG_SIGNATURE, to_model_range
@@ -273,7 +273,7 @@ class ServingGraph:
         weight = global_weight(cfg)
         score = rule_scores(cfg.image_score, lam, l_r=out["l_r"], l_fd=out["l_fd"], maps=out["anomaly_map"],
                             topk=cfg.score_topk, regions=regions, margin=cfg.score_margin, global_maps=glob,
-                            global_weight=weight)
+                            global_weight=weight, fusion=fusion_stats(cfg))
         amap = anomaly_map(out["anomaly_map"], glob, regions, weight)  # the tiles' map (+ the global view's)
         thr = tf.constant(math.nan if self.threshold is None else self.threshold, tf.float32)
         n = tf.shape(score)[0]
@@ -392,6 +392,8 @@ def export_model(model, cfg: Config, export_dir: str | Path, *, threshold_info: 
     cfg = cfg.resolved()
     if threshold_info and "global_weight" in threshold_info:  # calibrated with this threshold
         cfg = dataclasses.replace(cfg, extra={**cfg.extra, "global_weight": float(threshold_info["global_weight"])})
+    if threshold_info and "fusion" in threshold_info:  # the fused rules' statistics, calibrated with it
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "fusion": threshold_info["fusion"]})
     model_dir = Path(export_dir) / (model_name or cfg.category)
     existing = versions(model_dir)
     if version is None:

@@ -40,7 +40,7 @@ from dataclasses import replace
 import numpy as np
 import tensorflow as tf
 
-from .anomaly_score import DEFAULT_MAP_SIGMA, MAP_RULES, combine, global_weight
+from .anomaly_score import DEFAULT_MAP_SIGMA, RULES_WITH_MAPS, combine, fusion_stats, global_weight
 from .config import Config
 from .data import from_patches, to_model_range
 from .kinds import kind_of
@@ -387,7 +387,7 @@ class Localizer:
         return ImageResults(out["l_r"], out["l_fd"], map_r=out["map_r"], map_fd=out["map_fd"],
                             sigma=self.sigma, stride=self.stride, global_r=out.get("global_r"),
                             global_fd=out.get("global_fd"), global_weight=global_weight(self.cfg),
-                            regions=None if given is None else regions)
+                            fusion=fusion_stats(self.cfg), regions=None if given is None else regions)
 
     def maps(self, images_uint8: np.ndarray, lam: float | None = None, regions=None) -> np.ndarray:
         """Anomaly maps [N, S, S] at ``lam`` (default: the localizer's)."""
@@ -412,7 +412,7 @@ class ImageScorer:
         from .scoring import Scorer
 
         self.cfg = cfg.resolved()
-        if self.cfg.image_score in MAP_RULES:
+        if self.cfg.image_score in RULES_WITH_MAPS:
             sigma, stride = map_settings(self.cfg)
             self.engine = Localizer(model, self.cfg, sigma=sigma, stride=stride)
         else:

@@ -48,7 +48,8 @@ def f1_max(labels, scores) -> tuple[float, float]:
 
 
 def at_threshold(labels, scores, threshold: float) -> dict:
-    """Precision, recall, F1 and balanced accuracy of the decision ``score > threshold``."""
+    """Precision, recall, F1, balanced accuracy and false-alarm rate (the share of good images flagged)
+    of the decision ``score > threshold``."""
     labels, scores = _check(labels, scores)
     pred = scores > threshold
     tp = int(np.sum(pred & (labels == 1)))
@@ -59,7 +60,7 @@ def at_threshold(labels, scores, threshold: float) -> dict:
     recall = tp / (tp + fn)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1,
-            "balanced_accuracy": (recall + tn / (tn + fp)) / 2.0}
+            "balanced_accuracy": (recall + tn / (tn + fp)) / 2.0, "false_alarm_rate": fp / (fp + tn)}
 
 
 def image_metrics(labels, scores) -> dict:

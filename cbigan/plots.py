@@ -34,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .anomaly_score import MAP_RULES, combine  # noqa: E402
+from .anomaly_score import RULES_WITH_MAPS, combine  # noqa: E402
 from .config import method_name  # noqa: E402
 from .figures import MapRow, ReconPanel, ReconRow, ScoreSet  # noqa: E402
 from .kinds import StrideError, kind_of  # noqa: E402
@@ -180,7 +180,7 @@ class RunFolderView:
                             self.threshold)
         test = self.test_set()
         c = self.cfg
-        if c.image_score in MAP_RULES:  # the run's own rule, from maps at the run's map settings
+        if c.image_score in RULES_WITH_MAPS:  # the run's own rule, from maps at the run's map settings
             from .localization import map_settings
 
             sigma, stride = map_settings(c)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .anomaly_score import global_weight
+from .anomaly_score import fusion_stats, global_weight
 from .layout import GOOD
 from .runfolder import (METRICS_CSV, PIXEL_NPZ, REPORT_HTML, SCORES_CSV, calibrated_threshold, read_config,
                         read_summary, write_text_atomic)
@@ -321,7 +321,7 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
     maps, masks, map_note = None, test.masks, ""
     if (run_dir / PIXEL_NPZ).is_file():
         try:
-            px = ImageResults.load_maps(run_dir / PIXEL_NPZ, global_weight(cfg))
+            px = ImageResults.load_maps(run_dir / PIXEL_NPZ, global_weight(cfg), fusion_stats(cfg))
             if [_image_name(p, Path(str(p)).parent.name) for p in px.paths] == \
                     [_image_name(p, Path(str(p)).parent.name) for p in test.paths]:
                 maps, masks = px.maps(evaluation_lambda), px.masks

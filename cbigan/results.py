@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .anomaly_score import DEFAULT_TOPK, MAP_RULES, anomaly_map, best_patch, combine, rule_scores
+from .anomaly_score import DEFAULT_TOPK, RULES_WITH_MAPS, anomaly_map, best_patch, combine, evidence, rule_scores
 from .runfolder import write_atomic
 
 
@@ -34,6 +34,8 @@ class ImageResults:
     * ``global_r``, ``global_fd`` [N, p, p] or None: the map parts of each image's global view (tiles
       trained with global views), which the map rules add to the image score, and :meth:`maps` to the
       anomaly map, times ``global_weight``;
+    * ``fusion``: the held-out statistics of the fused rules (:func:`cbigan.anomaly_score.fusion_stats`),
+      or None;
     * ``fingerprint``: of the weights and config that produced them; ``seconds``: scoring wall time.
     """
 
@@ -54,6 +56,7 @@ class ImageResults:
     global_r: np.ndarray | None = None
     global_fd: np.ndarray | None = None
     global_weight: float = 1.0
+    fusion: dict | None = None
 
     def __len__(self) -> int:
         return len(self.l_r)
@@ -65,11 +68,19 @@ class ImageResults:
         ``paper`` from the parts, the map rules from :meth:`tile_maps` over :attr:`regions` less
         ``margin`` map pixels, plus the global view's; ``tile_maps``: those maps at ``lam`` when the
         caller has them already)."""
-        if rule in MAP_RULES and tile_maps is None:
+        if rule in RULES_WITH_MAPS and tile_maps is None:
             tile_maps = self.tile_maps(lam)
         return np.asarray(rule_scores(rule, lam, l_r=self.l_r, l_fd=self.l_fd, maps=tile_maps, topk=topk,
                                       regions=self.regions, margin=margin, global_maps=self.global_maps(lam),
-                                      global_weight=self.global_weight), np.float64)
+                                      global_weight=self.global_weight, fusion=self.fusion), np.float64)
+
+    def evidence(self, lam: float, margin: int = 0, tile_maps: np.ndarray | None = None) -> dict:
+        """Every kind of evidence at ``lam`` as [N] float64 image scores by name
+        (:func:`cbigan.anomaly_score.evidence`; needs the maps)."""
+        tiles = self.tile_maps(lam) if tile_maps is None else tile_maps
+        ev = evidence(lam, l_r=self.l_r, l_fd=self.l_fd, maps=tiles, regions=self.regions, margin=margin,
+                      global_maps=self.global_maps(lam))
+        return {k: np.asarray(v, np.float64) for k, v in ev.items()}
 
     def global_maps(self, lam: float) -> np.ndarray | None:
         """[N, p, p] maps of the images' global views at ``lam``, or None (no global view)."""
@@ -117,7 +128,8 @@ class ImageResults:
                            regions=None, global_r=None, global_fd=None)
         return replace(self, map_r=other.map_r, map_fd=other.map_fd, masks=other.masks,
                        has_mask=other.has_mask, sigma=other.sigma, stride=other.stride, regions=other.regions,
-                       global_r=other.global_r, global_fd=other.global_fd, global_weight=other.global_weight)
+                       global_r=other.global_r, global_fd=other.global_fd, global_weight=other.global_weight,
+                       fusion=self.fusion if other.fusion is None else other.fusion)
 
     # -- on disk
     def save_parts(self, path: str | Path) -> None:
@@ -153,9 +165,10 @@ class ImageResults:
         write_atomic(Path(path), write)
 
     @classmethod
-    def load_maps(cls, path: str | Path, global_weight: float = 1.0) -> "ImageResults":
+    def load_maps(cls, path: str | Path, global_weight: float = 1.0, fusion: dict | None = None) -> "ImageResults":
         """The maps of ``pixel_maps.npz`` (no score parts: ``l_r`` and ``l_fd`` are empty); the file does
-        not hold the global view's weight: pass the run's (:func:`cbigan.anomaly_score.global_weight`)."""
+        not hold the global view's weight nor the fused rules' statistics: pass the run's
+        (:func:`cbigan.anomaly_score.global_weight`, :func:`cbigan.anomaly_score.fusion_stats`)."""
         with np.load(path, allow_pickle=False) as z:
             shape = tuple(int(v) for v in z["mask_shape"])
             masks = np.unpackbits(z["masks"], axis=-1, count=shape[-1]).reshape(shape)
@@ -167,4 +180,4 @@ class ImageResults:
                        fingerprint=str(z["fingerprint"]),
                        global_r=z["global_r"] if "global_r" in z.files else None,
                        global_fd=z["global_fd"] if "global_fd" in z.files else None,
-                       global_weight=float(global_weight))
+                       global_weight=float(global_weight), fusion=fusion)

@@ -350,7 +350,10 @@ def read_threshold(run_dir: str | Path) -> dict | None:
 def calibrated_threshold(run_dir: str | Path) -> dict | None:
     """The usable calibrated threshold of ``threshold.json`` (a finite number), or None.
 
-    Returns ``{"threshold", "score_lambda", "percentile", "n_val", "rule"}``; :class:`EvaluationError`
+    Returns ``{"threshold", "score_lambda", "percentile", "n_val", "rule", "rule_thresholds",
+    "has_fusion"}`` (``rule_thresholds``: every image-score rule's threshold at the same percentile,
+    empty for a record that predates them; ``has_fusion``: whether it holds the fused rules'
+    statistics, :func:`cbigan.threshold.calibrate_threshold`); :class:`EvaluationError`
     when the file exists but cannot be read.
     """
     path = Path(run_dir) / THRESHOLD_JSON
@@ -366,7 +369,8 @@ def calibrated_threshold(run_dir: str | Path) -> dict | None:
     if not math.isfinite(thr):
         return None
     return {"threshold": thr, "score_lambda": float(data.get("score_lambda", PAPER_LAMBDA)),
-            "percentile": data.get("percentile"), "n_val": data.get("n_val"), "rule": data.get("rule")}
+            "percentile": data.get("percentile"), "n_val": data.get("n_val"), "rule": data.get("rule"),
+            "rule_thresholds": data.get("rule_thresholds") or {}, "has_fusion": "fusion" in data}
 
 
 def write_summary(run_dir: str | Path, summary: dict) -> Path:

@@ -26,12 +26,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from .anomaly_score import map_scores
+from .anomaly_score import IMAGE_SCORE_RULES, MAP_RULES, fusion_statistics, map_scores
 from .config import Config
 from .runfolder import read_threshold, write_threshold  # noqa: F401  (the run folder owns the files)
 
 #: The rule stored when ``--val-split 0`` left nothing to calibrate on.
 NO_THRESHOLD_RULE = "no held-out images (--val-split 0): no calibrated threshold"
+#: Lambdas the fused rules' statistics are calibrated at besides the run's (a sweep of evaluate.py).
+FUSION_LAMBDAS = (0.0, 0.1, 0.5, 1.0)
 #: Below this many held-out images a calibrated threshold carries a warning.
 MIN_RELIABLE_VAL = 10
 
@@ -91,7 +93,12 @@ def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
 
     Returns ``{"threshold", "percentile", "score_lambda", "n_val", "rule"}`` plus a few statistics of
     the held-out scores (``val_score_min``, ``val_score_mean``, ``val_score_max``) when there are any,
-    and ``warning`` when they are fewer than :data:`MIN_RELIABLE_VAL`. ``n_images``: how many images
+    and ``warning`` when they are fewer than :data:`MIN_RELIABLE_VAL`. The held-out images are scored
+    with their anomaly maps, so the same record also holds the fused rules' statistics (``fusion``:
+    :func:`cbigan.anomaly_score.fusion_statistics` at the run's lambda and :data:`FUSION_LAMBDAS`, None
+    with fewer than 2 images), the global view's
+    weight (``global_weight``, tiles with global views) and the threshold every image-score rule would
+    have at the same percentile (``rule_thresholds``: evaluation reports each rule's verdict with it). ``n_images``: how many images
     train/good holds (:attr:`cbigan.data.TrainSet.n_images`), so the rule can say why none was held out.
     """
     cfg = cfg.resolved()
@@ -101,14 +108,28 @@ def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
             "n_val": n_val, "rule": no_threshold_rule(float(cfg.val_split), n_images)}
     if n_val == 0:
         return info
-    from .localization import ImageScorer
+    from .localization import Localizer, map_settings
 
-    results = ImageScorer(model, cfg).results(np.asarray(val_images), progress=progress,
-                                              desc="calibrating the threshold", regions=regions)
+    sigma, stride = map_settings(cfg)
+    results = Localizer(model, cfg, sigma=sigma, stride=stride).run(
+        np.asarray(val_images), progress=progress, desc="calibrating the threshold", regions=regions)
+    results = replace(results, fusion=None)  # calibrated here, not an older record's
+    if regions is not None:
+        results = replace(results, regions=np.asarray(regions, np.int32).reshape(-1, 2))
     if results.global_r is not None:
         weight = view_weight(results, cfg)
         info["global_weight"] = weight
         results = replace(results, global_weight=weight)
+    lam = float(cfg.score_lambda)
+    tiles = results.tile_maps(lam)
+    fusion = [fusion_statistics(results.evidence(x, cfg.score_margin, tiles if x == lam else None), x)
+              for x in sorted({lam, *FUSION_LAMBDAS})]
+    fusion = None if any(f is None for f in fusion) else fusion
+    info["fusion"] = fusion
+    results = replace(results, fusion=fusion)
+    info["rule_thresholds"] = {
+        r: threshold_from_scores(results.image_scores(lam, r, cfg.score_topk, tiles, cfg.score_margin), percentile)
+        for r in IMAGE_SCORE_RULES}
     scores = results.rule_scores(cfg)
     info["threshold"] = threshold_from_scores(scores, percentile)
     info["rule"] = threshold_rule(percentile, n_val, cfg.score_lambda, cfg.image_score)
@@ -127,8 +148,10 @@ def view_weight(results, cfg: Config) -> float:
     1 with fewer than 2 held-out images or a view that does not vary. ``results``: the held-out images'
     :class:`cbigan.results.ImageResults` with their global-view maps."""
     lam = cfg.score_lambda
-    tiles = replace(results, global_r=None, global_fd=None).rule_scores(cfg)
-    views = np.asarray(map_scores(results.global_maps(lam), cfg.image_score, cfg.score_topk), np.float64)
+    rule = cfg.image_score if cfg.image_score in MAP_RULES else "map_max"  # the fused rules: the maximum
+    tiles = replace(results, global_r=None, global_fd=None, fusion=None).image_scores(
+        lam, rule, cfg.score_topk, margin=cfg.score_margin)
+    views = np.asarray(map_scores(results.global_maps(lam), rule, cfg.score_topk), np.float64)
     if len(tiles) < 2 or not (np.std(views) > 0 and np.std(tiles) > 0):
         return 1.0
     return float(np.std(tiles) / np.std(views))
