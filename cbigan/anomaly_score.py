@@ -287,6 +287,22 @@ def fuse(ev: dict, stats: dict, reduce: str = "mean"):
     return z.mean(axis=0) if reduce == "mean" else z.max(axis=0)
 
 
+def describe_rule(rule: str, global_view: bool = False, fusion=None) -> str:
+    """One line saying what makes the image score of ``rule`` (for reports): the views and evidence."""
+    glob = " plus the global view's (the whole image as one tile), weighted" if global_view else ""
+    if rule == "paper":
+        return "image score: paper, the summed score (1 - lambda) L_R + lambda L_fD (maximum over patches)"
+    if rule in MAP_RULES:
+        what = "maximum" if rule == "map_max" else "mean of the highest pixels"
+        return f"image score: {rule}, the anomaly map's {what}{glob}"
+    kinds = "the summed score, the map maximum" + (", the global view's maximum and mean" if global_view else "")
+    if fusion is None:
+        return (f"image score: {rule}, scored as map_max (too few held-out images to calibrate the fusion of "
+                f"{kinds}){glob}")
+    how = "mean" if rule == "fused" else "maximum"
+    return f"image score: {rule}, the {how} of {kinds}, each standardized on the held-out normal images"
+
+
 def fusion_at(fusion, lam: float) -> dict:
     """The entry of ``fusion`` (one :func:`fusion_statistics` dict, or a list of them at several
     lambdas) calibrated at ``lam``; ValueError when there is none."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .anomaly_score import fusion_stats, global_weight
+from .anomaly_score import describe_rule, fusion_stats, global_weight
 from .layout import GOOD
 from .runfolder import (METRICS_CSV, PIXEL_NPZ, REPORT_HTML, SCORES_CSV, calibrated_threshold, read_config,
                         read_summary, write_text_atomic)
@@ -140,9 +140,12 @@ def render_html(d: ReportData) -> str:
     n_fn = sum(r.outcome == "FN" for r in rows)
     n_fp = sum(r.outcome == "FP" for r in rows)
     if d.threshold is not None:
+        n_bad, n_good = sum(r.label == 1 for r in rows), sum(r.label == 0 for r in rows)
+        rates = (f" (recall {1 - n_fn / n_bad:.0%} of the defective images" if n_bad else " (")
+        rates += (f", false alarms on {n_fp / n_good:.0%} of the good ones)" if n_good else ")")
         parts.append(f'<p class="note">{len(rows)} test images; at the calibrated threshold '
                      f'{d.threshold:.6g}: <span class="badge FN">{n_fn} false negative(s)</span> '
-                     f'<span class="badge FP">{n_fp} false positive(s)</span></p>')
+                     f'<span class="badge FP">{n_fp} false positive(s)</span>{e(rates)}</p>')
     else:
         parts.append(f'<p class="note">{len(rows)} test images; no calibrated threshold (--val-split 0 '
                      f'or threshold.json missing): no verdicts</p>')
@@ -285,7 +288,7 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
     threshold = None
     if thr is not None and math.isclose(float(thr["score_lambda"]), evaluation_lambda):
         threshold = float(thr["threshold"])
-    notes = []
+    notes = [describe_rule(cfg.image_score, bool(cfg.global_views), fusion_stats(cfg))]
     if thr is not None and threshold is None:
         notes.append(f"the threshold was calibrated for lambda {thr['score_lambda']:g} but the scores use "
                      f"{evaluation_lambda:g}: no verdicts")

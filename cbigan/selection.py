@@ -4,8 +4,9 @@ A short GAN run swings from one evaluation to the next, so the last snapshot can
 unlucky one. The rule here looks at held-out *normal* training images only (never trained on, never
 a test image):
 
-* ``synthetic`` (default): every held-out image gets deterministic synthetic defects (a patch of
-  another held-out image pasted elsewhere, and a patch with inverted intensities); the snapshot
+* ``synthetic`` (default): every held-out image gets deterministic synthetic defects, local (a patch
+  of another held-out image pasted elsewhere, a patch with inverted intensities) and global (a large
+  region darkened or brightened, a large region moved; :func:`synthetic_defects`); the snapshot
   statistic is the auROC that separates the clean held-out images from their defective copies with
   the run's own anomaly score. The snapshot with the highest statistic wins; ties go to the later one.
 * ``final``: the last weights, no selection (also what ``synthetic`` gives with fewer than
@@ -27,31 +28,71 @@ from .metrics import MetricError, auroc
 MIN_IMAGES = 5
 
 
-def synthetic_defects(images: np.ndarray, seed: int = 0, min_frac: float = 0.08,
-                      max_frac: float = 0.2) -> np.ndarray:
-    """Two defective copies of each uint8 image [N, H, W, C]: a cut-paste patch and an inverted patch.
+#: Local synthetic defects: a patch of another image pasted elsewhere, a patch with inverted intensities.
+LOCAL_DEFECTS = ("paste", "invert")
+#: Global synthetic defects: a large region darkened or brightened (a diffuse change: an inactive cell
+#: region, a shadow, a wrong fill level) and a large region moved within the image (a misplaced part).
+GLOBAL_DEFECTS = ("shade", "shift")
+#: Every kind, in the order :func:`synthetic_defects` makes them.
+DEFECT_KINDS = LOCAL_DEFECTS + GLOBAL_DEFECTS
 
-    Patch sides are ``min_frac`` to ``max_frac`` of the image side, placed uniformly at random; the
-    cut-paste source is another image (the same one when N is 1) at another location.
-    """
+
+def synthetic_defects(images: np.ndarray, seed: int = 0, min_frac: float = 0.08,
+                      max_frac: float = 0.2, kinds=LOCAL_DEFECTS, regions=None) -> np.ndarray:
+    """Defective copies of uint8 images [N, H, W, C]: one per image and kind of ``kinds``, kind by kind
+    (all N copies of the first kind, then of the next: [len(kinds) * N, H, W, C]).
+
+    Local kinds (:data:`LOCAL_DEFECTS`): ``paste``, a patch of another image (the same one when N is 1)
+    from another location; ``invert``, a patch with inverted intensities; patch sides ``min_frac`` to
+    ``max_frac`` of the image side, placed uniformly at random. Global kinds (:data:`GLOBAL_DEFECTS`):
+    ``shade``, a region of 40-70% of each side scaled by 0.55-0.75 or 1.3-1.5 in intensity; ``shift``, a
+    region of 30-60% of each side replaced by the image's content 15-30% of the side away (a part moved).
+    ``regions`` [N, 2] ``(h, w)``: each image's own part of its canvas (tiles), where the defects go
+    (None: the whole image)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
+    unknown = [k for k in kinds if k not in DEFECT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown synthetic defect kind(s) {unknown}; choose from {DEFECT_KINDS}")
     rng = np.random.default_rng(seed)
-    n, h, w, _ = images.shape
+    n, size_h, size_w, _ = images.shape
+    own = np.tile([size_h, size_w], (n, 1)) if regions is None else np.asarray(regions, np.int64).reshape(n, 2)
+
+    def box(h, w, lo, hi):
+        ph = int(rng.integers(max(1, int(lo * h)), max(2, int(hi * h)) + 1))
+        pw = int(rng.integers(max(1, int(lo * w)), max(2, int(hi * w)) + 1))
+        ph, pw = min(ph, h), min(pw, w)
+        return ph, pw, int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+
     out = []
-    for kind in ("paste", "invert"):
+    for kind in kinds:
         for i in range(n):
             img = images[i].copy()
-            ph = int(rng.integers(max(1, int(min_frac * h)), max(2, int(max_frac * h)) + 1))
-            pw = int(rng.integers(max(1, int(min_frac * w)), max(2, int(max_frac * w)) + 1))
-            y, x = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+            h, w = (int(v) for v in np.minimum(own[i], [size_h, size_w]))
+            if kind in LOCAL_DEFECTS:
+                ph, pw, y, x = box(h, w, min_frac, max_frac)
             if kind == "paste":
-                src = images[(i + 1 + int(rng.integers(0, max(1, n - 1)))) % n] if n > 1 else images[i]
-                sy, sx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-                img[y:y + ph, x:x + pw] = src[sy:sy + ph, sx:sx + pw]
-            else:
+                j = (i + 1 + int(rng.integers(0, max(1, n - 1)))) % n if n > 1 else i
+                sh, sw = (int(v) for v in np.minimum(own[j], [size_h, size_w]))
+                ph, pw = min(ph, sh), min(pw, sw)
+                sy, sx = int(rng.integers(0, sh - ph + 1)), int(rng.integers(0, sw - pw + 1))
+                img[y:y + ph, x:x + pw] = images[j][sy:sy + ph, sx:sx + pw]
+            elif kind == "invert":
                 img[y:y + ph, x:x + pw] = 255 - img[y:y + ph, x:x + pw]
+            elif kind == "shade":
+                ph, pw, y, x = box(h, w, 0.4, 0.7)
+                factor = rng.uniform(0.55, 0.75) if rng.random() < 0.5 else rng.uniform(1.3, 1.5)
+                region = img[y:y + ph, x:x + pw].astype(np.float32) * factor
+                img[y:y + ph, x:x + pw] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+            elif kind == "shift":
+                ph, pw, y, x = box(h, w, 0.3, 0.6)
+                dy = int(round(rng.uniform(0.15, 0.3) * h)) * (1 if rng.random() < 0.5 else -1)
+                dx = int(round(rng.uniform(0.15, 0.3) * w)) * (1 if rng.random() < 0.5 else -1)
+                sy, sx = int(np.clip(y + dy, 0, h - ph)), int(np.clip(x + dx, 0, w - pw))
+                if (sy, sx) == (y, x):  # no room to move within the image: take it from the far side
+                    sy, sx = h - ph - y, w - pw - x
+                img[y:y + ph, x:x + pw] = images[i][sy:sy + ph, sx:sx + pw]
             out.append(img)
     return np.stack(out)
 
@@ -69,7 +110,7 @@ class SnapshotSelector:
     ``score_fn(images_uint8, regions) -> image scores`` is the run's own scorer at its evaluation
     lambda; ``regions`` ([N, 2] int, each image's own height and width on its canvas, or None) are
     ``val_regions`` for the held-out images and the same for their synthetic-defect copies (made
-    here: two per image, :func:`synthetic_defects`). ``save_fn(step)`` persists the current weights as
+    here: one per image and kind of :data:`DEFECT_KINDS`, :func:`synthetic_defects`). ``save_fn(step)`` persists the current weights as
     the selected snapshot (called on improvement).
     """
 
@@ -91,15 +132,16 @@ class SnapshotSelector:
         if self.active:
             # held-out images and their defective copies in one array (views of it), scored in one call
             n = len(self.val_images)
-            self._all = np.concatenate([self.val_images, synthetic_defects(self.val_images, seed)])
+            self._all = np.concatenate([self.val_images, synthetic_defects(self.val_images, seed, kinds=DEFECT_KINDS,
+                                                                              regions=self.val_regions)])
             self.val_images, self.defects = self._all[:n], self._all[n:]
-        # the copies come paste-block then invert-block, each in the held-out images' order
+        # the copies come kind by kind (:data:`DEFECT_KINDS`), each block in the held-out images' order
         self.defect_regions = (None if self.val_regions is None
-                               else np.concatenate([self.val_regions, self.val_regions]))
+                               else np.concatenate([self.val_regions] * len(DEFECT_KINDS)))
         self.best = best  # {"step": int, "value": float}
 
     def scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """(held-out images' scores [N], their synthetic-defect copies' scores [2N]) of the current
+        """(held-out images' scores [N], their synthetic-defect copies' scores [4N]) of the current
         weights, from one call of ``score_fn`` on both (one pass: the scorer runs its chunks side by side)."""
         regions = (None if self.val_regions is None
                    else np.concatenate([self.val_regions, self.defect_regions]))

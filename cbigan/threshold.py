@@ -86,7 +86,7 @@ def threshold_from_scores(scores, percentile: float) -> float | None:
 
 
 def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
-                        n_images: int | None = None, regions=None) -> dict:
+                        n_images: int | None = None, regions=None, synthetic: bool = True) -> dict:
     """Score the held-out uint8 images [N, S, S, 3] (already resized; ``regions`` [N, 2]: the part of
     each that is the image, :attr:`cbigan.data.TrainSet.val_regions`) and derive the threshold
     (``progress``: a bar on a terminal, :func:`cbigan.progress.progress`).
@@ -98,7 +98,10 @@ def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
     :func:`cbigan.anomaly_score.fusion_statistics` at the run's lambda and :data:`FUSION_LAMBDAS`, None
     with fewer than 2 images), the global view's
     weight (``global_weight``, tiles with global views) and the threshold every image-score rule would
-    have at the same percentile (``rule_thresholds``: evaluation reports each rule's verdict with it). ``n_images``: how many images
+    have at the same percentile (``rule_thresholds``: evaluation reports each rule's verdict with it).
+    With ``synthetic`` and at least :data:`cbigan.selection.MIN_IMAGES` held-out images it also scores
+    synthetic-defect copies of them and records how well each rule separates them from the clean images
+    (``synthetic_auroc``: :func:`synthetic_separation`), a label-free view of what each rule sees. ``n_images``: how many images
     train/good holds (:attr:`cbigan.data.TrainSet.n_images`), so the rule can say why none was held out.
     """
     cfg = cfg.resolved()
@@ -130,6 +133,8 @@ def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
     info["rule_thresholds"] = {
         r: threshold_from_scores(results.image_scores(lam, r, cfg.score_topk, tiles, cfg.score_margin), percentile)
         for r in IMAGE_SCORE_RULES}
+    if synthetic:
+        info["synthetic_auroc"] = synthetic_separation(model, cfg, results, np.asarray(val_images), progress)
     scores = results.rule_scores(cfg)
     info["threshold"] = threshold_from_scores(scores, percentile)
     info["rule"] = threshold_rule(percentile, n_val, cfg.score_lambda, cfg.image_score)
@@ -139,6 +144,39 @@ def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
     info.update(val_score_min=float(np.min(scores)), val_score_mean=float(np.mean(scores)),
                 val_score_max=float(np.max(scores)))
     return info
+
+
+def synthetic_separation(model, cfg: Config, clean, val_images: np.ndarray, progress: bool = False) -> dict | None:
+    """``{rule: {"local": auROC, "global": auROC}}``: how well each image-score rule separates the held-out
+    images (their results ``clean``, with the run's calibrated global weight and fusion statistics) from
+    their synthetic-defect copies, local (a pasted or inverted patch) and global (a large region shaded
+    or moved; :func:`cbigan.selection.synthetic_defects`, seeded by the run). No test image is used.
+    None with fewer than :data:`cbigan.selection.MIN_IMAGES` held-out images."""
+    from .localization import Localizer, map_settings
+    from .metrics import MetricError
+    from .selection import DEFECT_KINDS, GLOBAL_DEFECTS, MIN_IMAGES, separation_auroc, synthetic_defects
+
+    n = len(val_images)
+    if n < MIN_IMAGES:
+        return None
+    regions = clean.regions
+    copies = synthetic_defects(val_images, cfg.seed, kinds=DEFECT_KINDS, regions=regions)
+    sigma, stride = map_settings(cfg)
+    copy_regions = None if regions is None else np.concatenate([regions] * len(DEFECT_KINDS))
+    bad = Localizer(model, cfg, sigma=sigma, stride=stride).run(copies, progress=progress,
+                                                                 desc="synthetic defects", regions=copy_regions)
+    bad = replace(bad, global_weight=clean.global_weight, fusion=clean.fusion, regions=copy_regions)
+    lam = float(cfg.score_lambda)
+    first_global = DEFECT_KINDS.index(GLOBAL_DEFECTS[0]) * n
+    out = {}
+    for rule in IMAGE_SCORE_RULES:
+        c = clean.image_scores(lam, rule, cfg.score_topk, margin=cfg.score_margin)
+        d = bad.image_scores(lam, rule, cfg.score_topk, margin=cfg.score_margin)
+        try:
+            out[rule] = {"local": separation_auroc(c, d[:first_global]), "global": separation_auroc(c, d[first_global:])}
+        except MetricError:
+            out[rule] = {"local": None, "global": None}
+    return out
 
 
 def view_weight(results, cfg: Config) -> float:

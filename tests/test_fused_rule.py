@@ -93,7 +93,7 @@ def test_fused_rules_in_the_graph_equal_numpy_with_global_views():
 @pytest.fixture(scope="module")
 def fused_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("fused")
-    make_category(root / "data", "synth_obj", kind="object", size=64, n_train=20)
+    make_category(root / "data", "synth_obj", kind="object", size=64, n_train=50)
     return make_untrained_run(root / "data", root / "runs", "synth_obj", image_size=64, image_score="fused")
 
 
@@ -113,6 +113,10 @@ def test_threshold_evaluation_and_export_score_the_fused_rule_alike(fused_run):
     assert sorted(f["lambda"] for f in info["fusion"]) == sorted(FUSION_LAMBDAS)
     assert set(info["rule_thresholds"]) == {"paper", "map_max", "map_topk", "fused", "fused_max"}
     assert info["rule_thresholds"]["fused"] == pytest.approx(info["threshold"])
+    # label-free: each rule's separation of the 5 held-out images from their synthetic-defect copies
+    assert info["n_val"] == 5 and set(info["synthetic_auroc"]) == set(info["rule_thresholds"])
+    assert all(0 <= v[k] <= 1 for v in info["synthetic_auroc"].values() for k in ("local", "global"))
+    assert calibrate_threshold(model, cfg, train.val_images[:4], progress=False)["synthetic_auroc"] is None
     # the threshold is the 99th percentile of the held-out images' fused scores, z-scored on themselves
     val = Localizer(model, cfg).run(train.val_images)
     ev = val.evidence(cfg.score_lambda)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cbigan.config import Config
-from cbigan.selection import SnapshotSelector, separation_auroc, synthetic_defects
+from cbigan.selection import DEFECT_KINDS, GLOBAL_DEFECTS, SnapshotSelector, separation_auroc, synthetic_defects
 from cbigan.model import load_trained as load_run
 from cbigan.runfolder import SELECTED
 from cbigan.training import train
@@ -44,7 +44,7 @@ def test_separation_auroc():
 
 def test_selector_keeps_the_best_snapshot_and_prefers_later_ties():
     imgs = _images()
-    defects = synthetic_defects(imgs, seed=0)
+    defects = synthetic_defects(imgs, seed=0, kinds=DEFECT_KINDS)
     state = {"quality": 0.0}
     defect_ids = {d.tobytes() for d in defects}
 
@@ -55,7 +55,7 @@ def test_selector_keeps_the_best_snapshot_and_prefers_later_ties():
 
     saved = []
     sel = SnapshotSelector(imgs, score, saved.append, seed=0)
-    for step, q in [(10, 0.0), (20, 5.0), (30, 1.0), (40, 5.0), (50, 0.5)]:
+    for step, q in [(10, 0.0), (20, 5.0), (30, 0.2), (40, 5.0), (50, 0.5)]:
         state["quality"] = q
         row = sel.observe(step)
         assert 0 <= row["val_synthetic_auroc"] <= 1
@@ -117,11 +117,11 @@ def test_select_final_keeps_the_last_weights(synthetic_root, tmp_path):
 
 
 def test_selector_gives_each_synthetic_defect_copy_its_images_region():
-    """Map rules score each image's own region: the copies (paste block, then invert block, each in
-    the held-out images' order) get the regions of the images they were made from."""
+    """Map rules score each image's own region: the copies (one block per kind of defect, each in
+    the held-out images' order) get the regions of the images they were made from, and lie in them."""
     imgs = _images()
     regions = np.stack([np.arange(len(imgs)) + 10, np.arange(len(imgs)) + 20], axis=1)
-    defects = synthetic_defects(imgs, seed=0)
+    defects = synthetic_defects(imgs, seed=0, kinds=DEFECT_KINDS, regions=regions)
     seen = []
 
     def score(batch, batch_regions):
@@ -134,6 +134,31 @@ def test_selector_gives_each_synthetic_defect_copy_its_images_region():
     clean, clean_regions, copies, copy_regions = batch[:n], batch_regions[:n], batch[n:], batch_regions[n:]
     assert np.array_equal(clean, imgs) and np.array_equal(clean_regions, regions)
     assert np.array_equal(copies, defects) and len(copy_regions) == len(defects)
-    for copy, region, k in zip(copies, copy_regions, list(range(len(imgs))) * 2):
+    assert len(copies) == len(DEFECT_KINDS) * len(imgs)
+    for copy, region, k in zip(copies, copy_regions, list(range(len(imgs))) * len(DEFECT_KINDS)):
         assert tuple(region) == (10 + k, 20 + k)
         assert (copy != imgs[k]).mean() < 0.5  # a copy of image k: most pixels unchanged
+        assert not (copy[10 + k:] != imgs[k][10 + k:]).any() and not (copy[:, 20 + k:] != imgs[k][:, 20 + k:]).any()
+
+
+def test_global_synthetic_defects_change_a_large_region_inside_the_image():
+    """shade scales a region of 40-70% of each side, shift replaces one of 30-60% by content from
+    elsewhere in the same image; deterministic by seed; unknown kinds are refused."""
+    rng = np.random.default_rng(5)
+    imgs = rng.integers(40, 160, (6, 48, 48, 3), dtype=np.uint8)
+    a = synthetic_defects(imgs, seed=1, kinds=GLOBAL_DEFECTS)
+    np.testing.assert_array_equal(a, synthetic_defects(imgs, seed=1, kinds=GLOBAL_DEFECTS))
+    assert a.shape == (12, 48, 48, 3)
+    for k, copy in enumerate(a):
+        changed = np.argwhere((copy != imgs[k % 6]).any(axis=-1))
+        h = changed[:, 0].max() - changed[:, 0].min() + 1
+        w = changed[:, 1].max() - changed[:, 1].min() + 1
+        lo = 0.4 if k < 6 else 0.3
+        assert h >= int(lo * 48) - 1 and w >= int(lo * 48) - 1, (k, h, w)   # large, not a spot
+        assert h <= int(0.7 * 48) and w <= int(0.7 * 48), (k, h, w)
+    shade = a[:6].astype(float) / imgs.astype(float)
+    for k in range(6):  # every changed pixel of a shaded copy scaled by one factor
+        r = shade[k][(a[k] != imgs[k])]
+        assert r.std() < 0.02 and (0.5 < r.mean() < 0.8 or 1.25 < r.mean() < 1.55), r.mean()
+    with pytest.raises(ValueError, match="unknown synthetic defect"):
+        synthetic_defects(imgs, kinds=("melt",))

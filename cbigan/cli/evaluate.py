@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="textures: stride of the patches of the anomaly maps; below the patch size (64) "
                         "overlapping patches are averaged, removing block seams (default: the patch size)")
     p.add_argument("--rules", nargs="+", default=None, metavar="RULE", choices=IMAGE_SCORE_RULES,
-                   help="image-score rules to report beside the run's own (paper, map_max, map_topk; "
+                   help=f"image-score rules to report beside the run's own ({', '.join(IMAGE_SCORE_RULES)}; "
                         "default: all of them when the anomaly maps are computed anyway)")
     p.add_argument("--no-pixel", action="store_true",
                    help="no anomaly maps and pixel metrics, even when the category has ground-truth masks")

@@ -201,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-score", choices=IMAGE_SCORE_RULES, default=None,
                    help="image score rule: 'paper' = max over patches of the summed parts; 'map_max' / "
                         "'map_topk' = maximum / mean of the top --score-topk share of the smoothed anomaly "
-                        "map, which small defects raise (cbigan/anomaly_score.py) " + config_default("image_score", "paper, map_max with --kind tiles"))
+                        "map, which small defects raise; 'fused' / 'fused_max' = the mean / maximum of every "
+                        "kind of evidence (summed score, map maximum, global view), each standardized on "
+                        "the held-out images (cbigan/anomaly_score.py) " + config_default("image_score", "paper, map_max with --kind tiles"))
     g.add_argument("--score-topk", type=float, default=None,
                    help="map_topk: share of the map's pixels averaged " + config_default("score_topk"))
     g.add_argument("--score-margin", type=int, default=None,
