@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import numpy as np
@@ -114,14 +113,11 @@ def test_write_and_read_threshold(tmp_path, synthetic_root):
 
 
 def test_train_writes_threshold(synthetic_root, tmp_path):
-    """Once training.py calls calibrate_threshold/write_threshold, a run carries its threshold."""
-    import cbigan.training
-
-    if "calibrate_threshold" not in inspect.getsource(cbigan.training):
-        pytest.skip("training.py does not calibrate a threshold yet")
+    """A run carries its calibrated threshold, in the run folder and in the SavedModel it exports."""
     from cbigan.data import load_train_set
-    from cbigan.threshold import calibrate_threshold, read_threshold
+    from cbigan.export import read_metadata
     from cbigan.model import load_trained as load_run
+    from cbigan.threshold import calibrate_threshold, read_threshold
     from cbigan.training import train
 
     cfg = _cfg(synthetic_root, output_dir=str(tmp_path), steps=2, batch_size=4, log_every=1,
@@ -133,5 +129,7 @@ def test_train_writes_threshold(synthetic_root, tmp_path):
     cfg2, model = load_run(run)
     again = calibrate_threshold(model, cfg2, load_train_set(cfg2).val_images)
     assert again["threshold"] == pytest.approx(info["threshold"], rel=1e-6)
-    if "export_model" in inspect.getsource(cbigan.training.train):
-        assert (run / "export" / "synth_obj" / "1" / "saved_model.pb").is_file()
+    exported = run / "export" / "synth_obj" / "1"  # train() exports by default
+    assert (exported / "saved_model.pb").is_file()
+    meta = read_metadata(exported)
+    assert meta["threshold"] == info["threshold"] and meta["threshold_info"] == info
