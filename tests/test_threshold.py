@@ -43,6 +43,7 @@ def test_split_is_disjoint_and_reproducible(synthetic_root):
     assert any(o != a.val_paths for o in others)                        # the seed matters
 
 
+@pytest.mark.slow
 def test_calibrate_threshold(synthetic_root, model_and_cfg):
     from cbigan.data import load_train_set
     from cbigan.scoring import Scorer
@@ -112,6 +113,7 @@ def test_write_and_read_threshold(tmp_path, synthetic_root):
     assert read_threshold(tmp_path)["threshold"] is None                # falls back to config.json
 
 
+@pytest.mark.slow
 def test_train_writes_threshold(synthetic_root, tmp_path):
     """A run carries its calibrated threshold, in the run folder and in the SavedModel it exports."""
     from cbigan.data import load_train_set
