@@ -111,7 +111,9 @@ def test_bench_without_a_benchmark_shows_the_usage_and_exits_2():
     assert r.returncode == 2 and "usage: python -m cbigan.bench" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("command", [["-m", "cbigan.export"], ["-m", "cbigan.plots"], ["-m", "cbigan.predict"],
+@pytest.mark.parametrize("command", [pytest.param(["-m", "cbigan.export"], marks=pytest.mark.slow),  # load TensorFlow
+                                     ["-m", "cbigan.plots"],
+                                     pytest.param(["-m", "cbigan.predict"], marks=pytest.mark.slow),
                                      ["-m", "cbigan.reproduce"], ["-m", "cbigan.bench", "metrics"],
                                      ["train.py"], ["evaluate.py"], ["predict.py"]], ids=lambda c: " ".join(c))
 def test_documented_commands_answer_help(command):
@@ -119,6 +121,7 @@ def test_documented_commands_answer_help(command):
     assert r.returncode == 0 and r.stdout.startswith("usage: "), r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_predict_usage_names_the_way_it_was_started():
     assert _run("predict.py", "--help").stdout.startswith("usage: python predict.py ")
     assert _run("-m", "cbigan.predict", "--help").stdout.startswith("usage: python -m cbigan.predict ")

@@ -89,6 +89,7 @@ def test_mask_of_wrong_size_is_reported(tmp_path):
         load_test_set(Config(category="badmask", data_dir=str(tmp_path), image_size=64, patch_size=64))
 
 
+@pytest.mark.slow
 def test_mask_of_wrong_size_does_not_stop_image_level_use(tmp_path):
     """Training monitors and ``evaluate.py --no-pixel`` score images only: they neither read nor check masks."""
     from synthetic import make_untrained_run

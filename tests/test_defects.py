@@ -68,6 +68,7 @@ def tiny(**kw):
                   batch_size=4, seed=1, alpha=0.5, **kw)
 
 
+@pytest.mark.slow
 def test_denoising_reconstructs_the_clean_image_from_the_defective_one():
     m = build_model(tiny(denoise=1.0))
     x = images(n=4, size=64, seed=1)

@@ -126,6 +126,7 @@ MIRRORED_CHECK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_steps_match_one_device_with_the_same_global_batch(tmp_path):
     """Two replicas of 2 images each take the same steps as one device with the batch of 4: the losses
     are reduced over replicas correctly (GP and consistency included), and z is sliced, not re-drawn."""
@@ -154,6 +155,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
     root = _train_only_category(tmp_path)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}

@@ -67,6 +67,7 @@ def direct_scores(model, cfg, images, lambdas):
     return {lam: np.array(v) for lam, v in out.items()}
 
 
+@pytest.mark.slow
 def test_batched_texture_scoring_equals_per_patch_loop(tex):
     from cbigan.scoring import score_images, score_patch_loop
 
@@ -79,6 +80,7 @@ def test_batched_texture_scoring_equals_per_patch_loop(tex):
         np.testing.assert_allclose(batched.l_fd, l_fd, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_lambda_sweep_equals_full_rescoring(tex):
     from cbigan.evaluation import evaluate_run
 
@@ -123,6 +125,7 @@ def test_lambda_sweep_equals_full_rescoring(tex):
     assert summary["method_label"] == "CBiGAN (paper)" and summary["threshold"] is None
 
 
+@pytest.mark.slow
 def test_object_run_threshold_and_same_scorer_as_training(runs, tmp_path):
     """Objects: one patch per image; the training-time evaluator's scores are evaluate.py's."""
     from cbigan.data import load_test_set
@@ -166,6 +169,7 @@ def test_object_run_threshold_and_same_scorer_as_training(runs, tmp_path):
     np.testing.assert_allclose(monitor.test_scorer(test.images), scores, rtol=1e-5)  # what monitoring scores
 
 
+@pytest.mark.slow
 def test_cli(tex, capsys):
     import evaluate
     from cbigan.evaluation import evaluate_run

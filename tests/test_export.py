@@ -77,6 +77,7 @@ def loaded(runs):
     return {name: LoadedExport(runs[name][1]) for name in ("obj", "tex")}
 
 
+@pytest.mark.slow
 def test_layout_and_metadata(runs):
     from cbigan.export import find_saved_model, read_metadata
     from cbigan.threshold import read_threshold
@@ -168,6 +169,7 @@ def _python_path_scores(cfg, model):
     return cfg, [str(p) for p in test.paths], scores
 
 
+@pytest.mark.slow
 def test_parity_fresh_process(runs):
     """tf.saved_model.load in a new process gives the in-framework scores (rel. diff <= 1e-4)."""
     spec, expected = {}, {}
@@ -196,6 +198,7 @@ def test_parity_fresh_process(runs):
     assert np.isnan(got["tex"]["threshold"]).all() and not any(got["tex"]["is_anomaly"])
 
 
+@pytest.mark.slow
 def test_outputs_match_python_graph(runs, loaded):
     """anomaly_map and reconstruction of the export are those of the evaluation's Localizer."""
     from cbigan.data import load_image, load_test_set
@@ -211,6 +214,7 @@ def test_outputs_match_python_graph(runs, loaded):
     np.testing.assert_allclose(out["reconstruction"], recon, atol=1e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape, message", [
     ((64, 64, 3), "rank 4"),
     ((1, 2, 64, 64, 3), "rank 4"),
@@ -227,6 +231,7 @@ def test_signature_rejects_bad_input(loaded, shape, message):
     assert str(list(shape)).replace(",", "")[1:-1] in str(e.value)  # the received shape is reported
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_signature(runs):
     version_dir = runs["tex"][1]
     cli = shutil.which("saved_model_cli")
@@ -245,6 +250,7 @@ def test_saved_model_cli_lists_signature(runs):
     assert "signature_def['serving_bytes']" in text and "inputs['image_bytes']" in text
 
 
+@pytest.mark.slow
 def test_no_threshold_export(runs, loaded):
     """--val-split 0: no calibrated threshold; the export says so (NaN) and flags nothing."""
     from cbigan.threshold import read_threshold
@@ -258,6 +264,7 @@ def test_no_threshold_export(runs, loaded):
     assert np.isnan(out["threshold"]).all() and not out["is_anomaly"].any()
 
 
+@pytest.mark.slow
 def test_manual_threshold(runs, tmp_path, stub_archive):
     """--threshold T overrides the calibrated value and is recorded as set by hand."""
     from cbigan.export import ServingGraph, export_model, read_metadata
@@ -270,6 +277,7 @@ def test_manual_threshold(runs, tmp_path, stub_archive):
     assert out["is_anomaly"].numpy().all() and out["threshold"].numpy()[0] == 0.0
 
 
+@pytest.mark.slow
 def test_cli(runs, tmp_path, capsys, stub_archive):
     from cbigan.cli.export import main
 
@@ -281,6 +289,7 @@ def test_cli(runs, tmp_path, capsys, stub_archive):
     assert "not a finished run folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_served_batches_are_scored_in_chunks_with_the_same_outputs(monkeypatch):
     """serve_images runs the networks on chunks of at most PATCHES_PER_CALL patches, two at a time (a
     remainder included): every output equals one pass over the whole batch."""

@@ -88,6 +88,7 @@ def assert_close(got, want, what):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale, err_msg=what)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.0, 1e-4, 1.0])
 def test_fast_step_losses_and_gradients_equal_the_plain_reference(alpha):
     m = model_with_recorders(alpha)

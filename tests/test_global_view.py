@@ -86,6 +86,7 @@ def test_anomaly_map_adds_the_weighted_global_view_in_numpy_and_in_the_graph():
     np.testing.assert_allclose(whole, tiles + region_canvas(glob, [[64, 64]] * 2, 64).numpy(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_global_views_map_adds_to_the_image_score_and_to_the_map():
     """Per image: the global view = its region resized to one tile, mapped as a tile and smoothed there
     (against a per-image reference); the paper's parts stay the tiles'; the map rule's score = the tiles'
@@ -149,6 +150,7 @@ def test_the_weight_evens_out_the_views_spread_on_held_out_images():
     assert view_weight(flat, cfg) == 1.0                             # a view that does not vary
 
 
+@pytest.mark.slow
 def test_export_scores_equal_evaluation_with_a_global_view(tmp_path):
     """A non-square input: the SavedModel's score and map (at the input's size) equal evaluate.py's."""
     from cbigan.data import load_image

@@ -66,6 +66,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_files_and_metadata(runs):
     from cbigan.litert import find_litert, is_litert, read_litert_metadata
     from cbigan.runfolder import read_threshold
@@ -112,6 +113,7 @@ print("RESULT " + json.dumps(result))
 """
 
 
+@pytest.mark.slow
 def test_parity_with_evaluate_in_a_fresh_process(runs):
     spec = {name: (str(r["model"]), r["paths"]) for name, r in runs.items()}
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
@@ -140,6 +142,7 @@ def test_parity_with_evaluate_in_a_fresh_process(runs):
             assert g["map_shape"] == [n, 90, 200] and g["recon_shape"] == [n, 90, 200, 3]
 
 
+@pytest.mark.slow
 def test_clear_errors(tmp_path, monkeypatch, runs):
     from cbigan.cli.export import main as export_main
     from cbigan.export import ExportError
@@ -161,6 +164,7 @@ def test_clear_errors(tmp_path, monkeypatch, runs):
         export_main([str(runs["obj"]["run"]), "--format", "litert", "--version", "2"])
 
 
+@pytest.mark.slow
 def test_a_tiles_run_with_a_global_view_is_refused_in_one_line(tmp_path):
     """The global view's antialiased resize has no LiteRT kernel: said before any conversion."""
     from synthetic import make_untrained_run

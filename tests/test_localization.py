@@ -60,6 +60,7 @@ def reference_maps(model, cfg, image, stride):
     return acc_r / count, acc_fd / count
 
 
+@pytest.mark.slow
 def test_maps_have_the_input_resolution(tex, obj):
     from cbigan.localization import Localizer, to_original_size
 
@@ -75,6 +76,7 @@ def test_maps_have_the_input_resolution(tex, obj):
     assert back.min() >= float(out["anomaly_map"][0].numpy().min()) - 1e-5
 
 
+@pytest.mark.slow
 def test_stride_64_maps_equal_the_plain_stitched_maps(tex):
     """stride = patch size: exactly the per-patch |x - G(E(x))| of Scorer.raw put side by side."""
     from cbigan.data import from_patches
@@ -101,6 +103,7 @@ def test_stride_64_maps_equal_the_plain_stitched_maps(tex):
                                scores.l_r.sum(1), rtol=1e-4)  # channel mean vs sum
 
 
+@pytest.mark.slow
 def test_overlapping_patches_are_averaged_and_scores_unchanged(tex):
     from cbigan.localization import Localizer
     from cbigan.scoring import Scorer
@@ -154,6 +157,7 @@ def test_coarse_feature_layers_are_resized():
     np.testing.assert_allclose(coarse[:, ::4, ::4].numpy().mean(), want.mean(), rtol=0.2)
 
 
+@pytest.mark.slow
 def test_export_style_graph():
     """localize inside a tf.function with a fixed input signature (as the SavedModel uses it)."""
     import tensorflow as tf
@@ -172,6 +176,7 @@ def test_export_style_graph():
     assert out["anomaly_map"].shape == (3, 128, 128) and out["l_r"].shape == (3, 4)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_pixel_metrics_and_reuses_maps(tex, capsys):
     import evaluate
     from cbigan.evaluation import evaluate_run
@@ -210,6 +215,7 @@ def test_evaluate_writes_pixel_metrics_and_reuses_maps(tex, capsys):
     assert "--stride must be between 1 and the patch size 64" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_defective_image_without_mask_is_left_out(obj, tmp_path):
     from cbigan.evaluation import evaluate_run
     from cbigan.localization import Localizer

@@ -27,6 +27,7 @@ def changed(before, net):
     return any(not np.array_equal(a, b) for a, b in zip(before, net.get_weights()))
 
 
+@pytest.mark.slow
 def test_critic_step_changes_only_the_critic():
     m = build_model(tiny_cfg())
     e, g, d = snapshot(m.encoder), snapshot(m.generator), snapshot(m.critic)
@@ -35,6 +36,7 @@ def test_critic_step_changes_only_the_critic():
     assert not changed(e, m.encoder) and not changed(g, m.generator)
 
 
+@pytest.mark.slow
 def test_eg_step_changes_only_encoder_and_generator():
     m = build_model(tiny_cfg())
     e, g, d = snapshot(m.encoder), snapshot(m.generator), snapshot(m.critic)
@@ -43,6 +45,7 @@ def test_eg_step_changes_only_encoder_and_generator():
     assert not changed(d, m.critic)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d_iter", [0, 1, 5])
 def test_schedule_follows_d_iter_in_one_trace(d_iter):
     traces = []
@@ -68,6 +71,7 @@ def test_schedule_follows_d_iter_in_one_trace(d_iter):
     assert flags == ([True] * d_iter + [False]) * 2
 
 
+@pytest.mark.slow
 def test_alpha_zero_ignores_the_consistency_term():
     m = build_model(tiny_cfg(alpha=0.0))
     x = batch()
@@ -90,6 +94,7 @@ def test_alpha_zero_ignores_the_consistency_term():
     assert all(g is not None for g in g1)
 
 
+@pytest.mark.slow
 def test_losses_match_hand_computation():
     alpha = 0.25
     m = build_model(tiny_cfg(alpha=alpha))
@@ -137,6 +142,7 @@ def test_gradient_penalty_equals_hand_computation_on_a_tiny_critic():
     np.testing.assert_allclose(float(got["gp"]), np.mean((norm - 1) ** 2), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_ema_warmup_and_update_interval():
     m = build_model(tiny_cfg(ema_every=3))
     w0 = [w.copy() for w in m.ema_encoder.get_weights()]
@@ -167,6 +173,7 @@ def test_ema_without_warmup_uses_the_plain_decay():
     np.testing.assert_allclose(m.ema_encoder.get_weights()[0], before + 0.001, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_call_uses_the_ema_networks():
     m = build_model(tiny_cfg())
     x = batch(2)
@@ -175,6 +182,7 @@ def test_call_uses_the_ema_networks():
     assert not np.allclose(m(x).numpy(), m.generator(m.encoder(x)).numpy())
 
 
+@pytest.mark.slow
 def test_save_and_load_keep_ema_weights(tmp_path):
     cfg = tiny_cfg(ema_every=1)
     m = build_model(cfg)

@@ -48,6 +48,7 @@ def test_gpus_are_dealt_round_robin_over_job_slots(monkeypatch):
     assert multirun.visible_gpus() == []
 
 
+@pytest.mark.slow
 def test_two_jobs_train_evaluate_and_tabulate_and_a_broken_category_fails_alone(tmp_path):
     data, out = tmp_path / "data", tmp_path / "runs"
     for i, name in enumerate(("bottle", "cable")):  # MVTec AD names: the paper's tables have their columns

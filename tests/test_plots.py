@@ -81,6 +81,7 @@ def test_select_examples_most_and_least_of_each_type():
     assert len(plots.select_examples(types, scores, 50)) == 8     # at most every image
 
 
+@pytest.mark.slow
 def test_curves(obj_run, tmp_path):
     out = tmp_path / "curves.png"
     assert main(["curves", str(obj_run), "--out", str(out), "--dpi", str(DPI)]) == 0
@@ -107,6 +108,7 @@ def test_curves_symlog_where_losses_span_orders_of_magnitude():
     matplotlib.pyplot.close(fig)
 
 
+@pytest.mark.slow
 def test_recon_requested_rows_and_pdf(obj_run, tmp_path):
     out = tmp_path / "recon.png"
     assert main(["recon", str(obj_run), "--rows", "3", "--out", str(out), "--dpi", str(DPI),
@@ -115,12 +117,14 @@ def test_recon_requested_rows_and_pdf(obj_run, tmp_path):
     assert (tmp_path / "recon.pdf").read_bytes()[:4] == b"%PDF"
 
 
+@pytest.mark.slow
 def test_recon_default_rows_go_to_the_run_folder(obj_run):
     assert main(["recon", str(obj_run), "--dpi", str(DPI)]) == 0
     # synth_obj: good and red_square, the most and least anomalous of each
     png(obj_run / "figures" / "recon.png", figures.recon_size(4, 1))
 
 
+@pytest.mark.slow
 def test_recon_rows_in_the_figure(obj_run):
     rows, labels, title, _ = plots.recon_data([obj_run], n_rows=5)
     fig = figures.recon_figure(rows, labels, title=title)
@@ -132,6 +136,7 @@ def test_recon_rows_in_the_figure(obj_run):
     matplotlib.pyplot.close(fig)
 
 
+@pytest.mark.slow
 def test_recon_compare_two_runs(obj_run, tmp_path):
     out = tmp_path / "cmp.png"
     assert main(["recon", str(obj_run), "--compare", str(obj_run), "--names", "EGBAD", "CBiGAN",
@@ -139,6 +144,7 @@ def test_recon_compare_two_runs(obj_run, tmp_path):
     png(out, figures.recon_size(2, 2))
 
 
+@pytest.mark.slow
 def test_recon_without_masks(obj_run, tmp_path):
     from synthetic import make_category
 
@@ -151,6 +157,7 @@ def test_recon_without_masks(obj_run, tmp_path):
     png(out, figures.recon_size(4, 1))
 
 
+@pytest.mark.slow
 def test_recon_texture_stitches_patches(tex_run, tmp_path):
     rows, labels, _, _ = plots.recon_data([tex_run], n_rows=2)
     panel = rows[0].panels[0]
@@ -161,6 +168,7 @@ def test_recon_texture_stitches_patches(tex_run, tmp_path):
     png(out, figures.recon_size(2, 1))
 
 
+@pytest.mark.slow
 def test_maps_rows_and_figure(obj_run, tex_run, tmp_path):
     """Anomaly maps over images: the localization maps of the picked images, at the model resolution
     or at every image's original size, with the masks."""
@@ -184,6 +192,7 @@ def test_maps_rows_and_figure(obj_run, tex_run, tmp_path):
     assert main(["maps", str(tex_run), "--stride", "100"]) == 2
 
 
+@pytest.mark.slow
 def test_roc_and_hist_of_several_categories(obj_run, tex_run, tmp_path):
     (tex_run / "threshold.json").write_text(json.dumps({"threshold": 1.0, "score_lambda": 0.1}))
     roc, hist = tmp_path / "roc.png", tmp_path / "hist.png"
@@ -194,6 +203,7 @@ def test_roc_and_hist_of_several_categories(obj_run, tex_run, tmp_path):
     png(hist, figures.hist_size(2))
 
 
+@pytest.mark.slow
 def test_stored_scores_and_threshold_are_used(obj_run, tmp_path):
     run = copy_run(obj_run, tmp_path / "synth_obj" / "evaluated")
     fake = pd.DataFrame({"path": [f"/x/test/good/{i:03d}.png" for i in range(3)]
@@ -215,6 +225,7 @@ def test_stored_scores_and_threshold_are_used(obj_run, tmp_path):
     assert r.threshold is None and r.stored is None
 
 
+@pytest.mark.slow
 def test_preview_gif(obj_run, tex_run):
     steps = previews.preview_steps(obj_run)
     assert [s for s, _ in steps] == [3, 6]

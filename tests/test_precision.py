@@ -43,6 +43,7 @@ def twins():
     return f32, bf16
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_computes_in_bfloat16_but_keeps_outputs_fd_and_ema_networks_float32():
     before = keras.config.dtype_policy().name
     m = build_model(tiny_cfg(precision="mixed_bfloat16"))
@@ -60,6 +61,7 @@ def test_mixed_bfloat16_computes_in_bfloat16_but_keeps_outputs_fd_and_ema_networ
     assert set().union(*(set(policies(n).values()) for n in (f32.encoder, f32.generator, f32.critic))) == {"float32"}
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_losses_and_gradients_agree_with_float32_to_bfloat16_precision():
     f32, bf16 = twins()
     x, z, eps = inputs()
@@ -79,6 +81,7 @@ def test_mixed_bfloat16_losses_and_gradients_agree_with_float32_to_bfloat16_prec
     assert cos > 0.99
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_trains_finite_losses():
     m = build_model(tiny_cfg(precision="mixed_bfloat16", d_iter=1, ema_every=1))
     x, _, _ = inputs()
@@ -87,6 +90,7 @@ def test_mixed_bfloat16_trains_finite_losses():
     assert int(m.ema_updates.numpy()) == 6
 
 
+@pytest.mark.slow
 def test_a_bfloat16_run_is_scored_with_float32_networks(tmp_path):
     cfg = tiny_cfg(precision="mixed_bfloat16").resolved()
     m = build_model(cfg)
@@ -152,6 +156,7 @@ def test_auto_precision_is_bfloat16_only_on_a_cpu_with_native_bfloat16_and_no_gp
     assert set(policies(m.encoder).values()) == {"float32"}
 
 
+@pytest.mark.slow
 def test_a_run_records_the_precision_auto_chose(tmp_path):
     from synthetic import make_category
 

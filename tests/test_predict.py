@@ -51,6 +51,7 @@ def _run(argv, capsys):
     return rc, out.out, out.err
 
 
+@pytest.mark.slow
 def test_folder_with_corrupt_file(setup, tmp_path, capsys):
     csv_path, maps = tmp_path / "pred.csv", tmp_path / "maps"
     rc, out, err = _run([setup["export"], setup["inputs"], "--csv", csv_path, "--maps", maps], capsys)
@@ -72,6 +73,7 @@ def test_folder_with_corrupt_file(setup, tmp_path, capsys):
         assert im.size[0] > 200
 
 
+@pytest.mark.slow
 def test_run_dir_and_export_agree(setup, tmp_path, capsys):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     assert _run([setup["export"], setup["inputs"], "--csv", a, "--quiet"], capsys)[0] == 0
@@ -83,6 +85,7 @@ def test_run_dir_and_export_agree(setup, tmp_path, capsys):
     assert [r["is_anomaly"] for r in ra] == [r["is_anomaly"] for r in rb]
 
 
+@pytest.mark.slow
 def test_without_threshold(setup, tmp_path, capsys):
     """An uncalibrated run: scores still come out, is_anomaly stays empty, and it is said."""
     run = tmp_path / "uncalibrated"
@@ -105,6 +108,7 @@ def test_without_threshold(setup, tmp_path, capsys):
     assert res.predictions[0].is_anomaly is True and "--threshold" in res.threshold_rule
 
 
+@pytest.mark.slow
 def test_nothing_readable(setup, tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -116,6 +120,7 @@ def test_nothing_readable(setup, tmp_path, capsys):
     assert rc == 1 and "no SavedModel" in err
 
 
+@pytest.mark.slow
 def test_a_category_folder_is_refused_naming_its_runs(tmp_path):
     from synthetic import make_category, make_untrained_run
 

@@ -49,6 +49,7 @@ def _wait_for_row(log, min_step, proc, timeout=300):
     raise TimeoutError(log)
 
 
+@pytest.mark.slow
 def test_sigkill_then_same_command_resumes_to_identical_weights(synthetic_root, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     det = ["--deterministic"]
@@ -76,6 +77,7 @@ def test_sigkill_then_same_command_resumes_to_identical_weights(synthetic_root, 
         np.testing.assert_array_equal(wa.numpy(), wb.numpy())
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_loadable_checkpoint(synthetic_root, tmp_path):
     proc = subprocess.Popen(_cmd(synthetic_root, tmp_path, "term", steps=100_000),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -100,6 +102,7 @@ def _tiny_cfg(root, out, **kw):
     return Config(**base)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_step_and_term_and_keeps_the_checkpoint(synthetic_root, tmp_path, monkeypatch):
     original = CBiGAN.eg_losses
 
@@ -137,6 +140,7 @@ def _bad_images_category(root):
     return cat
 
 
+@pytest.mark.slow
 def test_bad_images_refused_with_a_full_list_or_skipped(tmp_path):
     root = tmp_path / "data"
     _bad_images_category(root)
@@ -157,6 +161,7 @@ def test_bad_images_refused_with_a_full_list_or_skipped(tmp_path):
     assert "skipped 3 unreadable image(s)" in r.stdout and "notes.jpg" in r.stdout
 
 
+@pytest.mark.slow
 def test_locked_run_folder_is_refused(synthetic_root, tmp_path):
     run_dir = tmp_path / "synth_obj" / "r"
     run_dir.mkdir(parents=True)
@@ -169,6 +174,7 @@ def test_locked_run_folder_is_refused(synthetic_root, tmp_path):
     train(_tiny_cfg(synthetic_root, tmp_path, steps=2), verbose=0, export=False)  # free again
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_and_fresh_starts_over(synthetic_root, tmp_path):
     run = train(_tiny_cfg(synthetic_root, tmp_path, steps=4), verbose=0, export=False)
     with pytest.raises(DataError, match=r"other settings \(alpha 0\.0001 there, 0\.5 now\); pass those "
@@ -182,6 +188,7 @@ def test_resume_refuses_other_settings_and_fresh_starts_over(synthetic_root, tmp
     assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4]
 
 
+@pytest.mark.slow
 def test_the_same_command_on_a_finished_run_rewrites_nothing(synthetic_root, tmp_path, capsys, monkeypatch):
     import cbigan.training as training
 
@@ -204,6 +211,7 @@ def test_the_same_command_on_a_finished_run_rewrites_nothing(synthetic_root, tmp
     assert list(pd.read_csv(run / "train_log.csv")["step"]) == [4, 6]
 
 
+@pytest.mark.slow
 def test_a_run_that_spent_its_time_budget_is_complete_for_the_same_budget(synthetic_root, tmp_path, capsys):
     cfg = _tiny_cfg(synthetic_root, tmp_path, steps=100_000, minutes=0.01)
     run = train(cfg, verbose=0, export=False)

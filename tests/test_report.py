@@ -105,6 +105,7 @@ def test_report_renders_in_headless_chromium(synthetic_root, tmp_path, capsys):
     assert dom.count("data:image/jpeg;base64,") >= 2 * n_images  # thumbnail and map overlay per image
 
 
+@pytest.mark.slow
 def test_a_missing_mask_is_reported_once_with_the_report(synthetic_root, tmp_path, capsys):
     """evaluate.py --report reads the test folder twice (scoring, pictures): its warnings print once."""
     import warnings

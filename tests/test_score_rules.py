@@ -185,6 +185,7 @@ def map_run(tmp_path_factory):
                               image_score="map_topk", score_topk=0.02)
 
 
+@pytest.mark.slow
 def test_evaluation_threshold_and_export_use_the_runs_rule(map_run):
     from cbigan.data import load_test_set, load_train_set
     from cbigan.evaluation import evaluate_run, format_report
@@ -216,6 +217,7 @@ def test_evaluation_threshold_and_export_use_the_runs_rule(map_run):
     np.testing.assert_allclose(served["score"].numpy(), expect, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_rules_on_request_without_ground_truth(tmp_path):
     """A category without masks: map rules asked for compute maps (no pixel metrics, no mask in the file)."""
     from cbigan.evaluation import evaluate_run
@@ -246,6 +248,7 @@ def test_per_image_normalization_removes_brightness_and_contrast():
         to_model_range(img, "global")
 
 
+@pytest.mark.slow
 def test_darker_normal_images_do_not_cross_the_threshold(tmp_path):
     """Trained with --normalize per_image: normal test images 10% darker keep their verdict, defects are found."""
     from cbigan.data import load_test_set

@@ -82,6 +82,7 @@ def test_selector_with_too_few_held_out_images_keeps_the_last_weights_and_says_w
     assert SnapshotSelector(np.zeros((1, 8, 8, 3), np.uint8), None, None, rule="final").note is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_score", ["paper", "map_max"])  # map_max: the fast preset's rule, from maps
 def test_training_selects_a_snapshot_without_test_labels(synthetic_root, tmp_path, image_score):
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="s",
@@ -106,6 +107,7 @@ def test_training_selects_a_snapshot_without_test_labels(synthetic_root, tmp_pat
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_select_final_keeps_the_last_weights(synthetic_root, tmp_path):
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="f",
                  image_size=64, patch_size=64, steps=4, batch_size=4, width=2, latent_dim=16,

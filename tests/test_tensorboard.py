@@ -3,11 +3,14 @@
 from collections import defaultdict
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from cbigan.config import Config
 from cbigan.runfolder import TENSORBOARD
 from cbigan.training import train
+
+pytestmark = pytest.mark.slow  # every test here trains or scores a model (python -m pytest -m 'not slow' leaves them out)
 
 
 def read_events(folder):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import numpy as np
@@ -44,6 +43,7 @@ def test_split_is_disjoint_and_reproducible(synthetic_root):
     assert any(o != a.val_paths for o in others)                        # the seed matters
 
 
+@pytest.mark.slow
 def test_calibrate_threshold(synthetic_root, model_and_cfg):
     from cbigan.data import load_train_set
     from cbigan.scoring import Scorer
@@ -113,15 +113,13 @@ def test_write_and_read_threshold(tmp_path, synthetic_root):
     assert read_threshold(tmp_path)["threshold"] is None                # falls back to config.json
 
 
+@pytest.mark.slow
 def test_train_writes_threshold(synthetic_root, tmp_path):
-    """Once training.py calls calibrate_threshold/write_threshold, a run carries its threshold."""
-    import cbigan.training
-
-    if "calibrate_threshold" not in inspect.getsource(cbigan.training):
-        pytest.skip("training.py does not calibrate a threshold yet")
+    """A run carries its calibrated threshold, in the run folder and in the SavedModel it exports."""
     from cbigan.data import load_train_set
-    from cbigan.threshold import calibrate_threshold, read_threshold
+    from cbigan.export import read_metadata
     from cbigan.model import load_trained as load_run
+    from cbigan.threshold import calibrate_threshold, read_threshold
     from cbigan.training import train
 
     cfg = _cfg(synthetic_root, output_dir=str(tmp_path), steps=2, batch_size=4, log_every=1,
@@ -133,5 +131,7 @@ def test_train_writes_threshold(synthetic_root, tmp_path):
     cfg2, model = load_run(run)
     again = calibrate_threshold(model, cfg2, load_train_set(cfg2).val_images)
     assert again["threshold"] == pytest.approx(info["threshold"], rel=1e-6)
-    if "export_model" in inspect.getsource(cbigan.training.train):
-        assert (run / "export" / "synth_obj" / "1" / "saved_model.pb").is_file()
+    exported = run / "export" / "synth_obj" / "1"  # train() exports by default
+    assert (exported / "saved_model.pb").is_file()
+    meta = read_metadata(exported)
+    assert meta["threshold"] == info["threshold"] and meta["threshold_info"] == info

@@ -99,6 +99,7 @@ def test_image_train_crops_are_centred_inside_each_images_region(tmp_path, rotat
         Config(category="x", train_crops="inside").resolved()
 
 
+@pytest.mark.slow
 def test_stitching_overlapping_tiles_equals_a_per_tile_loop():
     from cbigan.imageops import to_model_range
     from cbigan.localization import Localizer
@@ -148,6 +149,7 @@ def strips_run(tmp_path_factory):
     return {"run": run, "export": root / "export", "cfg": cfg, "handed_regions": handed}
 
 
+@pytest.mark.slow
 def test_the_training_loop_hands_each_training_images_region_to_the_crops(strips_run):
     """train() passes the training images' regions (h, w on the canvas) to train_dataset, so
     --train-crops image crops inside each image in a real run, not only in the pipeline's own tests."""
@@ -159,6 +161,7 @@ def test_the_training_loop_hands_each_training_images_region_to_the_crops(strips
     assert (handed[0] < strips_run["cfg"].image_size).any()          # strips do not fill their canvas
 
 
+@pytest.mark.slow
 def test_a_three_pixel_scratch_on_a_strip_is_found_and_mapped_at_the_input_size(strips_run):
     from cbigan.evaluation import evaluate_run
     from cbigan.metrics import auroc

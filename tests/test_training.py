@@ -19,6 +19,8 @@ from cbigan.scoring import Scorer
 from cbigan.model import load_trained as load_run
 from cbigan.training import train
 
+pytestmark = pytest.mark.slow  # every test here trains or scores a model (python -m pytest -m 'not slow' leaves them out)
+
 
 def test_learning_on_obvious_defects(tmp_path):
     """A small CBiGAN learns a synthetic category: defects invisible to the untrained model are found."""

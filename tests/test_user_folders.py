@@ -128,6 +128,7 @@ def test_zero_one_masks_give_defect_pixels_and_an_empty_mask_is_named(tmp_path):
     assert te.has_mask.all() and (sums[:2] > 0).all() and sums[2] == 0
 
 
+@pytest.mark.slow
 def test_pixel_metrics_with_zero_one_masks_named_like_btad(tmp_path):
     """The reported run: 0/1 masks gave 'pixel auROC n/a ... 0 defect regions'; here they are also named
     <stem>.bmp (BTAD/VisA style), the good folder is 'Good' and macOS left sidecars everywhere."""
@@ -212,6 +213,7 @@ def test_hidden_files_and_folders_are_not_data(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- 4. good folder
+@pytest.mark.slow
 def test_normal_abnormal_folders_are_refused_with_where_normal_images_go(tmp_path):
     from cbigan.data import load_test_set
     from cbigan.evaluation import EvaluationError, evaluate_run
@@ -257,6 +259,7 @@ def test_no_threshold_rule_names_the_real_cause():
     assert calibrate_threshold(None, Config(category="x", val_split=0.0), empty)["rule"] == NO_THRESHOLD_RULE
 
 
+@pytest.mark.slow
 def test_threshold_from_few_held_out_images_carries_a_warning(tiny_model):
     from cbigan.threshold import calibrate_threshold
 
@@ -269,6 +272,7 @@ def test_threshold_from_few_held_out_images_carries_a_warning(tiny_model):
     assert "warning" not in many and "warning" not in many["rule"]
 
 
+@pytest.mark.slow
 def test_training_on_one_image_says_why_there_is_no_threshold(tmp_path, capsys):
     """One training image, --val-split left at its default, AppleDouble sidecars in train/good and a
     NORMAL/ABNORMAL test folder: training runs, says test/good is missing, and names the real cause."""
@@ -369,6 +373,7 @@ def graph_decode():
     return tf.function(decode_image_bytes, input_signature=[tf.TensorSpec([], tf.string)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_formats()))
 def test_serving_bytes_decodes_every_format_as_training_does(tmp_path, graph_decode, name):
     import warnings
@@ -394,6 +399,7 @@ def test_serving_bytes_refuses_what_it_cannot_decode_exactly(graph_decode, name)
         graph_decode(make())
 
 
+@pytest.mark.slow
 def test_palette_bmp_scores_the_same_through_bytes_and_pixels(tmp_path, tiny_model):
     import tensorflow as tf
 
@@ -468,6 +474,7 @@ def test_nan_stop_does_not_claim_a_checkpoint_that_does_not_exist():
         assert (last is None) == ("untouched" not in guard.error and "nothing to resume" in guard.error)
 
 
+@pytest.mark.slow
 def test_nan_before_the_first_backup_says_there_is_none(tmp_path, monkeypatch):
     import tensorflow as tf
 
@@ -493,6 +500,7 @@ def test_nan_before_the_first_backup_says_there_is_none(tmp_path, monkeypatch):
     assert not (tmp_path / "runs/cat/r/backup/checkpoint.weights.h5").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_skip_bad_images_names_the_dropped_images(tmp_path, capsys):
     from cbigan.cli.evaluate import main
 
