@@ -68,6 +68,7 @@ def test_fused_rules_without_statistics_score_as_the_map_maximum():
                                map_scores(maps, "map_max"))
 
 
+@pytest.mark.slow
 def test_fused_rules_in_the_graph_equal_numpy_with_global_views():
     import tensorflow as tf
 
@@ -97,6 +98,7 @@ def fused_run(tmp_path_factory):
     return make_untrained_run(root / "data", root / "runs", "synth_obj", image_size=64, image_score="fused")
 
 
+@pytest.mark.slow
 def test_threshold_evaluation_and_export_score_the_fused_rule_alike(fused_run):
     from dataclasses import replace
 
@@ -138,6 +140,7 @@ def test_threshold_evaluation_and_export_score_the_fused_rule_alike(fused_run):
     assert not np.allclose(other.image_scores(cfg.score_lambda, "fused"), val.image_scores(cfg.score_lambda, "fused"))
 
 
+@pytest.mark.slow
 def test_a_run_calibrated_before_the_fused_rules_is_recalibrated_on_evaluation(tmp_path):
     """An older threshold record (no fusion statistics): evaluating a fused rule calibrates it again on
     the same held-out images; the run's own threshold stays, every rule gets its verdict columns."""
