@@ -1,8 +1,10 @@
-"""Run configuration: the paper's defaults, per-category data presets and named training presets.
+"""Run configuration: the paper's defaults (:class:`Config`'s field defaults) and the named presets
+(:data:`PRESET_TABLE`), as data.
 
-A :class:`Config` is resolved once (category preset, then named preset, then explicit flags) and
-written to ``config.json`` in the run folder, so every later tool (evaluate, export, predict, plots)
-rebuilds exactly the model that was trained.
+A run's :class:`Config` is resolved once (:func:`cbigan.settings.resolve`: the paper's defaults, the
+preset, the input kind, what the data says, the flags) and written to ``config.json`` in the run folder
+with each value's source, so every later tool (evaluate, export, predict, plots) rebuilds exactly the
+model that was trained. Everything that differs between input kinds is in :mod:`cbigan.kinds`.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 PRECISION_CHOICES = PRECISIONS + ("auto",)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    """Everything that defines a run. Defaults are the paper's / authors' code's."""
+    """Everything that defines a run. Defaults are the paper's / authors' code's; ``None``: chosen when
+    the configuration is resolved (:mod:`cbigan.settings`), by the preset, the input kind or the data.
+    Frozen: change a value with :func:`dataclasses.replace`."""
 
     category: str = "grid"
     data_dir: str = "data/mvtec-ad"
@@ -63,7 +67,7 @@ class Config:
                                        # same crops for objects and textures
     global_views: float | None = None  # tiles: share of each training batch that is whole images resized to
                                        # one tile (the global view, scored beside the tiles); 0: none;
-                                       # None: PRESET_GLOBAL_VIEWS for tiles with a map rule, else 0
+                                       # None: the preset's share for tiles with a map rule, else 0
     # networks
     latent_dim: int = 64
     width: int | None = None           # width multiplier c; None: the paper's 3 (--preset fast: 6 for
@@ -111,89 +115,26 @@ class Config:
                                        # (None: the kind's: synthetic, final for tiles)
     extra: dict = field(default_factory=dict)
 
+    #: Where each value comes from (:mod:`cbigan.settings`: "paper", "preset NAME", "kind NAME", "data",
+    #: "flag", ...), filled when the configuration is resolved and stored in ``config.json``; not part of
+    #: the configuration's identity (equality ignores it).
+    sources: dict = field(default_factory=dict, compare=False)
+
     def resolved(self) -> "Config":
-        """Fill the category-dependent fields left as None."""
-        c = dataclasses.replace(self)
-        if c.kind is None:
-            c.kind = default_kind(c.category)
-        kind = kind_of(c)  # the input kind (cbigan/kinds.py): ValueError for an unknown name
-        for name, value in PRESET_DATA.get(c.preset, {}).get(c.kind, {}).items():
-            if getattr(c, name) is None:
-                setattr(c, name, value)
-        for name, value in kind.defaults(c.category, image_size=c.image_size).items():
-            if getattr(c, name) is None:
-                setattr(c, name, value)
-        if c.width is None:
-            c.width = PAPER_WIDTH
-        if c.score_margin is None:
-            c.score_margin = kind.default_score_margin(c)
-        if c.select is None:
-            c.select = kind.default_select
-        if c.image_score is None:
-            c.image_score = kind.default_image_score
-        if c.normalize is None:
-            c.normalize = kind.default_normalize
-        if c.train_crops is None:
-            c.train_crops = kind.default_train_crops
-        kind.validate(c)
-        if not 0 <= c.val_split < 1:
-            raise ValueError(f"val_split must be in [0, 1), got {c.val_split}")
-        if not 0 <= c.alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {c.alpha}")
-        if c.global_views is None:
-            c.global_views = (PRESET_GLOBAL_VIEWS.get(c.preset, 0.0)
-                              if c.kind == "tiles" and c.image_score in ("map_max", "map_topk") else 0.0)
-        if not 0 <= c.global_views < 1:
-            raise ValueError(f"global_views must be in [0, 1) (a share of each training batch), got {c.global_views}")
-        if c.global_views and c.kind != "tiles":
-            raise ValueError(f"global views are for --kind tiles (a {c.kind} model sees whole images already)")
-        if c.global_views and c.image_score not in ("map_max", "map_topk"):
-            raise ValueError(f"global views add to the anomaly map's image score: use --image-score map_max or "
-                             f"map_topk, not {c.image_score}")
-        if not 0 <= c.denoise <= 1:
-            raise ValueError(f"denoise must be in [0, 1] (a share of the training images), got {c.denoise}")
-        if c.select not in SELECTION_RULES:
-            raise ValueError(f"select must be one of {', '.join(SELECTION_RULES)}, got {c.select!r}")
-        if c.normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {c.normalize!r}")
-        if c.train_crops not in TRAIN_CROPS:
-            raise ValueError(f"train_crops must be one of {', '.join(TRAIN_CROPS)}, got {c.train_crops!r}")
-        if c.image_score not in IMAGE_SCORE_RULES:
-            raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORE_RULES)}, got {c.image_score!r}")
-        if not 0 < c.score_topk <= 1:
-            raise ValueError(f"score_topk must be in (0, 1], got {c.score_topk}")
-        if c.score_margin < 0:
-            raise ValueError(f"score_margin must be >= 0 map pixels, got {c.score_margin}")
-        if c.monitor_every is None:
-            c.monitor_every = c.eval_every
-        if c.monitor_every < 0:
-            raise ValueError(f"monitor_every must be >= 0 steps (0: only at the end), got {c.monitor_every}")
-        if c.d_iter < 0:
-            raise ValueError(f"d_iter must be >= 0, got {c.d_iter}")
-        if c.steps < 1:
-            raise ValueError(f"steps must be >= 1 (a run of 0 steps would save and export an untrained model), "
-                             f"got {c.steps}")
-        if c.minutes is not None and not c.minutes > 0:
-            raise ValueError(f"minutes must be > 0 (omit it for no time budget), got {c.minutes}")
-        if c.intra_op_threads is not None and c.intra_op_threads < 0:
-            raise ValueError(f"intra_op_threads must be >= 0 (0: TensorFlow's default), got {c.intra_op_threads}")
-        if c.precision not in PRECISION_CHOICES:
-            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {c.precision!r}")
-        if c.distribute not in DISTRIBUTE:
-            raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {c.distribute!r}")
-        c.betas_d, c.betas_eg = tuple(c.betas_d), tuple(c.betas_eg)
-        return c
+        """This configuration with every open field chosen and checked (:func:`cbigan.settings.resolve_config`:
+        the values given are kept; the preset's per-kind values, the input kind's defaults and the paper's
+        rules fill the rest). A run's configuration is resolved once, when it starts or loads."""
+        from .settings import resolve_config
+
+        return resolve_config(self)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Config":
-        data = json.loads(Path(path).read_text())
-        for name, value in BEFORE_THE_FIELD.items():
-            data.setdefault(name, value)
-        known = {f.name for f in dataclasses.fields(cls)}
-        extra = {k: v for k, v in data.items() if k not in known}
-        cfg = cls(**{k: v for k, v in data.items() if k in known})
-        cfg.extra.update(extra)
-        return cfg.resolved()
+        """The resolved configuration a run's ``config.json`` holds (an older one without some fields or
+        their sources loads with what it trained with: :data:`BEFORE_THE_FIELD`)."""
+        from .settings import load_config
+
+        return load_config(json.loads(Path(path).read_text()))
 
 
 #: What a run whose ``config.json`` predates a field trained with: the crops anywhere on the canvas, no
@@ -211,53 +152,68 @@ def method_name(alpha: float) -> str:
     return {0.0: "EGBAD", 1.0: "autoencoder"}.get(float(alpha), "CBiGAN")
 
 
-#: Named presets: overrides applied on top of the paper defaults. ``paper`` is the paper itself.
+#: The named presets, as data: each preset's ``values`` (overrides of the paper's defaults, for every
+#: input kind), its per-kind ``kinds`` values (used where the kind's default would apply) and its
+#: ``global_views`` share (for the kinds that take global views, :meth:`cbigan.kinds.InputKind.default_global_views`).
+#: Explicit flags win over all of them (:func:`cbigan.settings.resolve`). ``paper`` is the paper itself.
+#:
 #: ``fast`` is for minutes on a CPU (evidence: results/NOTES.md): one critic batch per E+G batch,
 #: consistency and adversarial terms weighted equally, a 10x larger E+G learning rate, smaller
 #: batches, a ~50-step EMA updated every step, the last EMA weights as the model (``--select final``), and
 #: the image score from the anomaly map (``map_max``; evidence: results/small_defects).
-PRESETS: dict[str, dict] = {
-    "paper": {},
-    "fast": {"d_iter": 1, "alpha": 0.5, "lr_d": 1e-4, "lr_eg": 1e-3, "batch_size": 16,
-             "ema_decay": 0.98, "ema_every": 1, "eval_every": 50, "log_every": 50,
-             # scoring the whole test set at every snapshot cost more than the selection itself
-             # (results/benchmarks.md, the loop); monitoring never chooses the model
-             "monitor_every": 500,
-             # the image score from the anomaly map's maximum: median image auROC over bottle, the
-             # leather sample and magnetic tile 0.810 vs 0.705 for the paper's sum (3 seeds each,
-             # results/small_defects/recipes.md)
-             "image_score": "map_max",
-             # every image standardized per channel: with the test images 8% darker or brighter, the
-             # worst image auROC of bottle 0.856 vs 0.837 and of the leather sample 1.000 vs 0.909, and
-             # false alarms at the calibrated threshold 0% vs 75-100% with 8% darker images; as trained,
-             # bottle 0.875 vs 0.904, the leather sample 1.000 vs 0.977 (3 seeds each,
-             # results/small_defects, sixth study). Tiles standardize anyway (the kind's default).
-             "normalize": "per_image",
-             # the last (EMA) weights are the model: on bottle the held-out synthetic-defect auROC peaks
-             # early (median at 81% of the run) while the test auROC still rises; the snapshot it chose
-             # scored 0.878 vs 0.887 for the last weights (median of 15 runs, worst -0.094), magnetic
-             # tile as an object -0.003, the leather sample the same (results/small_defects, ninth study)
-             "select": "final"},
-}
-#: Per-kind settings of a preset, used where the category default would apply (explicit flags win).
-#: ``fast`` objects: 64 px instead of 128 (4x less compute per image), no rotation, and networks twice
-#: as wide (width 6: bottle 0.904 vs 0.871 image auROC at 15 CPU minutes, 3 seeds); textures keep the
-#: paper's 3 (leather sample 0.932 vs 1.000 at width 6, one seed, with a third fewer steps; fourth
-#: study). ``fast`` tiles are widened too since they learn each image's global view (an object's view):
-#: magnetic tile 0.801 (0.801-0.812) vs 0.772 (median of 3 seeds each) at width 3, AUPRO 0.619 (twelfth
-#: study; without the global view width 6 had not helped tiles: 0.712 vs 0.715) (results/small_defects).
+#:
+#: ``fast`` per kind: objects at 64 px instead of 128 (4x less compute per image), no rotation, and
+#: networks twice as wide (width 6: bottle 0.904 vs 0.871 image auROC at 15 CPU minutes, 3 seeds);
+#: textures keep the paper's 3 (leather sample 0.932 vs 1.000 at width 6, one seed, with a third fewer
+#: steps; fourth study). ``fast`` tiles are widened too since they learn each image's global view (an
+#: object's view): magnetic tile 0.801 (0.801-0.812) vs 0.772 (median of 3 seeds each) at width 3, AUPRO
+#: 0.619 (twelfth study; without the global view width 6 had not helped tiles: 0.712 vs 0.715)
+#: (results/small_defects).
+#:
 #: ``global_views`` of each preset for tiles scored by a map rule (the global view adds to the map
 #: rule's score; other kinds see whole images already). ``fast``: half of each batch; magnetic tile
 #: image auROC 0.772 (median of 3 seeds, width 3) vs 0.735 with a quarter and 0.713 with none, bottle as
 #: tiles 0.841 vs 0.815 vs 0.730, the leather sample 1.000 (results/small_defects, eleventh study); three
 #: quarters: 0.777 and 0.837, no better (twelfth study). Not in the paper: 0 for ``paper``.
-PRESET_GLOBAL_VIEWS: dict[str, float] = {"fast": 0.5}
-PRESET_DATA: dict[str, dict[str, dict]] = {
-    "fast": {"object": {"image_size": 64, "rotation": 0.0, "width": 6}, "tiles": {"width": 6}},
+PRESET_TABLE: dict[str, dict] = {
+    "paper": {"values": {}, "kinds": {}, "global_views": 0.0},
+    "fast": {
+        "values": {
+            "d_iter": 1, "alpha": 0.5, "lr_d": 1e-4, "lr_eg": 1e-3, "batch_size": 16,
+            "ema_decay": 0.98, "ema_every": 1, "eval_every": 50, "log_every": 50,
+            # scoring the whole test set at every snapshot cost more than the selection itself
+            # (results/benchmarks.md, the loop); monitoring never chooses the model
+            "monitor_every": 500,
+            # the image score from the anomaly map's maximum: median image auROC over bottle, the
+            # leather sample and magnetic tile 0.810 vs 0.705 for the paper's sum (3 seeds each,
+            # results/small_defects/recipes.md)
+            "image_score": "map_max",
+            # every image standardized per channel: with the test images 8% darker or brighter, the
+            # worst image auROC of bottle 0.856 vs 0.837 and of the leather sample 1.000 vs 0.909, and
+            # false alarms at the calibrated threshold 0% vs 75-100% with 8% darker images; as trained,
+            # bottle 0.875 vs 0.904, the leather sample 1.000 vs 0.977 (3 seeds each,
+            # results/small_defects, sixth study). Tiles standardize anyway (the kind's default).
+            "normalize": "per_image",
+            # the last (EMA) weights are the model: on bottle the held-out synthetic-defect auROC peaks
+            # early (median at 81% of the run) while the test auROC still rises; the snapshot it chose
+            # scored 0.878 vs 0.887 for the last weights (median of 15 runs, worst -0.094), magnetic
+            # tile as an object -0.003, the leather sample the same (results/small_defects, ninth study)
+            "select": "final",
+        },
+        "kinds": {"object": {"image_size": 64, "rotation": 0.0, "width": 6}, "tiles": {"width": 6}},
+        "global_views": 0.5,
+    },
 }
+#: Views of :data:`PRESET_TABLE` (read-only use): each preset's overrides for every kind, its per-kind
+#: values and its global-views share.
+PRESETS: dict[str, dict] = {name: p["values"] for name, p in PRESET_TABLE.items()}
+PRESET_DATA: dict[str, dict[str, dict]] = {name: p["kinds"] for name, p in PRESET_TABLE.items()}
+PRESET_GLOBAL_VIEWS: dict[str, float] = {name: p["global_views"] for name, p in PRESET_TABLE.items()}
 
 
 def apply_preset(cfg: Config, name: str) -> Config:
+    """``cfg`` with ``preset`` ``name`` and that preset's values for every kind set (as given values: a
+    hand-built configuration; :func:`cbigan.settings.resolve` applies a preset with the flags instead)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return dataclasses.replace(cfg, preset=name, **PRESETS[name])

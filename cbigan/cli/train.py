@@ -11,24 +11,27 @@ TensorFlow is imported only to train in this process.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from ..anomaly_score import IMAGE_SCORE_RULES
 from ..config import (DISTRIBUTE, NORMALIZATIONS, PRECISION_CHOICES, PRESETS, ROTATED_OBJECTS, SELECTION_RULES,
-                      TEXTURES, TRAIN_CROPS, Config, apply_preset, default_run_name)
-from .. import multirun
-from ..kinds import KINDS, infer_kind
+                      TEXTURES, TRAIN_CROPS, Config, default_run_name)
+from .. import multirun, settings
+from ..kinds import KINDS, TilesKind
 from . import config_default, parser, show
 
 
 #: The help's stand-in category for a folder trained as tiles.
-TILES_CASE = "tiles"
+TILES_CASE = TilesKind.name
+
+
+#: Flags whose argparse default is the paper's value (not None): given only where they differ from it.
+WITH_DEFAULT = ("category", "data_dir", "output_dir", "preset")
 
 
 def _resolved(category: str, preset: str) -> Config:
-    kind = "tiles" if category == TILES_CASE else None
-    return apply_preset(Config(category=category, kind=kind), preset).resolved()
+    kind = TilesKind.name if category == TILES_CASE else None
+    return settings.resolve({"category": category, "kind": kind, "preset": preset}, infer=False)[0]
 
 
 def _data_default(name: str, text: str, cases: tuple) -> str:
@@ -237,16 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
-    """The resolved :class:`Config` (preset, then the flags given) and the parsed arguments."""
+    """The resolved :class:`Config` (:func:`cbigan.settings.resolve`: the paper's defaults, the preset, the
+    input kind, the data, the flags given) and the parsed arguments."""
     args = build_parser().parse_args(argv)
-    cfg = apply_preset(Config(), args.preset)
-    fields = {f.name for f in dataclasses.fields(Config)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields and k != "preset" and v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
-    args.kind_note = None  # an unknown category's kind chosen from its images (cbigan.kinds.infer_kind)
-    if not multirun.is_multi(cfg.category):
-        cfg, args.kind_note = infer_kind(cfg)
-    return cfg.resolved(), args
+    paper = Config()
+    flags = {k: v for k, v in vars(args).items() if k in settings.FIELDS and v is not None
+             and not (k in WITH_DEFAULT and v == getattr(paper, k))}
+    # an unknown category's kind chosen from its images (cbigan.kinds.infer_kind): args.kind_note
+    cfg, args.kind_note = settings.resolve(flags, infer=not multirun.is_multi(args.category))
+    return cfg, args
 
 
 def main(argv=None) -> int:
