@@ -1,5 +1,5 @@
-"""Settings resolution (cbigan/settings.py) gives, for a grid of presets x input kinds x flags, the values
-the code gave before the settings were resolved in one place (commit cdf4e0e).
+"""Settings resolution (``cbigan.config.resolve``) gives, for a grid of presets x input kinds x flags, the
+values the code gave before the settings were resolved in one place (commit cdf4e0e).
 
 ``settings_regression.json`` was recorded with that commit's code by :func:`record` (run with the old
 ``cbigan`` first on ``sys.path``): for each case, the resolved values that differ from ``Config()``'s

@@ -15,8 +15,9 @@ import sys
 
 from ..anomaly_score import IMAGE_SCORE_RULES
 from ..config import (DISTRIBUTE, NORMALIZATIONS, PRECISION_CHOICES, PRESETS, ROTATED_OBJECTS, SELECTION_RULES,
-                      TEXTURES, TRAIN_CROPS, Config, default_run_name)
-from .. import multirun, settings
+                      TEXTURES, TRAIN_CROPS, Config, default_run_name, resolve)
+from ..config import FIELDS as SETTINGS
+from .. import multirun
 from ..kinds import KINDS, TilesKind
 from . import config_default, parser, show
 
@@ -31,7 +32,7 @@ WITH_DEFAULT = ("category", "data_dir", "output_dir", "preset")
 
 def _resolved(category: str, preset: str) -> Config:
     kind = TilesKind.name if category == TILES_CASE else None
-    return settings.resolve({"category": category, "kind": kind, "preset": preset}, infer=False)[0]
+    return resolve({"category": category, "kind": kind, "preset": preset}, infer=False)[0]
 
 
 def _data_default(name: str, text: str, cases: tuple) -> str:
@@ -244,10 +245,10 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     input kind, the data, the flags given) and the parsed arguments."""
     args = build_parser().parse_args(argv)
     paper = Config()
-    flags = {k: v for k, v in vars(args).items() if k in settings.FIELDS and v is not None
+    flags = {k: v for k, v in vars(args).items() if k in SETTINGS and v is not None
              and not (k in WITH_DEFAULT and v == getattr(paper, k))}
     # an unknown category's kind chosen from its images (cbigan.kinds.infer_kind): args.kind_note
-    cfg, args.kind_note = settings.resolve(flags, infer=not multirun.is_multi(args.category))
+    cfg, args.kind_note = resolve(flags, infer=not multirun.is_multi(args.category))
     return cfg, args
 
 
