@@ -15,7 +15,7 @@ import sys
 
 from ..anomaly_score import IMAGE_SCORE_RULES
 from ..config import (DISTRIBUTE, NORMALIZATIONS, PRECISION_CHOICES, PRESETS, ROTATED_OBJECTS, SELECTION_RULES,
-                      TEXTURES, TRAIN_CROPS, Config, default_run_name, resolve)
+                      TEXTURES, TRAIN_CROPS, Config, default_run_name, describe, resolve)
 from ..config import FIELDS as SETTINGS
 from .. import multirun
 from ..kinds import KINDS, TilesKind
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SavedModel base folder: EXPORT_DIR/<model-name>/<version> (default: RUN/export)")
     p.add_argument("--model-name", default=None, help="TF Serving model name (default: the category)")
     p.add_argument("--deterministic", action="store_true", help="enable TensorFlow op determinism (slower)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every setting the run would use, its value and where it comes from (paper, "
+                        "preset NAME, kind NAME, data, flag), and exit without training or writing anything")
     g = p.add_argument_group("data")
     g.add_argument("--kind", choices=sorted(KINDS), default=None,
                    help="scoring protocol: objects whole, textures as patches " + data["kind"])
@@ -260,6 +263,9 @@ def main(argv=None) -> int:
         return 2
     if args.kind_note:
         print(args.kind_note)
+    if args.print_config:  # nothing trained, nothing written
+        print(describe(cfg))
+        return 0
     if multirun.is_multi(args.category) or args.jobs != 1:  # no TensorFlow in this process
         return multirun.train_categories(cfg, args, sys.argv[1:] if argv is None else list(argv))
     from ..callbacks import NonFiniteLossError
