@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from cbigan.cli.train import build_parser, main, parse_args
+from cbigan.cli.train import ADVANCED, build_parser, main, parse_args
 from cbigan.config import FIELDS, Config, describe, resolve
 from cbigan.runfolder import write_config
 
@@ -80,6 +80,14 @@ def test_every_training_flag_sets_its_setting_with_source_flag(action):
     cfg, _ = parse_args(["--category", "grid", action.option_strings[0]] + _sample(action))
     assert cfg.sources[action.dest] == "flag"
     assert {k for k, s in cfg.sources.items() if s == "flag"} <= {action.dest, "category"}
+
+
+def test_rarely_used_flags_are_under_advanced():
+    groups = {g.title: {a.option_strings[0] for a in g._group_actions} for g in build_parser()._action_groups}
+    assert {"--norm", "--activation", "--feature-layer", "--denoise", "--no-ema-warmup"} <= groups[ADVANCED] and ADVANCED.startswith("advanced")
+    assert "--distribute" in {o for a in build_parser()._actions for o in a.option_strings}
+    assert all(isinstance(a.help, str) and len(a.help) > 20 for a in build_parser()._actions
+               if a.dest in FIELDS and not isinstance(a, argparse._HelpAction))
 
 
 def test_the_resolved_config_is_frozen_and_equal_to_the_old_way():

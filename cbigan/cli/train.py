@@ -26,6 +26,9 @@ from . import config_default, parser, show
 TILES_CASE = TilesKind.name
 
 
+#: The ``--help`` heading of the research knobs: flags no recorded run changes, or whose only evidence is a
+#: null result (issue 33: each flag costs every reader).
+ADVANCED = "advanced (research knobs: no recorded run changes them, or their only evidence is a null result)"
 #: Flags whose argparse default is the paper's value (not None): given only where they differ from it.
 WITH_DEFAULT = ("category", "data_dir", "output_dir", "preset")
 
@@ -157,11 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, default=None, help="size of z " + config_default("latent_dim"))
     g.add_argument("--width", type=int, default=None, help="width multiplier c of the networks " + data["width"])
-    g.add_argument("--norm", choices=["none", "batch", "layer", "instance"], default=None,
-                   help="normalization layers " + config_default("norm"))
-    g.add_argument("--activation", default=None, help="hidden activation " + config_default("activation"))
-    g.add_argument("--feature-layer", default=None,
-                   help="critic layer used as f_D in the score " + config_default("feature_layer"))
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=None,
                    help="number of batches " + config_default("steps", f"{d.steps}, the authors' code"))
@@ -173,11 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
                         + config_default("batch_size"))
     g.add_argument("--alpha", type=float, default=None,
                    help="consistency weight: 0 = EGBAD, 1 = autoencoder " + config_default("alpha"))
-    g.add_argument("--denoise", type=float, default=None,
-                   help="denoising training: share of the E+G batch's images given a synthetic defect (a "
-                        "spot, line or pasted patch) before encoding, with the clean image as the "
-                        "reconstruction target, so that real defects are reconstructed as normal surface "
-                        "(cbigan/defects.py; not in the paper) " + config_default("denoise"))
     g.add_argument("--d-iter", type=int, default=None,
                    help="critic-only batches per E+G batch " + config_default("d_iter"))
     g.add_argument("--gp-weight", type=float, default=None,
@@ -190,9 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decay of the EMA of E and G (the evaluated model) " + config_default("ema_decay"))
     g.add_argument("--ema-every", type=int, default=None,
                    help="steps between EMA updates " + config_default("ema_every"))
-    g.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false", default=None,
-                   help="use --ema-decay from the first update, without the warm-up min(decay, (1+n)/(10+n)) "
-                        "(default: off; with the warm-up)")
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the data order, augmentation and latent draws " + config_default("seed"))
     g.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
@@ -240,11 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--select-on-test", action="store_true", default=None,
                    help="keep the checkpoint with the best TEST auROC (the original's rule; leaks test labels)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group(ADVANCED)
+    g.add_argument("--norm", choices=["none", "batch", "layer", "instance"], default=None,
+                   help="normalization layers of E, G and D, to try a normalized variant of the paper's "
+                        "networks (no recorded run uses one) " + config_default("norm"))
+    g.add_argument("--activation", default=None,
+                   help="hidden activation (a Keras name), to try another than the paper's " + config_default("activation"))
+    g.add_argument("--feature-layer", default=None,
+                   help="critic layer used as f_D in the score, to score with deeper critic features "
+                        + config_default("feature_layer"))
+    g.add_argument("--denoise", type=float, default=None,
+                   help="denoising training: share of the E+G batch's images given a synthetic defect (a "
+                        "spot, line or pasted patch) before encoding, with the clean image as the "
+                        "reconstruction target (cbigan/defects.py; not in the paper; no change at 15 CPU "
+                        "minutes on our three sets: results/small_defects, tenth study) " + config_default("denoise"))
+    g.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false", default=None,
+                   help="use --ema-decay from the first update, without the warm-up min(decay, (1+n)/(10+n)), "
+                        "to compare with EMAs that have none (default: off; with the warm-up)")
     return p
 
 
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
-    """The resolved :class:`Config` (:func:`cbigan.settings.resolve`: the paper's defaults, the preset, the
+    """The resolved :class:`Config` (:func:`cbigan.config.resolve`: the paper's defaults, the preset, the
     input kind, the data, the flags given) and the parsed arguments."""
     args = build_parser().parse_args(argv)
     paper = Config()
