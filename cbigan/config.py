@@ -3,8 +3,8 @@ presets (:data:`PRESET_TABLE`), as data, and the one function that resolves a ru
 
 :func:`resolve` applies, in order, each layer of a run's settings, later ones winning:
 
-1. ``paper``: the paper's defaults (:class:`cbigan.config.Config`'s field defaults);
-2. ``preset NAME``: the preset's values (:data:`cbigan.config.PRESET_TABLE`);
+1. ``paper``: the paper's defaults (:class:`Config`'s field defaults);
+2. ``preset NAME``: the preset's values (:data:`PRESET_TABLE`);
 3. ``data``: what the training images say (:func:`cbigan.kinds.infer_kind`: an unknown folder's kind,
    the tiles canvas), where no flag says it;
 4. ``flag``: the values given explicitly;
@@ -12,7 +12,7 @@ presets (:data:`PRESET_TABLE`), as data, and the one function that resolves a ru
 then fills what is still open: the kind (``paper``: the category's in the paper's split), the preset's
 per-kind values (``preset NAME``), the input kind's defaults (``kind NAME``, from the kind's class in
 :mod:`cbigan.kinds`) and the paper's rules (``paper``: width 3, monitoring at every evaluation); checks
-the result and returns a frozen :class:`~cbigan.config.Config` whose ``sources`` names each value's
+the result and returns a frozen :class:`Config` whose ``sources`` names each value's
 layer. That configuration is the run's: training writes it to ``config.json`` (sources included) and
 every module reads it as it is.
 
@@ -62,7 +62,7 @@ PRECISION_CHOICES = PRECISIONS + ("auto",)
 @dataclass(frozen=True)
 class Config:
     """Everything that defines a run. Defaults are the paper's / authors' code's; ``None``: chosen when
-    the configuration is resolved (:mod:`cbigan.config`), by the preset, the input kind or the data.
+    the configuration is resolved (:func:`resolve`), by the preset, the input kind or the data.
     Frozen: change a value with :func:`dataclasses.replace`."""
 
     category: str = "grid"
@@ -138,7 +138,7 @@ class Config:
     sources: dict = field(default_factory=dict, compare=False)
 
     def resolved(self) -> "Config":
-        """This configuration with every open field chosen and checked (:func:`cbigan.config.resolve_config`:
+        """This configuration with every open field chosen and checked (:func:`resolve_config`:
         the values given are kept; the preset's per-kind values, the input kind's defaults and the paper's
         rules fill the rest). A run's configuration is resolved once, when it starts or loads."""
         return resolve_config(self)
@@ -168,7 +168,7 @@ def method_name(alpha: float) -> str:
 #: The named presets, as data: each preset's ``values`` (overrides of the paper's defaults, for every
 #: input kind), its per-kind ``kinds`` values (used where the kind's default would apply) and its
 #: ``global_views`` share (for the kinds that take global views, :meth:`cbigan.kinds.InputKind.default_global_views`).
-#: Explicit flags win over all of them (:func:`cbigan.config.resolve`). ``paper`` is the paper itself.
+#: Explicit flags win over all of them (:func:`resolve`). ``paper`` is the paper itself.
 #:
 #: ``fast`` is for minutes on a CPU (evidence: results/NOTES.md): one critic batch per E+G batch,
 #: consistency and adversarial terms weighted equally, a 10x larger E+G learning rate, smaller
@@ -226,7 +226,7 @@ PRESET_GLOBAL_VIEWS: dict[str, float] = {name: p["global_views"] for name, p in 
 
 def apply_preset(cfg: Config, name: str) -> Config:
     """``cfg`` with ``preset`` ``name`` and that preset's values for every kind set (as given values: a
-    hand-built configuration; :func:`cbigan.config.resolve` applies a preset with the flags instead)."""
+    hand-built configuration; :func:`resolve` applies a preset with the flags instead)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return dataclasses.replace(cfg, preset=name, **PRESETS[name])
@@ -285,7 +285,7 @@ def resolve(flags: dict, *, infer: bool = True) -> tuple[Config, str | None]:
 
 def resolve_config(cfg: Config, *, infer: bool = False, source: str = GIVEN) -> Config:
     """A configuration built by hand, resolved: its values as given (they hold its preset's values
-    already where it was built by :func:`cbigan.config.apply_preset`; source: the one ``cfg.sources``
+    already where it was built by :func:`apply_preset`; source: the one ``cfg.sources``
     names, else ``paper`` for a paper default, else ``source``), then the per-kind layers as in
     :func:`resolve`. ``infer``: let the training images choose an unknown folder's kind and the tiles
     canvas (:func:`cbigan.kinds.infer_kind`), as training does."""
@@ -307,7 +307,7 @@ def resolve_given(cfg: Config, *, infer: bool = False, source: str = GIVEN) -> t
 def load_config(data: dict) -> Config:
     """The configuration a ``config.json`` holds (resolved values, and their ``sources`` since they were
     recorded). Fields it lacks take what a run trained with before they existed
-    (:data:`cbigan.config.BEFORE_THE_FIELD`, source ``older run``), then the kind's defaults; unknown
+    (:data:`BEFORE_THE_FIELD`, source ``older run``), then the kind's defaults; unknown
     keys go to ``extra``."""
     data = dict(data)
     stored = dict(data.pop("sources", None) or {})

@@ -25,12 +25,11 @@ def _strips(root):
 
 
 def _table(text):
-    """``--print-config`` output -> {setting: (value, source)}."""
-    rows = {}
-    for line in text.splitlines()[1:]:
-        name, value, *source = line.split(None, 2)[:2] + [" ".join(line.split()[2:])]
-        rows[name] = (value, source[0] if source else "")
-    return rows
+    """``--print-config`` output (from its header line) -> {setting: (value, source)}, by the header's columns."""
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("setting "))
+    v, s = lines[head].index("value"), lines[head].index("source")
+    return {line[:v].strip(): (line[v:s].strip(), line[s:].strip()) for line in lines[head + 1:]}
 
 
 def test_print_config_prints_every_setting_and_its_source_and_trains_nothing(tmp_path, capsys):
@@ -40,7 +39,7 @@ def test_print_config_prints_every_setting_and_its_source_and_trains_nothing(tmp
     assert code == 0 and not out.exists()
     text = capsys.readouterr().out
     assert text.startswith("note: the training images in")  # why the data chose the kind
-    table = _table(text[text.index("setting"):])
+    table = _table(text)
     assert set(table) == set(FIELDS)
     assert table["alpha"] == ("0.3", "flag")
     assert table["kind"] == ("tiles", "data") and table["image_size"] == ("576", "data")
@@ -48,6 +47,7 @@ def test_print_config_prints_every_setting_and_its_source_and_trains_nothing(tmp
     assert table["train_crops"] == ("image", "kind tiles") and table["score_margin"] == ("32", "kind tiles")
     assert table["global_views"] == ("0.5", "preset fast") and table["gp_weight"] == ("10", "paper")
     assert table["output_dir"] == (str(out), "flag") and table["run_name"] == ("-", "paper")
+    assert table["betas_d"] == ("0 0.9", "paper")
 
 
 def test_print_config_of_an_mvtec_object(capsys):
