@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from .config import CATEGORIES, Config
+from .config import CATEGORIES, Config, as_resolved
 from .errors import DataError, exception_reason
 from .imageops import (from_patches, rotate_objects, rotated_texture_crops,  # noqa: F401  (re-exported)
                        resize_uint8, to_model_range, to_patches)
@@ -240,7 +240,7 @@ def split_train_val(paths: list, val_split: float, seed: int):
 
 
 def load_train_set(cfg: Config, skip_bad: bool = False) -> TrainSet:
-    cfg = cfg.resolved()
+    cfg = as_resolved(cfg)
     root = category_dir(cfg.data_dir, cfg.category)
     good = good_folder(root / TRAIN)
     paths = list_images(good)
@@ -279,7 +279,7 @@ def load_test_set(cfg: Config, skip_bad: bool = False, with_masks: bool = True) 
     and, with ``with_masks`` and a ``ground_truth`` folder, their defect masks (``with_masks=False``:
     image-level use only, masks neither read nor checked). :class:`DataError` for a missing or empty test folder,
     unreadable images (unless ``skip_bad``) or a mask of another size than its image."""
-    cfg = cfg.resolved()
+    cfg = as_resolved(cfg)
     root = category_dir(cfg.data_dir, cfg.category)
     test_root = root / TEST
     found = test_image_paths(cfg.data_dir, cfg.category)
@@ -375,7 +375,7 @@ def train_dataset(images: np.ndarray, cfg: Config, start_step: int = 0,
     Batch ``i`` depends only on (seed, start_step + i): shuffling and augmentation use stateless
     random ops, so resuming at a step reproduces the batches an uninterrupted run would have seen.
     """
-    cfg = cfg.resolved()
+    cfg = as_resolved(cfg)
     augment = kind_of(cfg).augment  # the input kind's training augmentation (cbigan/kinds.py)
     images = np.ascontiguousarray(images)
     shape = images.shape[1:]

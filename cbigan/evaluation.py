@@ -47,7 +47,7 @@ import pandas as pd
 from .anomaly_score import DEFAULT_MAP_SIGMA as MAP_SIGMA
 from .anomaly_score import (DEFAULT_TOPK, FUSED_RULES, IMAGE_SCORE_RULES, PAPER_LAMBDA, RULES_WITH_MAPS,
                             fusion_stats, global_weight)
-from .config import Config, method_name
+from .config import Config, as_resolved, method_name
 from .errors import EvaluationError
 from .kinds import StrideError, kind_of
 from .layout import GOOD, test_image_paths
@@ -110,7 +110,7 @@ def score_test_set(run_dir: str | Path, cfg: Config | None = None, model=None, *
         except (ValueError, OSError) as e:
             first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
             raise EvaluationError(f"cannot load the model of {run_dir}: {first}") from None
-    cfg = read_config(run_dir) if cfg is None else cfg.resolved()
+    cfg = read_config(run_dir) if cfg is None else as_resolved(cfg)
     if data_dir is not None:
         cfg = _with_data_dir(cfg, data_dir)
     test = load_test_set(cfg, skip_bad=skip_bad_images, with_masks=pixel)
@@ -143,7 +143,7 @@ def score_test_set(run_dir: str | Path, cfg: Config | None = None, model=None, *
 def resolve_stride(cfg: Config, stride: int | None) -> int:
     """The map stride of ``cfg``: the patch size by default and for kinds without one (objects: one
     patch); :class:`EvaluationError` for a stride outside 1..patch size (:meth:`cbigan.kinds.InputKind.map_stride`)."""
-    cfg = cfg.resolved()
+    cfg = as_resolved(cfg)
     try:
         return kind_of(cfg).map_stride(cfg, stride)
     except StrideError as e:

@@ -37,7 +37,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from .anomaly_score import anomaly_map, combine, fusion_stats, global_weight, rule_scores
-from .config import Config
+from .config import Config, as_resolved
 from .runfolder import EXPORT, is_run_dir
 from .data import PNG_SIGNATURE, to_model_range
 from .networks import feature_extractor
@@ -243,7 +243,7 @@ class ServingGraph:
     """The exported computation, also usable in-process (``predict`` on a run folder, benchmarks)."""
 
     def __init__(self, model, cfg: Config, threshold: float | None):
-        self.cfg = cfg.resolved()
+        self.cfg = as_resolved(cfg)
         self.encoder, self.generator = model.ema_encoder, model.ema_generator
         self.features = feature_extractor(model.critic, self.cfg.feature_layer)
         self.threshold = None if threshold is None else float(threshold)
@@ -389,7 +389,7 @@ def export_model(model, cfg: Config, export_dir: str | Path, *, threshold_info: 
     ``version`` None: one more than the highest existing version, or, with ``overwrite``, the highest
     existing one (1 if none). An existing explicit version is refused unless ``overwrite``.
     """
-    cfg = cfg.resolved()
+    cfg = as_resolved(cfg)
     if threshold_info and "global_weight" in threshold_info:  # calibrated with this threshold
         cfg = dataclasses.replace(cfg, extra={**cfg.extra, "global_weight": float(threshold_info["global_weight"])})
     if threshold_info and "fusion" in threshold_info:  # the fused rules' statistics, calibrated with it

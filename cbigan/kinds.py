@@ -98,6 +98,32 @@ class InputKind:
         image auROC: results/small_defects)."""
         return 0
 
+    #: Whether training batches may hold global views (whole images resized to one patch,
+    #: ``Config.global_views``): only where a patch is not the whole image already (tiles).
+    takes_global_views: bool = False
+
+    def default_global_views(self, preset_share: float, image_score: str) -> float:
+        """``Config.global_views`` when the config does not say: ``preset_share`` is the preset's share
+        (:data:`cbigan.config.PRESET_TABLE`) for the kinds that take global views; none here."""
+        return 0.0
+
+    def input_notes(self, canvas: int | None, scale: float, sizes: dict) -> list[str]:
+        """One-line notes about inputs (``sizes``: path -> (height, width)) a model of this kind will see
+        differently from its training images (:func:`cbigan.predict.input_notes`): an image at least
+        :data:`ELONGATED` times longer than wide is squashed to the model's square (a thin crack along it
+        halves or more), where objects and textures are trained on square-ish images."""
+        from pathlib import Path
+
+        ratio = {p: max(hw) / max(1, min(hw)) for p, hw in sizes.items()}
+        long = {p: r for p, r in ratio.items() if r >= ELONGATED}
+        if not long:
+            return []
+        worst = max(long, key=long.get)
+        h, w = sizes[worst]
+        return [f"{len(long)} of {len(sizes)} images are elongated (e.g. {Path(worst).name}: {w}x{h} px, "
+                f"{long[worst]:.2g}:1) and are squashed to the {self.name} model's square, which thins defects "
+                f"along them; a model trained with --kind tiles keeps their aspect ratio"]
+
     def fit(self, images, cfg):
         """Decoded images of one size [N, H, W, C] (uint8) -> ``(model-size uint8 images [N, S, S, C],
         (h, w))``: the kind's resize, in the graph (training, evaluation and the export run this one op).
@@ -287,6 +313,33 @@ class TilesKind(TextureKind):
 
     def default_stride(self, cfg) -> int:
         return max(1, int(cfg.patch_size) // 2)
+
+    takes_global_views = True
+
+    def default_global_views(self, preset_share: float, image_score: str) -> float:
+        """The preset's share where the image score is a map rule (the global view adds to the map's
+        score), else none."""
+        from .anomaly_score import RULES_WITH_MAPS
+
+        return preset_share if image_score in RULES_WITH_MAPS else 0.0
+
+    def input_notes(self, canvas: int | None, scale: float, sizes: dict) -> list[str]:
+        """An image whose longer side times ``scale`` exceeds the ``canvas`` is shrunk to fit it
+        (:func:`cbigan.imageops.scaled_size`), so its tiles see a coarser scale than training did and small
+        defects may vanish."""
+        from pathlib import Path
+
+        if not canvas:
+            return []
+        shrunk = {p: float(canvas) / max(hw) for p, hw in sizes.items() if max(hw) * scale > canvas}
+        if not shrunk:
+            return []
+        worst = min(shrunk, key=shrunk.get)
+        h, w = sizes[worst]
+        return [f"{len(shrunk)} of {len(sizes)} images are larger than the model's {canvas} px canvas and are "
+                f"scaled down to fit it (e.g. {Path(worst).name}: {w}x{h} px, by {shrunk[worst]:.2g}), so "
+                f"its tiles see a coarser scale than the training images did; crop or resize them to the "
+                f"training images' scale, or train with --image-size covering them"]
 
     def default_score_margin(self, cfg) -> int:
         """Half a tile: the image's edge and the seam with the mirrored canvas raise the map there on

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config
+from .config import STORED, Config, as_resolved, resolve_config
 from .export import ExportError, ServingGraph, load_for_export, metadata
 from .runfolder import EXPORT, write_atomic, write_json_atomic
 
@@ -102,7 +102,6 @@ def export_litert(run_dir: str | Path, out_path: str | Path | None = None, *, ex
     run_dir = Path(run_dir)
     cfg, model, info = load_for_export(run_dir, threshold=threshold, recalibrate=recalibrate,
                                        percentile=percentile, skip_bad_images=skip_bad_images, verbose=verbose)
-    cfg = cfg.resolved()
     path = Path(out_path) if out_path is not None else default_path(run_dir, export_dir, model_name,
                                                                     cfg.category)
     if path.suffix != SUFFIX:
@@ -118,7 +117,7 @@ def write_litert(model, cfg: Config, path: str | Path, *, threshold_info: dict |
                  run_dir=None) -> Path:
     """Convert ``model`` (a :class:`cbigan.model.CBiGAN` of ``cfg``) and write ``path`` (``.tflite``) and
     its JSON, each atomically (the model first); returns ``path``."""
-    path, cfg = Path(path), cfg.resolved()
+    path, cfg = Path(path), as_resolved(cfg)
     if cfg.global_views:
         raise ExportError(f"a LiteRT model cannot hold the global view of this tiles run (--global-views "
                           f"{cfg.global_views:g}: its antialiased resize has no LiteRT kernel); export the "
@@ -179,7 +178,7 @@ def read_litert_metadata(model_path: str | Path) -> dict:
 
 def config_from(data: dict) -> Config:
     known = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in data.items() if k in known}).resolved()
+    return resolve_config(Config(**{k: v for k, v in data.items() if k in known}), source=STORED)
 
 
 class LiteRTModel:

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from .anomaly_score import DEFAULT_MAP_SIGMA, RULES_WITH_MAPS, combine, fusion_stats, global_weight
-from .config import Config
+from .config import Config, as_resolved
 from .data import from_patches, to_model_range
 from .kinds import kind_of
 from .results import ImageResults
@@ -291,7 +291,7 @@ class Localizer:
                  lam: float | None = None, patches_per_call: int = PATCHES_PER_CALL):
         from .networks import feature_extractor
 
-        self.cfg = cfg.resolved()
+        self.cfg = as_resolved(cfg)
         self.model = model
         self.sigma = float(sigma)
         if self.sigma < 0 or not math.isfinite(self.sigma):
@@ -411,7 +411,7 @@ class ImageScorer:
     def __init__(self, model, cfg: Config):
         from .scoring import Scorer
 
-        self.cfg = cfg.resolved()
+        self.cfg = as_resolved(cfg)
         if self.cfg.image_score in RULES_WITH_MAPS:
             sigma, stride = map_settings(self.cfg)
             self.engine = Localizer(model, self.cfg, sigma=sigma, stride=stride)

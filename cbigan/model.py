@@ -41,7 +41,7 @@ import keras
 import tensorflow as tf
 
 from . import losses as L
-from .config import Config
+from .config import Config, as_resolved
 from .defects import draw_defects
 from .networks import build_critic, build_encoder, build_generator, float32_copy, precision_scope
 
@@ -284,7 +284,7 @@ class CBiGAN(keras.Model):
 
 def build_model(cfg: Config) -> CBiGAN:
     """Build and compile the CBiGAN that ``cfg`` describes (seeded for reproducibility)."""
-    cfg = cfg.resolved()
+    cfg = as_resolved(cfg)  # a hand-built config too
     keras.utils.set_random_seed(cfg.seed)
     kw = dict(latent_dim=cfg.latent_dim, width=cfg.width, norm=cfg.norm, activation=cfg.activation)
     with precision_scope(cfg.precision):  # the trained networks; the EMA ones are float32 (CBiGAN)

@@ -82,7 +82,7 @@ class RunFolderView:
             raise PlotError(f"{self.dir} is not a run folder (no {CONFIG_JSON}); pass runs/<category>/<run>")
         self.cfg = Config.from_json(self.dir / CONFIG_JSON)
         if data_dir is not None:
-            self.cfg.data_dir = str(data_dir)
+            self.cfg = dataclasses.replace(self.cfg, data_dir=str(data_dir))
         self._scorer = self._test = None
         self.stored = self._stored_scores()
         self.lam = self._stored_lambda() if self.stored is not None else self.cfg.score_lambda

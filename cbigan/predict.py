@@ -146,31 +146,11 @@ def input_notes(kind: str | None, canvas: int | None, scale: float, sizes: dict)
 
     ``sizes``: path -> (height, width) in pixels.
     """
-    from .kinds import ELONGATED
+    from .kinds import kind_of
 
     if not sizes or not kind:
         return []
-    if kind == "tiles":
-        if not canvas:
-            return []
-        shrunk = {p: float(canvas) / max(hw) for p, hw in sizes.items() if max(hw) * scale > canvas}
-        if not shrunk:
-            return []
-        worst = min(shrunk, key=shrunk.get)
-        h, w = sizes[worst]
-        return [f"{len(shrunk)} of {len(sizes)} images are larger than the model's {canvas} px canvas and are "
-                f"scaled down to fit it (e.g. {Path(worst).name}: {w}x{h} px, by {shrunk[worst]:.2g}), so "
-                f"its tiles see a coarser scale than the training images did; crop or resize them to the "
-                f"training images' scale, or train with --image-size covering them"]
-    ratio = {p: max(hw) / max(1, min(hw)) for p, hw in sizes.items()}
-    long = {p: r for p, r in ratio.items() if r >= ELONGATED}
-    if not long:
-        return []
-    worst = max(long, key=long.get)
-    h, w = sizes[worst]
-    return [f"{len(long)} of {len(sizes)} images are elongated (e.g. {Path(worst).name}: {w}x{h} px, "
-            f"{long[worst]:.2g}:1) and are squashed to the {kind} model's square, which thins defects "
-            f"along them; a model trained with --kind tiles keeps their aspect ratio"]
+    return kind_of(kind).input_notes(canvas, scale, sizes)
 
 
 def _pool_to(a: np.ndarray, side: int) -> np.ndarray:

@@ -22,6 +22,7 @@ file. :func:`write_report` does both and writes the file atomically (:mod:`cbiga
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import math
@@ -271,7 +272,7 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     if data_dir is not None:
-        cfg.data_dir = str(data_dir)
+        cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
     scores_path = run_dir / SCORES_CSV
     if not scores_path.is_file():
         raise EvaluationError(f"{run_dir} is not evaluated yet; run: python evaluate.py {run_dir}")

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Config
+from .config import Config, resolve_config
 
 METHODS = {"cbigan": None, "egbad": 0.0, "autoencoder": 1.0}  # None: the paper's alpha (Config default)
 
@@ -30,7 +30,7 @@ def plan(categories, methods, steps: int | None, budget_minutes: float | None, b
         cfg = dataclasses.replace(base, category=category, run_name=f"reproduce-{base.preset}-{method}",
                                   alpha=base.alpha if alpha is None else alpha, minutes=minutes,
                                   steps=steps if steps else (10**9 if minutes else base.steps))
-        out.append(cfg.resolved())
+        out.append(resolve_config(cfg))
     return out
 
 

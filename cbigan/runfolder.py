@@ -62,7 +62,7 @@ LOCK = ".lock"
 #: Config fields that may differ when a run is resumed (budget and bookkeeping, not the model).
 RESUMABLE_CHANGES = {"steps", "minutes", "run_name", "output_dir", "data_dir", "eval_every", "log_every",
                      "preview_every", "monitor_every", "extra", "distribute", "select", "intra_op_threads",
-                     "precision"}
+                     "precision", "sources"}
 #: Free space a training needs in its run folder before it starts.
 MIN_FREE_BYTES = 200 * 2**20
 
@@ -311,6 +311,7 @@ def weights_fingerprint(run_dir: str | Path) -> str:
     except (ValueError, TypeError):
         cfg = {"unreadable": (Path(run_dir) / CONFIG_JSON).read_text()}
     cfg.pop("extra", None)
+    cfg.pop("sources", None)  # where the values came from: not the model
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     return h.hexdigest()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .config import Config
+from .config import Config, as_resolved
 from .results import ImageResults
 from .data import to_model_range
 from .kinds import kind_of
@@ -95,7 +95,7 @@ class Scorer:
     """Scores resized uint8 images with a trained model's EMA networks and its critic features."""
 
     def __init__(self, model, cfg: Config, patches_per_call: int = PATCHES_PER_CALL):
-        self.cfg = cfg.resolved()
+        self.cfg = as_resolved(cfg)
         self.model = model
         self.features = feature_extractor(model.critic, self.cfg.feature_layer)
         self.patches_per_call = patches_per_call

@@ -27,7 +27,7 @@ from dataclasses import replace
 import numpy as np
 
 from .anomaly_score import IMAGE_SCORE_RULES, MAP_RULES, fusion_statistics, map_scores
-from .config import Config
+from .config import Config, as_resolved
 from .runfolder import read_threshold, write_threshold  # noqa: F401  (the run folder owns the files)
 
 #: The rule stored when ``--val-split 0`` left nothing to calibrate on.
@@ -104,7 +104,7 @@ def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
     (``synthetic_auroc``: :func:`synthetic_separation`), a label-free view of what each rule sees. ``n_images``: how many images
     train/good holds (:attr:`cbigan.data.TrainSet.n_images`), so the rule can say why none was held out.
     """
-    cfg = cfg.resolved()
+    cfg = as_resolved(cfg)
     percentile = float(cfg.threshold_percentile)
     n_val = 0 if val_images is None else int(len(val_images))
     info = {"threshold": None, "percentile": percentile, "score_lambda": float(cfg.score_lambda),

@@ -33,10 +33,10 @@ import numpy as np
 
 from . import callbacks as cb
 from . import distribute as dist
-from .config import Config, default_run_name
+from .config import MACHINE, Config, default_run_name, is_resolved, resolve_given, with_sources
 from .data import (DataError, download_category, load_test_set, load_train_set,
                    train_dataset)
-from .kinds import infer_kind, kind_of
+from .kinds import kind_of
 from .metrics import MetricError, image_metrics
 from .model import build_model
 from .previews import make_preview_gif, save_preview
@@ -356,13 +356,14 @@ def train(cfg: Config, *, download: bool = False, skip_bad_images: bool = False,
     writes the run folder, locks it and exports; other workers write to a temporary folder that is
     removed at the end, and return the chief's run folder.
     """
-    cfg, note = infer_kind(cfg)  # an unknown category's kind from its images (the CLI did this already)
-    if note:
-        print(note)
-    cfg = cfg.resolved()
+    if not is_resolved(cfg):  # a hand-built config (train.py resolved its own): resolved here, once
+        cfg, note = resolve_given(cfg, infer=True)  # an unknown category's kind from its images
+        if note:
+            print(note)
     # before anything starts TensorFlow's context (thread pools are fixed then); stored in config.json
-    cfg = dataclasses.replace(cfg, intra_op_threads=choose_intra_op_threads(cfg),
-                              precision=choose_precision(cfg))  # "auto" resolved for this machine
+    chosen = {"intra_op_threads": choose_intra_op_threads(cfg),
+              "precision": choose_precision(cfg)}  # "auto" resolved for this machine
+    cfg = with_sources(cfg, MACHINE, **{k: v for k, v in chosen.items() if v != getattr(cfg, k)})
     if not apply_intra_op_threads(cfg.intra_op_threads):
         print(f"note: TensorFlow started earlier in this process; intra_op_threads={cfg.intra_op_threads} "
               f"is not applied to this run")

@@ -117,7 +117,7 @@ def _patched(timers: Timers):
 
 
 def measure(category: str, data_dir: Path, steps: int, preset: str, intra_op_threads: int | None = None) -> dict:
-    from ..config import Config, apply_preset
+    from ..config import Config, apply_preset, resolve_config
     from ..training import train
 
     timers = Timers()
@@ -131,9 +131,8 @@ def measure(category: str, data_dir: Path, steps: int, preset: str, intra_op_thr
         wall = time.perf_counter() - t
     import tensorflow as tf
 
-    from ..kinds import infer_kind
 
-    return {"timers": timers, "wall": wall, "cfg": infer_kind(cfg)[0].resolved(),
+    return {"timers": timers, "wall": wall, "cfg": resolve_config(cfg, infer=True),
             "threads": tf.config.threading.get_intra_op_parallelism_threads()}
 
 

@@ -43,12 +43,12 @@ def _best_rate(fn, n_images: int, repeats: int) -> float:
 def bench_kind(kind: str, n_images: int, n_loop: int, repeats: int, seed: int = 0) -> dict:
     import numpy as np
 
-    from cbigan.config import Config
+    from cbigan.config import Config, resolve_config
     from cbigan.data import to_model_range
     from cbigan.model import build_model
     from cbigan.scoring import Scorer, score_images, score_patch_loop, score_patches
 
-    cfg = Config(category=f"bench_{kind}", kind=kind).resolved()  # the kind's defaults: 512/64, 128/128
+    cfg = resolve_config(Config(category=f"bench_{kind}", kind=kind))  # the kind's defaults: 512/64, 128/128
     model = build_model(cfg)
     scorer = Scorer(model, cfg)
     rng = np.random.default_rng(seed)

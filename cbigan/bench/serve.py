@@ -96,7 +96,7 @@ def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int)
     import numpy as np
     import tensorflow as tf
 
-    from cbigan.config import Config
+    from cbigan.config import Config, resolve_config
     from cbigan.data import resize_uint8
     from cbigan.export import export_model
     from cbigan.kinds import kind_of
@@ -120,7 +120,7 @@ def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int)
     with tempfile.TemporaryDirectory(prefix="cbigan-bench-serve-") as tmp:
         for name in dict.fromkeys(names):
             kind, size = MODELS[name]
-            cfg = Config(category=f"bench_{name}", kind=kind, image_size=size).resolved()
+            cfg = resolve_config(Config(category=f"bench_{name}", kind=kind, image_size=size))
             model = build_model(cfg)
             flops = graph_flops(model, cfg)
             t0 = time.perf_counter()

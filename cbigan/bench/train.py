@@ -50,12 +50,12 @@ def _model(size: int, batch: int, previous: bool = False, precision: str = "floa
     import tensorflow as tf
 
     from .. import losses as L
-    from ..config import Config
+    from ..config import Config, resolve_config
     from ..model import CBiGAN, build_model
 
     # the paper preset's step at this input size (64 px: texture patches and fast-preset objects)
-    cfg = Config(category="bench", kind="object", batch_size=batch, image_size=size, patch_size=size,
-                 precision=precision).resolved()
+    cfg = resolve_config(Config(category="bench", kind="object", batch_size=batch, image_size=size,
+                                patch_size=size, precision=precision))
     model = build_model(cfg)
     if previous:
         class PreviousCBiGAN(CBiGAN):

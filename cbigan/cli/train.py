@@ -11,24 +11,31 @@ TensorFlow is imported only to train in this process.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from ..anomaly_score import IMAGE_SCORE_RULES
 from ..config import (DISTRIBUTE, NORMALIZATIONS, PRECISION_CHOICES, PRESETS, ROTATED_OBJECTS, SELECTION_RULES,
-                      TEXTURES, TRAIN_CROPS, Config, apply_preset, default_run_name)
+                      TEXTURES, TRAIN_CROPS, Config, default_run_name, describe, resolve)
+from ..config import FIELDS as SETTINGS
 from .. import multirun
-from ..kinds import KINDS, infer_kind
+from ..kinds import KINDS, TilesKind
 from . import config_default, parser, show
 
 
 #: The help's stand-in category for a folder trained as tiles.
-TILES_CASE = "tiles"
+TILES_CASE = TilesKind.name
+
+
+#: The ``--help`` heading of the research knobs: flags no recorded run changes, or whose only evidence is a
+#: null result (issue 33: each flag costs every reader).
+ADVANCED = "advanced (research knobs: no recorded run changes them, or their only evidence is a null result)"
+#: Flags whose argparse default is the paper's value (not None): given only where they differ from it.
+WITH_DEFAULT = ("category", "data_dir", "output_dir", "preset")
 
 
 def _resolved(category: str, preset: str) -> Config:
-    kind = "tiles" if category == TILES_CASE else None
-    return apply_preset(Config(category=category, kind=kind), preset).resolved()
+    kind = TilesKind.name if category == TILES_CASE else None
+    return resolve({"category": category, "kind": kind, "preset": preset}, infer=False)[0]
 
 
 def _data_default(name: str, text: str, cases: tuple) -> str:
@@ -120,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SavedModel base folder: EXPORT_DIR/<model-name>/<version> (default: RUN/export)")
     p.add_argument("--model-name", default=None, help="TF Serving model name (default: the category)")
     p.add_argument("--deterministic", action="store_true", help="enable TensorFlow op determinism (slower)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every setting the run would use, its value and where it comes from (paper, "
+                        "preset NAME, kind NAME, data, flag), and exit without training or writing anything")
     g = p.add_argument_group("data")
     g.add_argument("--kind", choices=sorted(KINDS), default=None,
                    help="scoring protocol: objects whole, textures as patches " + data["kind"])
@@ -150,11 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, default=None, help="size of z " + config_default("latent_dim"))
     g.add_argument("--width", type=int, default=None, help="width multiplier c of the networks " + data["width"])
-    g.add_argument("--norm", choices=["none", "batch", "layer", "instance"], default=None,
-                   help="normalization layers " + config_default("norm"))
-    g.add_argument("--activation", default=None, help="hidden activation " + config_default("activation"))
-    g.add_argument("--feature-layer", default=None,
-                   help="critic layer used as f_D in the score " + config_default("feature_layer"))
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=None,
                    help="number of batches " + config_default("steps", f"{d.steps}, the authors' code"))
@@ -166,11 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
                         + config_default("batch_size"))
     g.add_argument("--alpha", type=float, default=None,
                    help="consistency weight: 0 = EGBAD, 1 = autoencoder " + config_default("alpha"))
-    g.add_argument("--denoise", type=float, default=None,
-                   help="denoising training: share of the E+G batch's images given a synthetic defect (a "
-                        "spot, line or pasted patch) before encoding, with the clean image as the "
-                        "reconstruction target, so that real defects are reconstructed as normal surface "
-                        "(cbigan/defects.py; not in the paper) " + config_default("denoise"))
     g.add_argument("--d-iter", type=int, default=None,
                    help="critic-only batches per E+G batch " + config_default("d_iter"))
     g.add_argument("--gp-weight", type=float, default=None,
@@ -183,9 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decay of the EMA of E and G (the evaluated model) " + config_default("ema_decay"))
     g.add_argument("--ema-every", type=int, default=None,
                    help="steps between EMA updates " + config_default("ema_every"))
-    g.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false", default=None,
-                   help="use --ema-decay from the first update, without the warm-up min(decay, (1+n)/(10+n)) "
-                        "(default: off; with the warm-up)")
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the data order, augmentation and latent draws " + config_default("seed"))
     g.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
@@ -235,20 +232,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--select-on-test", action="store_true", default=None,
                    help="keep the checkpoint with the best TEST auROC (the original's rule; leaks test labels)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group(ADVANCED)
+    g.add_argument("--norm", choices=["none", "batch", "layer", "instance"], default=None,
+                   help="normalization layers of E, G and D, to try a normalized variant of the paper's "
+                        "networks (no recorded run uses one) " + config_default("norm"))
+    g.add_argument("--activation", default=None,
+                   help="hidden activation (a Keras name), to try another than the paper's " + config_default("activation"))
+    g.add_argument("--feature-layer", default=None,
+                   help="critic layer used as f_D in the score, to score with deeper critic features "
+                        + config_default("feature_layer"))
+    g.add_argument("--denoise", type=float, default=None,
+                   help="denoising training: share of the E+G batch's images given a synthetic defect (a "
+                        "spot, line or pasted patch) before encoding, with the clean image as the "
+                        "reconstruction target (cbigan/defects.py; not in the paper; no change at 15 CPU "
+                        "minutes on our three sets: results/small_defects, tenth study) " + config_default("denoise"))
+    g.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false", default=None,
+                   help="use --ema-decay from the first update, without the warm-up min(decay, (1+n)/(10+n)), "
+                        "to compare with EMAs that have none (default: off; with the warm-up)")
     return p
 
 
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
-    """The resolved :class:`Config` (preset, then the flags given) and the parsed arguments."""
+    """The resolved :class:`Config` (:func:`cbigan.config.resolve`: the paper's defaults, the preset, the
+    input kind, the data, the flags given) and the parsed arguments."""
     args = build_parser().parse_args(argv)
-    cfg = apply_preset(Config(), args.preset)
-    fields = {f.name for f in dataclasses.fields(Config)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields and k != "preset" and v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
-    args.kind_note = None  # an unknown category's kind chosen from its images (cbigan.kinds.infer_kind)
-    if not multirun.is_multi(cfg.category):
-        cfg, args.kind_note = infer_kind(cfg)
-    return cfg.resolved(), args
+    paper = Config()
+    flags = {k: v for k, v in vars(args).items() if k in SETTINGS and v is not None
+             and not (k in WITH_DEFAULT and v == getattr(paper, k))}
+    # an unknown category's kind chosen from its images (cbigan.kinds.infer_kind): args.kind_note
+    cfg, args.kind_note = resolve(flags, infer=not multirun.is_multi(args.category))
+    return cfg, args
 
 
 def main(argv=None) -> int:
@@ -259,6 +272,9 @@ def main(argv=None) -> int:
         return 2
     if args.kind_note:
         print(args.kind_note)
+    if args.print_config:  # nothing trained, nothing written
+        print(describe(cfg))
+        return 0
     if multirun.is_multi(args.category) or args.jobs != 1:  # no TensorFlow in this process
         return multirun.train_categories(cfg, args, sys.argv[1:] if argv is None else list(argv))
     from ..callbacks import NonFiniteLossError
