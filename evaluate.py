@@ -9,7 +9,9 @@ Entry point only: the flags and ``main`` are in :mod:`cbigan.cli.evaluate`.
 
 import sys
 
+from cbigan.cli import quiet_tensorflow
 from cbigan.cli.evaluate import main, parse_args  # noqa: F401
 
 if __name__ == "__main__":
+    quiet_tensorflow()  # TensorFlow's start-up chatter off the terminal, unless --verbose
     sys.exit(main())

@@ -8,7 +8,9 @@ of :class:`cbigan.config.Config`; ``python train.py --help`` lists them with the
 
 import sys
 
+from cbigan.cli import quiet_tensorflow
 from cbigan.cli.train import main, parse_args  # noqa: F401  (tests import parse_args from here)
 
 if __name__ == "__main__":
+    quiet_tensorflow()  # TensorFlow's start-up chatter off the terminal, unless --verbose
     sys.exit(main())

@@ -58,23 +58,26 @@ SUGGESTED_CPU_MINUTES = 15
 
 def duration_message(total_steps: int, done_steps: int, steps_per_s: float, minutes: float | None = None,
                      preset: str = "paper", gpu: bool = True) -> str:
-    """What the run will cost, from a measured speed: the expected duration of all ``total_steps`` and
-    of those left after ``done_steps`` (when ``--minutes`` stops it earlier, where it will stop), and,
-    on a machine without a GPU when the whole job would take more than :data:`LONG_CPU_JOB_S`, the
-    ``--preset fast --minutes N`` hint."""
+    """What the run will cost, from a measured speed. When ``--minutes`` stops it before ``total_steps``,
+    the time budget and about how many steps it gives (not how long all the steps would take: a
+    15-minute run is not a 2.6-day job); else the expected duration of all ``total_steps`` and of those
+    left after ``done_steps``. On a machine without a GPU, when the whole job would take more than
+    :data:`LONG_CPU_JOB_S` and the preset is not ``fast``, the ``--preset fast --minutes N`` hint."""
     rate = max(float(steps_per_s), 1e-9)
     eta = max(0, int(total_steps) - int(done_steps)) / rate
-    text = (f"speed: {rate:.3g} steps/s; {int(total_steps):,} steps would take about "
-            f"{human_duration(int(total_steps) / rate)} in all")
-    if int(done_steps) > 0:
-        text += f" ({human_duration(eta)} from step {int(done_steps):,})"
     if minutes is not None and eta > 60.0 * minutes:
-        text += (f"; --minutes {minutes:g} stops it after about "
-                 f"{int(done_steps + rate * 60.0 * minutes):,} steps")
+        text = (f"speed: {rate:.3g} steps/s; training for {minutes:g} min (--minutes {minutes:g}): "
+                f"it stops after about {int(done_steps + rate * 60.0 * minutes):,} steps at this rate")
+    else:
+        text = (f"speed: {rate:.3g} steps/s; {int(total_steps):,} steps would take about "
+                f"{human_duration(int(total_steps) / rate)} in all")
+        if int(done_steps) > 0:
+            text += f" ({human_duration(eta)} from step {int(done_steps):,})"
     if not gpu and preset != "fast" and eta > LONG_CPU_JOB_S:
         n = f"{minutes:g}" if minutes is not None else str(SUGGESTED_CPU_MINUTES)
-        text += (f"\nno GPU: --preset {preset} is a GPU job (the paper's {int(total_steps):,} steps). On a CPU "
-                 f"use the preset made for minutes: --preset fast --minutes {n} (results/NOTES.md)")
+        text += (f"\nno GPU: --preset {preset} is a GPU job (the paper's {int(total_steps):,} steps would take "
+                 f"about {human_duration(int(total_steps) / rate)}). On a CPU use the preset made for "
+                 f"minutes: --preset fast --minutes {n} (results/NOTES.md)")
     return text
 
 

@@ -11,8 +11,10 @@ inline. It holds
 * one row per test image (``<tr class="image-row">``), false negatives and false positives at the
   threshold first, then by descending score: thumbnail, anomaly-map overlay with the mask outline,
   defect type, score and verdict. The maps are the evaluation's (``pixel_maps.npz``) when the category
-  has ground truth, else ``|x - G(E(x))|`` (channel mean). Thumbnails are small JPEGs (``thumb`` px),
-  so 500 images stay a few MB.
+  has ground truth, else ``|x - G(E(x))|`` (channel mean). Thumbnails are small JPEGs (long side
+  ``thumb`` px), so 500 images stay a few MB. Each image and its map are shown at the image's own
+  aspect ratio: a tiles run's mirrored canvas padding is cut off (:func:`own_part`, from the test
+  set's regions), so a 500x1250 strip shows as a strip.
 
 Two halves: :func:`gather` reads the run folder (and runs the model when maps must be computed) into
 a :class:`ReportData` of plain values; :func:`render_html` turns that into the page and touches no
@@ -103,7 +105,7 @@ th{background:#f3f3f3} .kv td:first-child{color:#555}
 .figs{display:flex;flex-wrap:wrap;gap:16px} .figs figure{margin:0} .figs img{max-height:340px;width:auto}
 .cols{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start} .scroll{overflow-x:auto}
 figcaption{font-size:12px;color:#555}
-.images img{display:block;width:96px;height:96px;image-rendering:auto}
+.images img{display:block;image-rendering:auto}
 .badge{display:inline-block;padding:1px 6px;border-radius:3px;font-size:12px;font-weight:600}
 .FN{background:#ffd6d6;color:#8a0000} .FP{background:#ffe9c7;color:#7a4a00}
 .TP{background:#d9f2dc;color:#17541f} .TN{background:#e6eef8;color:#1d3f6b} .none{background:#eee}
@@ -196,13 +198,41 @@ def render_html(d: ReportData) -> str:
 
 
 # ---------------------------------------------------------------------------------- pictures
+def thumb_size(height: int, width: int, side: int = THUMB) -> tuple[int, int]:
+    """(width, height) of a thumbnail of an ``height`` x ``width`` image: its long side ``side`` px, its
+    aspect ratio kept."""
+    scale = side / max(int(height), int(width), 1)
+    return max(1, round(int(width) * scale)), max(1, round(int(height) * scale))
+
+
+def own_part(image: np.ndarray, region, *maps):
+    """``image`` cut to its own part ``region`` = (h, w), the top-left of a tiles run's canvas whose rest
+    is mirrored padding, and each of ``maps`` (anomaly map, mask, or None) cut to the same part at its
+    own resolution. Without a region, or for a region covering the whole canvas, as they are."""
+    if region is None:
+        return (image, *maps)
+    H, W = np.asarray(image).shape[:2]
+    h, w = min(int(region[0]), H), min(int(region[1]), W)
+    if (h, w) == (H, W) or h <= 0 or w <= 0:
+        return (image, *maps)
+    out = [np.asarray(image)[:h, :w]]
+    for m in maps:
+        if m is None:
+            out.append(None)
+            continue
+        mh, mw = np.asarray(m).shape[:2]
+        out.append(np.asarray(m)[:max(1, round(h * mh / H)), :max(1, round(w * mw / W))])
+    return tuple(out)
+
+
 def jpeg(image: np.ndarray, side: int = THUMB, quality: int = 85) -> bytes:
-    """An [H, W, 3] uint8 image as a JPEG of ``side`` x ``side`` pixels."""
+    """An [H, W, 3] uint8 image as a JPEG whose long side is ``side`` pixels (aspect ratio kept)."""
     from PIL import Image
 
     im = Image.fromarray(np.asarray(image, np.uint8))
-    if im.size != (side, side):
-        im = im.resize((side, side), Image.LANCZOS if im.size[0] > side else Image.NEAREST)
+    size = thumb_size(im.size[1], im.size[0], side)
+    if im.size != size:
+        im = im.resize(size, Image.LANCZOS if max(im.size) > side else Image.NEAREST)
     buf = io.BytesIO()
     im.convert("RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -222,7 +252,8 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 def overlay(image: np.ndarray, amap: np.ndarray, vrange: tuple, mask: np.ndarray | None = None,
             side: int = THUMB, alpha: float = 0.55) -> bytes:
     """The anomaly map (inferno, shared scale ``vrange``) over the image, the mask outlined in cyan,
-    at ``side`` pixels (the outline is drawn after downscaling, so it stays visible)."""
+    long side ``side`` pixels, the map's aspect ratio kept (the outline is drawn after downscaling, so it
+    stays visible)."""
     import matplotlib
 
     from PIL import Image
@@ -234,10 +265,11 @@ def overlay(image: np.ndarray, amap: np.ndarray, vrange: tuple, mask: np.ndarray
     if img.shape[:2] != heat.shape[:2]:
         img = np.asarray(Image.fromarray(img.astype(np.uint8)).resize(heat.shape[1::-1]), np.float32)
     mixed = Image.fromarray(((1 - alpha) * img + alpha * heat).clip(0, 255).astype(np.uint8))
-    mixed = np.asarray(mixed.resize((side, side), Image.LANCZOS)).copy()
+    size = thumb_size(heat.shape[0], heat.shape[1], side)
+    mixed = np.asarray(mixed.resize(size, Image.LANCZOS)).copy()
     if mask is not None and np.any(mask):
         small = np.asarray(Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).resize(
-            (side, side), Image.NEAREST)) > 0
+            size, Image.NEAREST)) > 0
         mixed[_outline(small)] = (0, 255, 255)
     return jpeg(mixed, side)
 
@@ -340,6 +372,9 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
         maps = diffs
         map_note = ("Maps: |x - G(E(x))| (channel mean) of the model"
                     + (", mask outlines in cyan." if masks is not None else "; the category has no masks."))
+    regions = test.regions if test.regions is not None and len(test.regions) == len(test.images) else None
+    if maps is not None and regions is not None:  # each map cut to its image's own part (tiles)
+        maps = [own_part(img, reg, m)[1] for img, reg, m in zip(test.images, regions, maps)]
     vrange = map_range(list(maps)) if maps is not None and len(maps) else (0.0, 1.0)
 
     rows = []
@@ -352,9 +387,10 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
                                  anomalous, blank))
             continue
         mask = masks[i] if masks is not None and types[k] != GOOD else None
+        image, mask = own_part(test.images[i], None if regions is None else regions[i], mask)
         rows.append(ImageRow(_image_name(test.paths[i], test.defect_types[i]), types[k], int(labels[k]), s,
-                             anomalous, jpeg(test.images[i], thumb),
-                             overlay(test.images[i], maps[i], vrange, mask, thumb) if maps is not None else None))
+                             anomalous, jpeg(image, thumb),
+                             overlay(image, maps[i], vrange, mask, thumb) if maps is not None else None))
 
     config = [(f, getattr(cfg, f)) for f in CONFIG_FIELDS if hasattr(cfg, f)]
     selection = [(f, summary[f]) for f in SUMMARY_FIELDS if f in summary]

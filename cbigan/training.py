@@ -451,8 +451,9 @@ def _train_locked(cfg, run_dir, train_set, test_set, verbose, strategy=None, chi
         shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
     write_config(run_dir, cfg)
     if chief:
+        budget_note = f" for {cfg.minutes:g} min (time budget)" if cfg.minutes is not None else ""
         print(f"training {cfg.category} ({cfg.kind}, {len(train_set.images)} train / "
-              f"{len(train_set.val_images)} held-out images) -> {run_dir}")
+              f"{len(train_set.val_images)} held-out images){budget_note} -> {run_dir}")
 
     state_vars = _state_variables(model)
 

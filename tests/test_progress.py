@@ -30,8 +30,20 @@ def test_duration_is_of_all_steps_and_of_those_left():
 
 def test_minutes_say_where_the_run_stops_and_the_hint_keeps_them():
     text = duration_message(1_200_000, 0, 2.0, minutes=30, preset="paper", gpu=False)
-    assert "--minutes 30 stops it after about 3,600 steps" in text
+    assert "training for 30 min (--minutes 30): it stops after about 3,600 steps" in text
     assert "--preset fast --minutes 30" in text
+
+
+def test_a_time_budget_is_spoken_of_not_the_steps_it_will_never_reach():
+    """Issue 35: a --preset fast --minutes 15 run opened with "1,200,000 steps would take about 2.6 days"."""
+    text = duration_message(1_200_000, 0, 5.3, minutes=15, preset="fast", gpu=False)
+    assert text == "speed: 5.3 steps/s; training for 15 min (--minutes 15): it stops after about 4,770 steps at this rate"
+    assert "would take" not in text and "days" not in text
+    resumed = duration_message(1_200_000, 1_000, 5.3, minutes=15, preset="fast", gpu=False)
+    assert "after about 5,770 steps" in resumed
+    # a budget longer than the steps: the steps are what ends the run, so they are what it speaks of
+    short = duration_message(300, 0, 10.0, minutes=15)
+    assert "300 steps would take about 30 s in all" in short and "training for" not in short
 
 
 def test_no_hint_on_a_gpu_for_the_fast_preset_or_for_a_short_job():

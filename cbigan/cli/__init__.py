@@ -10,6 +10,7 @@ command                                                    parser and ``main(arg
 ``python -m cbigan.plots``                                 :mod:`cbigan.cli.plots`
 ``python -m cbigan.reproduce``                             :mod:`cbigan.cli.reproduce`
 ``python -m cbigan.bench {train,score,serve,metrics}``     :mod:`cbigan.cli.bench`
+``cbigan <command>`` (after ``pip install .``)             :mod:`cbigan.cli.main`
 =========================================================  ==========================
 
 Each module has ``build_parser()`` and ``main(argv=None) -> int`` (the exit status) and also runs as
@@ -23,12 +24,23 @@ preset, the category or the run) say in words what they default to, for the trai
 :class:`cbigan.config.Config` and the presets (:func:`config_default`). Building the parsers imports no
 TensorFlow (the commands import what they need after parsing): ``--help`` of ``python -m
 cbigan.cli.<command>`` is quick, and ``train.py`` launching several categories stays TensorFlow-free.
+
+Every entry point (``train.py``, ``evaluate.py``, ``predict.py``, the ``cbigan`` command and, from
+``cbigan/__init__.py``, every ``python -m cbigan...``) first calls :func:`quiet_tensorflow`:
+TensorFlow's start-up chatter (CUDA stubs, oneDNN and CPU-instruction notes, ``failed call to cuInit``
+on a machine without a GPU) stays out of the terminal unless the user passes ``--verbose`` (every
+parser made by :func:`parser` has it) or sets ``TF_CPP_MIN_LOG_LEVEL`` themselves.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.abc
+import importlib.util
+import os
+import sys
+import tempfile
 import textwrap
 import warnings
 from pathlib import Path, PurePath
@@ -50,6 +62,81 @@ def _format_warning(message, category, filename, lineno, line=None):
 
 
 warnings.formatwarning = _format_warning  # the commands import this package before anything warns
+
+#: Set beside ``TF_CPP_MIN_LOG_LEVEL`` when :func:`quiet_tensorflow` set it (child processes, e.g. the
+#: categories of ``--category all``, inherit both and stay quiet too).
+QUIET_MARK = "CBIGAN_QUIET_TF"
+#: Lines of TensorFlow's start-up that ``TF_CPP_MIN_LOG_LEVEL`` does not hide: written by its native
+#: libraries to the stderr file descriptor while they load, before its logging is initialized.
+CHATTER = ("All log messages before absl::InitializeLog()", "cudart_stub.cc", "cpu_feature_guard.cc",
+           "To enable the following instructions", "oneDNN custom operations", "cuda_platform.cc",
+           "failed call to cuInit", "Unable to register cu")
+
+
+class _QuietLoader:
+    """Runs the import of ``tensorflow`` with the stderr file descriptor caught, then writes back what
+    was caught less the :data:`CHATTER` lines (Python warnings and errors of the import keep showing)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                self.loader.exec_module(module)
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                caught.seek(0)
+                kept = [line for line in caught.read().decode("utf-8", "replace").splitlines(True)
+                        if not any(c in line for c in CHATTER)]
+                if kept:
+                    sys.stderr.write("".join(kept))
+                    sys.stderr.flush()
+
+
+class _QuietFinder(importlib.abc.MetaPathFinder):
+    """Wraps the loader of the first ``import tensorflow`` in :class:`_QuietLoader`, then steps aside."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+def quiet_tensorflow(argv=None) -> bool:
+    """Keeps TensorFlow's start-up chatter out of the terminal, unless ``--verbose`` is in ``argv``
+    (default ``sys.argv``) or the user set ``TF_CPP_MIN_LOG_LEVEL``: sets it to 3 and, when TensorFlow is
+    not imported yet, filters what its native libraries print while loading. Call it before anything
+    imports TensorFlow. Returns whether it quieted."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" in argv:
+        return False
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ and QUIET_MARK not in os.environ:
+        return False  # the user's own setting
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ[QUIET_MARK] = "1"
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietFinder())
+    return True
+
+
+VERBOSE_HELP = "show TensorFlow's start-up messages (hidden unless TF_CPP_MIN_LOG_LEVEL is set)"
 
 
 @contextlib.contextmanager
@@ -109,7 +196,9 @@ def parser(prog: str, description: str, **kw) -> argparse.ArgumentParser:
     an ``epilog`` is printed as written."""
     if "\n" not in description:
         description = textwrap.fill(description, 78)
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, **kw)
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, **kw)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)  # read by quiet_tensorflow
+    return p
 
 
 def config_default(name: str, text: str | None = None) -> str:

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = vars(build_parser().parse_args(argv))
+    args.pop("verbose", None)  # read by cbigan.cli.quiet_tensorflow
     module = importlib.import_module(f"cbigan.bench.{args.pop('benchmark')}")
     return int(module.run(**args) or 0)
 

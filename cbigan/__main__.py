@@ -1,0 +1,7 @@
+"""``python -m cbigan COMMAND ...``: the ``cbigan`` command (:mod:`cbigan.cli.main`)."""
+
+import sys
+
+from .cli.main import main
+
+sys.exit(main())
