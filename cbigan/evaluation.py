@@ -60,6 +60,7 @@ from .runfolder import (
     PARTS_NPZ,
     PIXEL_NPZ,
     SCORES_CSV,
+    THRESHOLD_JSON,
     check_run_dir,
     read_config,
     selected_on_test,
@@ -340,9 +341,16 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
             raise EvaluationError(f"image score rule must be one of {', '.join(IMAGE_SCORE_RULES)}, got {r!r}")
     need_maps = rule in RULES_WITH_MAPS or any(r in RULES_WITH_MAPS for r in rules or ())
     want_pixel = (bool(pixel) and has_ground_truth(cfg)) or need_maps
-    rules = list(rules) if rules else (list(IMAGE_SCORE_RULES) if want_pixel else [])
-    if (rule in FUSED_RULES or any(r in FUSED_RULES for r in rules)) and _lacks_fusion(threshold):
-        threshold, cfg = _recalibrate(run_dir, cfg, model, skip_bad_images, progress)
+    asked = list(rules or ())
+    rules = asked or (list(IMAGE_SCORE_RULES) if want_pixel else [])
+    if fusion_stats(cfg) is None and (rule in FUSED_RULES or any(r in FUSED_RULES for r in rules)):
+        # the fused rules need their held-out statistics: calibrate a run that has none (trained before
+        # them, or never calibrated) when they are asked for; else report them only when they exist
+        never = not (run_dir / THRESHOLD_JSON).is_file() and (rule in FUSED_RULES or set(asked) & set(FUSED_RULES))
+        if _lacks_fusion(threshold) or never:
+            threshold, cfg = _recalibrate(run_dir, cfg, model, skip_bad_images, progress)
+        if fusion_stats(cfg) is None and not set(asked) & set(FUSED_RULES):
+            rules = [r for r in rules if r not in FUSED_RULES]  # they would repeat map_max
 
     scored, reused, skipped = None, False, []
     parts, pixel_file = run_dir / PARTS_NPZ, run_dir / PIXEL_NPZ

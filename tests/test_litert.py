@@ -40,8 +40,8 @@ def make_strips(root, name="lt_tiles", n_train=8, n_good=2, n_defect=2, h=90, w=
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """An object run (paper rule; exported with the command line) and a tiles run (map_max, non-square
-    inputs; exported with export_litert), each evaluated by evaluate_run."""
+    """An object run (paper rule; exported with the command line) and a tiles run (the fused rule,
+    non-square inputs; exported with export_litert), each evaluated by evaluate_run."""
     pytest.importorskip("ai_edge_litert")
     from synthetic import make_category, make_untrained_run
 
@@ -54,7 +54,7 @@ def runs(tmp_path_factory):
     make_strips(root / "data")
     obj = make_untrained_run(root / "data", root / "runs", "lt_obj", image_size=64, patch_size=64, **SMALL)
     tiles = make_untrained_run(root / "data", root / "runs", "lt_tiles", kind="tiles", image_size=128,
-                               patch_size=64, image_score="map_max", score_margin=4, val_split=0.25, **SMALL)
+                               patch_size=64, image_score="fused", score_margin=4, val_split=0.25, **SMALL)
     out = {}
     for name, r in (("obj", obj), ("tiles", tiles)):
         ev = evaluate_run(r["run"], progress=False, model=r["model"])
@@ -85,7 +85,8 @@ def test_files_and_metadata(runs):
         assert find_litert(p) == model
     assert is_litert(model) and is_litert(model.parent) and not is_litert(runs["obj"]["run"] / "export")
     tiles_meta = read_litert_metadata(runs["tiles"]["model"])
-    assert tiles_meta["kind"] == "tiles" and tiles_meta["image_score"] == "map_max"
+    assert tiles_meta["kind"] == "tiles" and tiles_meta["image_score"] == "fused"
+    assert tiles_meta["threshold_info"]["fusion"]  # calibrated by evaluate (a fused rule asks for it)
 
 
 PARITY_SCRIPT = r"""
