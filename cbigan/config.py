@@ -51,7 +51,7 @@ PAPER_WIDTH = 3
 #: Training precisions (``Config.precision``, ``--precision``): ``float32``, or Keras's
 #: ``mixed_bfloat16`` (bfloat16 convolutions, float32 variables; :func:`cbigan.networks.precision_scope`).
 #: The losses, the networks' outputs and f_D stay float32, and evaluation, selection and export run
-#: float32 networks either way (evidence: results/benchmarks.md, "bfloat16").
+#: float32 networks either way. An option, not a default (why: docs/decisions.md).
 PRECISIONS = ("float32", "mixed_bfloat16")
 #: ``--precision`` values: a precision, or ``auto``: chosen by the machine when training starts
 #: (:func:`cbigan.training.choose_precision`: ``mixed_bfloat16`` on a CPU with native bfloat16 and no
@@ -88,7 +88,7 @@ class Config:
     # networks
     latent_dim: int = 64
     width: int | None = None           # width multiplier c; None: the paper's 3 (--preset fast: 6 for
-                                       # objects)
+                                       # objects and tiles)
     norm: str = "none"
     activation: str = "leaky_relu"
     feature_layer: str = "critic_features"
@@ -170,47 +170,37 @@ def method_name(alpha: float) -> str:
 #: ``global_views`` share (for the kinds that take global views, :meth:`cbigan.kinds.InputKind.default_global_views`).
 #: Explicit flags win over all of them (:func:`resolve`). ``paper`` is the paper itself.
 #:
-#: ``fast`` is for minutes on a CPU (evidence: results/NOTES.md): one critic batch per E+G batch,
-#: consistency and adversarial terms weighted equally, a 10x larger E+G learning rate, smaller
-#: batches, a ~50-step EMA updated every step, the last EMA weights as the model (``--select final``), and
-#: the image score from the anomaly map (``map_max``; evidence: results/small_defects).
+#: ``fast`` is for minutes on a CPU: one critic batch per E+G batch, consistency and adversarial terms
+#: weighted equally, a 10x larger E+G learning rate, smaller batches, a ~50-step EMA updated every step,
+#: the last EMA weights as the model (``--select final``), the image score from the anomaly map
+#: (``map_max``) and every image standardized per channel (``--normalize per_image``).
 #:
 #: ``fast`` per kind: objects at 64 px instead of 128 (4x less compute per image), no rotation, and
-#: networks twice as wide (width 6: bottle 0.904 vs 0.871 image auROC at 15 CPU minutes, 3 seeds);
-#: textures keep the paper's 3 (leather sample 0.932 vs 1.000 at width 6, one seed, with a third fewer
-#: steps; fourth study). ``fast`` tiles are widened too since they learn each image's global view (an
-#: object's view): magnetic tile 0.801 (0.801-0.812) vs 0.772 (median of 3 seeds each) at width 3, AUPRO
-#: 0.619 (twelfth study; without the global view width 6 had not helped tiles: 0.712 vs 0.715)
-#: (results/small_defects).
+#: networks twice as wide (width 6); textures keep the paper's 3; tiles are widened too, since they
+#: learn each image's global view (an object's view).
 #:
 #: ``global_views`` of each preset for tiles scored by a map rule (the global view adds to the map
-#: rule's score; other kinds see whole images already). ``fast``: half of each batch; magnetic tile
-#: image auROC 0.772 (median of 3 seeds, width 3) vs 0.735 with a quarter and 0.713 with none, bottle as
-#: tiles 0.841 vs 0.815 vs 0.730, the leather sample 1.000 (results/small_defects, eleventh study); three
-#: quarters: 0.777 and 0.837, no better (twelfth study). Not in the paper: 0 for ``paper``.
+#: rule's score; other kinds see whole images already): half of each batch for ``fast``; 0 for
+#: ``paper`` (not in the paper).
+#:
+#: Why each value: docs/decisions.md ("Defaults and presets").
 PRESET_TABLE: dict[str, dict] = {
     "paper": {"values": {}, "kinds": {}, "global_views": 0.0},
     "fast": {
         "values": {
             "d_iter": 1, "alpha": 0.5, "lr_d": 1e-4, "lr_eg": 1e-3, "batch_size": 16,
             "ema_decay": 0.98, "ema_every": 1, "eval_every": 50, "log_every": 50,
-            # scoring the whole test set at every snapshot cost more than the selection itself
-            # (results/benchmarks.md, the loop); monitoring never chooses the model
+            # test-set monitoring (eval_log.csv test_*) every 500 steps, not at every evaluation: it
+            # costs wall time and never chooses the model (why: docs/decisions.md)
             "monitor_every": 500,
-            # the image score from the anomaly map's maximum: median image auROC over bottle, the
-            # leather sample and magnetic tile 0.810 vs 0.705 for the paper's sum (3 seeds each,
-            # results/small_defects/recipes.md)
+            # the image score is the anomaly map's maximum, not the paper's sum (why: docs/decisions.md)
             "image_score": "map_max",
-            # every image standardized per channel: with the test images 8% darker or brighter, the
-            # worst image auROC of bottle 0.856 vs 0.837 and of the leather sample 1.000 vs 0.909, and
-            # false alarms at the calibrated threshold 0% vs 75-100% with 8% darker images; as trained,
-            # bottle 0.875 vs 0.904, the leather sample 1.000 vs 0.977 (3 seeds each,
-            # results/small_defects, sixth study). Tiles standardize anyway (the kind's default).
+            # every image standardized per channel, so that a global brightness or contrast change
+            # does not change the score (why: docs/decisions.md). Tiles standardize anyway (the
+            # kind's default).
             "normalize": "per_image",
-            # the last (EMA) weights are the model: on bottle the held-out synthetic-defect auROC peaks
-            # early (median at 81% of the run) while the test auROC still rises; the snapshot it chose
-            # scored 0.878 vs 0.887 for the last weights (median of 15 runs, worst -0.094), magnetic
-            # tile as an object -0.003, the leather sample the same (results/small_defects, ninth study)
+            # the last (EMA) weights are the model, no label-free snapshot choice (why:
+            # docs/decisions.md)
             "select": "final",
         },
         "kinds": {"object": {"image_size": 64, "rotation": 0.0, "width": 6}, "tiles": {"width": 6}},

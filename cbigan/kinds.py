@@ -94,8 +94,7 @@ class InputKind:
 
     def default_score_margin(self, cfg) -> int:
         """Map pixels the map-based image scores leave out at the image's border when the config
-        does not say (``Config.score_margin``): none here (on bottle, leaving 4 of 64 px out cost
-        image auROC: results/small_defects)."""
+        does not say (``Config.score_margin``): none here (why: docs/decisions.md)."""
         return 0
 
     #: Whether training batches may hold global views (whole images resized to one patch,
@@ -282,25 +281,18 @@ class TilesKind(TextureKind):
     name = "tiles"
     categories = ()
     #: The last weights: choosing a snapshot would score the map of every held-out image and of its
-    #: synthetic-defect copy at every evaluation (about a minute each on magnetic tile's 640 px
-    #: canvases, every 50 steps of the fast preset: most of a 15-minute budget); the study's tiles runs
-    #: used the last weights (results/small_defects).
+    #: synthetic-defect copy at every evaluation, which on large canvases takes most of a short run's
+    #: time (why: docs/decisions.md).
     default_select = "final"
-    #: The anomaly map's maximum: tiles summed over a whole canvas drown a small defect (image auROC,
-    #: median of 3 seeds, map_max vs the paper's sum on the same runs: magnetic tile 0.680 vs 0.547,
-    #: bottle 0.720 vs 0.607, leather sample 1.000 vs 0.773; results/small_defects, first study).
+    #: The anomaly map's maximum: tiles summed over a whole canvas drown a small defect (why:
+    #: docs/decisions.md).
     default_image_score = "map_max"
     #: Every image standardized per channel: images of one set taken under other lighting scale the
-    #: residual and the map with it (magnetic tile: normal images' scores differ 2x between lighting
-    #: groups; per-image standardization evens them out). Study, map_max image auROC, with vs without
-    #: (median of 3 seeds; every seed with it at least every seed without): magnetic tile 0.708 / 0.680,
-    #: bottle 0.73 / 0.720, leather sample 1.000 / 1.000, its AUPRO 0.909 / 0.805 (results/small_defects,
-    #: arm tiles_norm).
+    #: residual and the map with it; per-image standardization evens them out (why: docs/decisions.md).
     default_normalize = "per_image"
     #: Crops centred inside each image, not on the canvas's mirrored padding (which is most of the
-    #: canvas for a small image): magnetic tile, map_max image auROC 0.715 / 0.717 / 0.714 (3 seeds) vs
-    #: 0.712 / 0.710 with crops anywhere (break 0.68 vs 0.66); bottle and the leather sample fill their
-    #: canvas, where both are the same crops (results/small_defects, arms tiles_image / tiles_norm2).
+    #: canvas for a small image); for images that fill their canvas both are the same crops (why:
+    #: docs/decisions.md).
     default_train_crops = "image"
 
     def defaults(self, category: str, image_size: int | None = None) -> dict:
@@ -343,8 +335,7 @@ class TilesKind(TextureKind):
 
     def default_score_margin(self, cfg) -> int:
         """Half a tile: the image's edge and the seam with the mirrored canvas raise the map there on
-        normal images (magnetic tile, seed 1: map_max image auROC 0.575 with the whole image, 0.682
-        without a 32 px border; results/small_defects)."""
+        normal images (why: docs/decisions.md)."""
         return max(0, int(cfg.patch_size) // 2)
 
     def geometric_augment(self, images_uint8, cfg, seed, regions=None):
@@ -436,9 +427,7 @@ def tiles_canvas(sizes, patch_size: int = 64, scale: float = 1.0) -> tuple[int |
 def kind_for_sizes(sizes, patch_size: int = 64, scale: float = 1.0) -> tuple[str, int | None, str]:
     """The kind for an unknown category from its training images' sizes: ``("tiles", canvas, why)``
     when they vary in size (:data:`SIZE_SPREAD`) or are elongated (:data:`ELONGATED`), which resizing
-    to one square would distort (magnetic tile, squashed to 64x64 as an object: image auROC 0.641 /
-    0.643 with the fast preset at width 3 / 6; as tiles at native resolution 0.715, median of 3 seeds;
-    results/small_defects); else ``(FALLBACK_KIND, None, "")``.
+    to one square would distort (why: docs/decisions.md); else ``(FALLBACK_KIND, None, "")``.
 
     ``sizes``: (height, width) pairs in pixels. ``canvas``: :func:`tiles_canvas`.
     """

@@ -148,10 +148,10 @@ def gaussian_blur(maps, sigma: float, truncate: float = TRUNCATE):
     """Gaussian smoothing of maps [N, H, W] (static H, W) in the graph; ``sigma <= 0``: unchanged.
 
     The same result as ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=4)``, separable: small
-    maps as two matrix products with the dense :func:`blur_matrix` (``B_h @ M @ B_w^T``; on CPU about
-    20 times faster than a one-channel convolution); large maps (512 px textures, tiles canvases) by
-    blocks of :data:`BLUR_BLOCK` rows against one banded matrix (:func:`_banded_blur_rows`): 8x fewer
-    FLOPs than the dense 512 x 512 products and about twice as fast on CPU (``python -m cbigan.bench serve``).
+    maps as two matrix products with the dense :func:`blur_matrix` (``B_h @ M @ B_w^T``; faster on CPU
+    than a one-channel convolution); large maps (512 px textures, tiles canvases) by blocks of
+    :data:`BLUR_BLOCK` rows against one banded matrix (:func:`_banded_blur_rows`): 8x fewer FLOPs than
+    the dense 512 x 512 products (why: docs/decisions.md).
     """
     if sigma is None or float(sigma) <= 0:
         return maps

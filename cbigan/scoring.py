@@ -42,11 +42,11 @@ def in_chunks(fn, images, patches_per_image: int, specs: dict, parallel: int = P
     ``images``: a tensor [N, ...] or a tuple of tensors with the same N (sliced alike); a chunk is half
     the batch (rounded up) but at least :data:`MIN_CHUNK_PATCHES` patches, and at most
     :data:`PATCHES_PER_CALL` patches (``patches_per_image`` per image): textures are split into halves,
-    object batches up to 64 images stay whole (halves of small object batches were 10% slower).
+    object batches up to 64 images stay whole.
     ``specs``: ``{key: (dtype, shape of the output without its first axis)}`` for every output of ``fn``.
-    Why: at one intra-op thread a single pass over a few images keeps one core busy; two halves side
-    by side took 0.041 s instead of 0.070 s for two 512 px textures (maps and scores), and in serving
-    a 32-texture batch in chunks of 256 patches kept the activations in the caches (about 10% faster).
+    Why: at one intra-op thread a single pass over a few images keeps one core busy, and chunks of at
+    most :data:`PATCHES_PER_CALL` patches keep the activations in the caches (figures:
+    docs/decisions.md).
     """
     parts = tuple(images) if isinstance(images, (tuple, list)) else (images,)
     n = tf.shape(parts[0])[0]

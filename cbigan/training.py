@@ -51,14 +51,13 @@ from .selection import SnapshotSelector
 from .threshold import calibrate_threshold, write_threshold
 
 #: On one device, backups (every ``log_every`` steps) are written at most this often; the ones in
-#: between are held in memory (:class:`cbigan.callbacks.Checkpointer`). A weights file costs 0.5-0.9 s.
+#: between are held in memory (:class:`cbigan.callbacks.Checkpointer`) (why: docs/decisions.md).
 BACKUP_INTERVAL_S = 60.0
 #: Scoring that chooses nothing (test-set monitoring; the held-out images' score when the last weights
 #: are the model, ``--select final``) takes at most this share of the wall time since the monitor
 #: started: a due one waits while its predicted cost (seconds per image of the last scoring times the
-#: images) would pass it. Tiles' large canvases cost about 0.3 s an image on one core (magnetic tile's
-#: 583 test images: 3 minutes), where a 15-minute run makes about 12 steps a second; an object test set
-#: costs under a second and is never held back (:data:`EVAL_FREE_S`).
+#: images) would pass it: on tiles' large canvases a test set can take minutes, many steps' worth, while
+#: a small test set is never held back (:data:`EVAL_FREE_S`) (why: docs/decisions.md).
 EVAL_SHARE = 0.1
 #: Such scoring predicted to take under this many seconds always runs when due.
 EVAL_FREE_S = 2.0
@@ -66,10 +65,10 @@ EVAL_FREE_S = 2.0
 FINAL_FREE_S = 60.0
 #: TensorFlow intra-op threads by network input side and core count, on a machine without a GPU
 #: (``intra_op_threads`` left unset): ``((largest side, most cores, threads), ...)``, first match;
-#: otherwise 0, TensorFlow's default (every core). By measurement (``python -m cbigan.bench train``,
-#: results/benchmarks.md, 2 cores, quiet machine): one thread makes our 64 px step 1.28x faster than
-#: the default (TensorFlow spreads each small convolution over both cores and leaves them idle), 1.06x
-#: at 128 px (within the noise: not used). Machines with more cores keep the default until measured.
+#: otherwise 0, TensorFlow's default (every core). Measured with ``python -m cbigan.bench train`` on 2
+#: cores: at 64 px TensorFlow spreads each small convolution over both cores and leaves them idle, so one
+#: thread is faster; at 128 px the difference is within the noise (why: docs/decisions.md). Machines
+#: with more cores keep the default until measured.
 INTRA_OP_THREADS: tuple = ((64, 2, 1),)
 
 

@@ -1,7 +1,7 @@
 """Training throughput against the yardstick: ``python -m cbigan.bench train``.
 
 What is timed is the train step, never a whole ``fit`` call (the end of each ``fit`` waits for
-tf.data's autotune thread, which made earlier figures snap to 2.55 / 5.12 / 10.24 s):
+tf.data's autotune thread, which distorts the figures; why: docs/decisions.md):
 
 * **ours**: the function ``train.py`` runs, Keras's compiled ``model.train_function``, called on one
   long-lived iterator over an in-memory batch, at each kind's defaults (paper preset: batch 32, d_iter
