@@ -514,8 +514,10 @@ def download_category(category: str, data_dir: str | Path, url: str | None = Non
     target = data_dir / category
     if (target / TRAIN / GOOD).is_dir():
         return target
+    from .layout import check_not_category_folder
     from .runfolder import check_writable
 
+    check_not_category_folder(data_dir, category)  # not data/bottle/bottle
     check_writable(data_dir, "--data-dir DIR", "the downloaded category")
     if url == MVTEC_URL and category not in CATEGORIES:
         # checked before fetching about 5 GB: the official archive holds only MVTec AD's 15 categories

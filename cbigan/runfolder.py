@@ -181,7 +181,7 @@ def run_dir_of(cfg: Config) -> Path:
 
 def prepare_run_dir(cfg: Config) -> Path:
     """Create the run folder and check that it is writable and has room, before any training."""
-    run_dir = check_writable(run_dir_of(cfg), "--output-dir", "the run")
+    run_dir = run_dir_of(cfg)  # its own probe below: the folder is made and written at once
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"

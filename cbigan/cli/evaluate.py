@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no anomaly maps and pixel metrics, even when the category has ground-truth masks")
     p.add_argument("--out", type=Path, default=None,
                    help="where --table writes CSV and Markdown (default: a folder 'tables' beside the runs, "
-                        "DIR/tables for --table DIR); with run folders: where the evaluation files go "
-                        "(default: the run folder; several runs: OUT/<category>/<run>), e.g. for a run on a "
+                        "DIR/tables for --table DIR); with run folders: where their evaluation files go "
+                        "instead of each run folder (several runs: OUT/<category>/<run>), e.g. for a run on a "
                         "read-only disk")
     p.add_argument("--report", action="store_true",
                    help="also write RUN/report.html: one self-contained inspection page (metrics, ROC, "
