@@ -32,8 +32,9 @@ from .imageops import (from_patches, rotate_objects, rotated_texture_crops,  # n
                        resize_uint8, to_model_range, to_patches)
 from .kinds import kind_of
 from .layout import (GOOD, GROUND_TRUTH, IMAGE_EXTENSIONS, TEST, TRAIN,  # noqa: F401  (re-exported)
-                     MaskFinder, category_dir, check_good_test_folder, good_folder, has_ground_truth,
-                     list_images, load_image_size, mask_path, test_image_paths)
+                     MaskFinder, category_dir, check_good_test_folder, exif_orientation, good_folder,
+                     has_ground_truth, list_images, load_image_size, mask_path, scan_images, test_category_dir,
+                     test_image_paths, warn_skipped)
 
 #: The official MVTec AD archive (all 15 categories) and its SHA-256; ``--download`` extracts one
 #: category from it. Override with CBIGAN_MVTEC_URL / CBIGAN_MVTEC_SHA256 (e.g. a mirror).
@@ -55,15 +56,19 @@ def load_image(path: str | Path, low_range: list | None = None) -> np.ndarray:
     struct.error, zlib.error, DecompressionBombError, RuntimeError, ... depending on the damage) is
     a :class:`DataError` naming it, so callers can list or skip it. 16-bit grayscale: see
     :func:`gray16_top`; one whose values use under 1/16 of the range without an sBIT chunk is
-    appended to ``low_range`` when given, else warned about.
+    appended to ``low_range`` when given, else warned about. 32-bit integer and floating-point
+    images: :func:`to_rgb_array`. The EXIF orientation is applied, as every photo viewer shows the
+    picture (:func:`apply_orientation`): a phone photo stored sideways is read upright.
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
-            sbit = png_significant_bits(path) if im.format == "PNG" and im.mode.startswith("I;16") else None
-            rgb = to_rgb_array(im, sbit)
-            low = (im.mode.startswith("I;16") and gray16_top(np.asarray(im), sbit) == 65535
+            orientation = exif_orientation(im)
+            sixteen = im.mode.startswith("I;16") or _is_int16_in_int32(im)
+            sbit = png_significant_bits(path) if im.format == "PNG" and sixteen else None
+            rgb = apply_orientation(to_rgb_array(im, sbit), orientation)
+            low = (sixteen and gray16_top(np.asarray(im), sbit) == 65535
                    and int(np.asarray(im).max(initial=0)) < LOW_RANGE_16BIT)
     except Exception as e:  # noqa: BLE001  (any decoder failure is this file's, see the docstring)
         raise DataError(f"cannot read image {path}: {exception_reason(e)}; replace or remove the file") from None
@@ -129,20 +134,76 @@ def scale_to_uint8(a: np.ndarray, top: int) -> np.ndarray:
     return np.clip((2 * 255 * a + top) // (2 * top), 0, 255).astype(np.uint8)
 
 
-def to_rgb_array(im: Image.Image, significant_bits: int | None = None) -> np.ndarray:
-    """Pillow image of any mode -> uint8 RGB array. 16-bit and float images are rescaled to 8 bit.
+#: EXIF orientation -> the flips and turns that show the stored pixels upright (Pillow's
+#: ``ImageOps.exif_transpose``): (transpose rows and columns, flip vertically, flip horizontally), in that order.
+ORIENTATIONS = {1: (False, False, False), 2: (False, False, True), 3: (False, True, True),
+                4: (False, True, False), 5: (True, False, False), 6: (True, False, True),
+                7: (True, True, True), 8: (True, True, False)}
 
-    16-bit grayscale: :func:`gray16_top` with the PNG's declared ``significant_bits``, rounded to the
-    nearest 8-bit level. 16-bit colour PNGs keep Pillow's reading (the high byte of each sample).
+
+def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
+    """An [H, W, ...] array as a viewer shows an image of that EXIF ``orientation`` (1: unchanged)."""
+    transpose, flip_v, flip_h = ORIENTATIONS.get(int(orientation), ORIENTATIONS[1])
+    if transpose:
+        a = np.swapaxes(a, 0, 1)
+    if flip_v:
+        a = a[::-1]
+    if flip_h:
+        a = a[:, ::-1]
+    return np.ascontiguousarray(a)
+
+
+def _is_int16_in_int32(im: Image.Image) -> bool:
+    """A 32-bit integer gray image whose values fit 16 bits (16-bit data Pillow reads as mode ``I``)."""
+    if im.mode != "I":
+        return False
+    a = np.asarray(im)
+    return a.size > 0 and int(a.min()) >= 0 and 255 < int(a.max()) <= 65535
+
+
+def gray_levels(a: np.ndarray) -> np.ndarray:
+    """A 32-bit integer or floating-point gray image -> uint8, its levels kept; ValueError (the file is
+    refused by name) for values it cannot place in a range.
+
+    Integers: 0..255 as they are, up to 65535 as 16-bit (:func:`gray16_top`), beyond that scaled by
+    ``2**b - 1`` for the ``b`` bits their maximum needs (so they keep at least 128 levels); negative
+    values are refused. Floats: 0..1 (scaled by 255), else 0..255, else 0..65535; negative, NaN or
+    infinite values and larger ones are refused.
     """
-    if im.mode.startswith("I;16"):
+    a = np.asarray(a)
+    if a.size == 0:
+        return a.astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+        if not np.all(np.isfinite(a)):
+            raise ValueError("floating-point image with NaN or infinite values; save it as 8- or 16-bit PNG")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0 or hi > 65535:
+            raise ValueError(f"floating-point image with values {lo:g}..{hi:g} outside 0..1, 0..255 and "
+                             f"0..65535; rescale it to one of them or save it as 8- or 16-bit PNG")
+        top = 1.0 if hi <= 1.0 else 255.0 if hi <= 255.0 else 65535.0
+        return np.clip(np.floor(a / top * 255.0 + 0.5), 0, 255).astype(np.uint8)
+    a = a.astype(np.int64)
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0:
+        raise ValueError(f"integer image with negative values ({lo}..{hi}); save it as 8- or 16-bit PNG")
+    top = 255 if hi <= 255 else 65535 if hi <= 65535 else (1 << hi.bit_length()) - 1
+    return scale_to_uint8(a, top)
+
+
+def to_rgb_array(im: Image.Image, significant_bits: int | None = None) -> np.ndarray:
+    """Pillow image of any mode -> uint8 RGB array. 16-bit, 32-bit and float images are rescaled to 8 bit.
+
+    16-bit grayscale (also a 32-bit integer one whose values fit 16 bits): :func:`gray16_top` with the
+    PNG's declared ``significant_bits``, rounded to the nearest 8-bit level. 16-bit colour PNGs keep
+    Pillow's reading (the high byte of each sample). Other 32-bit integer and float images:
+    :func:`gray_levels`. EXIF orientation is not applied here (:func:`load_image` does).
+    """
+    if im.mode.startswith("I;16") or _is_int16_in_int32(im):
         a = np.asarray(im).astype(np.uint16)
         return np.repeat(scale_to_uint8(a, gray16_top(a, significant_bits))[..., None], 3, axis=2)
     if im.mode in ("I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if a.max() > 255 else 255.0
-        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(a[..., None], 3, axis=2)
+        return np.repeat(gray_levels(np.asarray(im))[..., None], 3, axis=2)
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode != "RGB":
@@ -150,22 +211,48 @@ def to_rgb_array(im: Image.Image, significant_bits: int | None = None) -> np.nda
     return np.asarray(im, dtype=np.uint8)
 
 
-def load_mask(path: Path) -> np.ndarray:
+#: Formats whose compression changes pixel values: a mask saved so rings around every edge.
+LOSSY_FORMATS = ("JPEG", "MPO", "JPEG2000")
+
+
+def load_mask(path: Path, lossy: list | None = None) -> np.ndarray:
     """Binary mask (H, W) uint8 in {0, 1}: every non-zero pixel is a defect, so 0/255, 0/1 and
     class-id masks (1..k) all work. Palette masks are read by index (class ids), colour masks by any
-    non-zero channel; an alpha channel is ignored."""
+    non-zero channel; an alpha channel is ignored; the EXIF orientation is applied as for images.
+
+    A mask in a lossy format (JPEG: :data:`LOSSY_FORMATS`) is binarized at half its range instead
+    (128 of 255), since compression rings around every edge; it is appended to ``lossy`` when given,
+    else warned about (:func:`lossy_mask_message`)."""
     try:
         with Image.open(path) as im:
             im.load()
-            mode = im.mode
+            mode, fmt = im.mode, im.format
+            orientation = exif_orientation(im)
             a = np.asarray(im)
     except Exception as e:  # noqa: BLE001  (any decoder failure is this file's)
         raise DataError(f"cannot read mask {path}: {exception_reason(e)}; replace or remove the file") from None
+    is_lossy = fmt in LOSSY_FORMATS
+    if is_lossy:
+        half = (np.iinfo(a.dtype).max + 1) // 2 if np.issubdtype(a.dtype, np.integer) else 0.5
+        a = a >= half
     if a.ndim == 3:
         if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
             a = a[..., :-1]
         a = a.any(axis=2)
-    return (a != 0).astype(np.uint8)
+    if is_lossy:
+        if lossy is not None:
+            lossy.append(Path(path))
+        else:
+            warnings.warn(lossy_mask_message([path]), stacklevel=2)
+    return apply_orientation((a != 0).astype(np.uint8), orientation)
+
+
+def lossy_mask_message(paths) -> str:
+    paths = list(paths)
+    names = ", ".join(str(p) for p in paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return (f"{len(paths)} mask(s) are saved in a lossy format (JPEG), whose compression rings around every "
+            f"edge: they are binarized at half their range (a pixel is a defect at 128 of 255 or more) "
+            f"instead of at any non-zero value: {names}; save masks as PNG to keep them exact")
 
 
 # ---------------------------------------------------------------------------------- preprocessing
@@ -243,7 +330,8 @@ def load_train_set(cfg: Config, skip_bad: bool = False) -> TrainSet:
     cfg = as_resolved(cfg)
     root = category_dir(cfg.data_dir, cfg.category)
     good = good_folder(root / TRAIN)
-    paths = list_images(good)
+    paths, other = scan_images(good)  # day or lot sub-folders included
+    warn_skipped(other, str(good))
     if not paths:
         raise DataError(f"no images in {good}; expected image files there "
                         f"({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}, any letter case)")
@@ -280,9 +368,11 @@ def load_test_set(cfg: Config, skip_bad: bool = False, with_masks: bool = True) 
     image-level use only, masks neither read nor checked). :class:`DataError` for a missing or empty test folder,
     unreadable images (unless ``skip_bad``) or a mask of another size than its image."""
     cfg = as_resolved(cfg)
-    root = category_dir(cfg.data_dir, cfg.category)
+    root = test_category_dir(cfg.data_dir, cfg.category)  # the training images are not needed
     test_root = root / TEST
-    found = test_image_paths(cfg.data_dir, cfg.category)
+    other = []
+    found = test_image_paths(cfg.data_dir, cfg.category, other)
+    warn_skipped(other, str(test_root))
     if found is None:
         raise DataError(f"no test folder {test_root}; the MVTec layout needs test/good and test/<defect>")
     paths, types = found
@@ -299,15 +389,15 @@ def load_test_set(cfg: Config, skip_bad: bool = False, with_masks: bool = True) 
     if with_masks and has_ground_truth(cfg.data_dir, cfg.category):
         finder = MaskFinder(root / GROUND_TRUTH)
         masks = np.zeros((len(paths), cfg.image_size, cfg.image_size), np.uint8)
-        missing, empty = {}, []
+        missing, empty, lossy = {}, [], []
         for i, (p, t) in enumerate(zip(paths, types)):
             if t == GOOD:
                 continue
-            mp = finder.find(p, t)
+            mp = finder.find(p, t, within=Path(p).parent.relative_to(test_root / t))
             if mp is None:
                 missing.setdefault(t, []).append(p)
                 continue
-            m = load_mask(mp)
+            m = load_mask(mp, lossy)
             h, w = load_image_size(p)
             if m.shape != (h, w):
                 raise DataError(f"mask {mp} is {m.shape[1]}x{m.shape[0]} but its image {p} is "
@@ -318,6 +408,8 @@ def load_test_set(cfg: Config, skip_bad: bool = False, with_masks: bool = True) 
             masks[i] = np.asarray(kind_of(cfg).fit_mask(m, cfg))
             has_mask[i] = True
         warn_missing_masks(finder, missing)
+        if lossy:
+            warnings.warn(lossy_mask_message(lossy), stacklevel=2)
         if empty:
             warnings.warn(f"{len(empty)} mask file(s) have no defect pixel (every non-zero pixel is a defect, "
                           f"these are all zero): {', '.join(str(p) for p in empty)}; their images add only "
@@ -422,6 +514,11 @@ def download_category(category: str, data_dir: str | Path, url: str | None = Non
     target = data_dir / category
     if (target / TRAIN / GOOD).is_dir():
         return target
+    from .layout import check_not_category_folder
+    from .runfolder import check_writable
+
+    check_not_category_folder(data_dir, category)  # not data/bottle/bottle
+    check_writable(data_dir, "--data-dir DIR", "the downloaded category")
     if url == MVTEC_URL and category not in CATEGORIES:
         # checked before fetching about 5 GB: the official archive holds only MVTec AD's 15 categories
         raise DataError(f"'{category}' is not an MVTec AD category, so --download cannot fetch it (one of: "

@@ -300,8 +300,13 @@ class EvaluationResult:
 def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | None = None,
                  label: str | None = None, data_dir: str | None = None, rescore: bool = False,
                  skip_bad_images: bool = False, progress: bool = True, model=None, pixel: bool = True,
-                 sigma: float | None = None, stride: int | None = None, rules=None) -> EvaluationResult:
+                 sigma: float | None = None, stride: int | None = None, rules=None,
+                 out_dir: str | Path | None = None) -> EvaluationResult:
     """Score (or reuse the stored parts of) a run's test set and write the evaluation files.
+
+    ``out_dir``: where the evaluation files go (default: the run folder; ``--out``), e.g. for a run on a
+    read-only disk; checked before scoring (:func:`cbigan.runfolder.check_writable`). Stored parts are
+    reused from there, else from the run folder.
 
     ``lambdas``: the sweep (default: just the chosen lambda). ``score_lambda``: the chosen lambda for
     ``scores.csv`` and the tables (default: the run's ``score_lambda``, the paper's 0.1). The stored
@@ -322,6 +327,7 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
     for one computes them (stored in ``pixel_maps.npz``, without masks when there is no ground truth).
     """
     run_dir = check_run_dir(run_dir)
+    out = evaluation_dir(run_dir, out_dir)
     cfg = read_config(run_dir)
     if data_dir is not None:
         cfg = _with_data_dir(cfg, data_dir)
@@ -353,7 +359,9 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
             rules = [r for r in rules if r not in FUSED_RULES]  # they would repeat map_max
 
     scored, reused, skipped = None, False, []
-    parts, pixel_file = run_dir / PARTS_NPZ, run_dir / PIXEL_NPZ
+    parts, pixel_file = out / PARTS_NPZ, out / PIXEL_NPZ
+    if not parts.is_file() and out != run_dir:  # reuse what the run folder holds
+        parts, pixel_file = run_dir / PARTS_NPZ, run_dir / PIXEL_NPZ
     if parts.is_file() and not rescore and not skip_bad_images:
         try:
             old = ImageResults.load_parts(parts)
@@ -376,24 +384,24 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
                                     sigma=sigma, stride=stride, skipped=skipped)
         except DataError as e:
             raise EvaluationError(str(e)) from None
-        scored.save_parts(parts)
+        scored.save_parts(out / PARTS_NPZ)
         if scored.has_maps:
-            scored.save_maps(pixel_file)
+            scored.save_maps(out / PIXEL_NPZ)
     from dataclasses import replace as _replace
 
     scored = _replace(scored, fusion=fusion_stats(cfg))  # the run's, calibrated with its threshold
 
     scores_df = scores_table(scored, chosen, threshold, rule=rule, topk=cfg.score_topk, margin=cfg.score_margin)
-    write_atomic(run_dir / SCORES_CSV, lambda p: scores_df.to_csv(p, index=False, float_format="%.6g"))
+    write_atomic(out / SCORES_CSV, lambda p: scores_df.to_csv(p, index=False, float_format="%.6g"))
     t0 = time.monotonic()
     try:
         metrics_df = metrics_table(scored, lambdas, chosen, threshold, rule=rule, rules=rules,
                                    topk=cfg.score_topk, margin=cfg.score_margin)
     except MetricError as e:
         raise MetricError(f"metrics of {run_dir} are undefined: {e} (per-image scores are in "
-                          f"{run_dir / SCORES_CSV})") from None
+                          f"{out / SCORES_CSV})") from None
     metric_seconds = time.monotonic() - t0
-    write_atomic(run_dir / METRICS_CSV, lambda p: metrics_df.to_csv(p, index=False, float_format="%.6g"))
+    write_atomic(out / METRICS_CSV, lambda p: metrics_df.to_csv(p, index=False, float_format="%.6g"))
 
     sel = selected_on_test(run_dir, cfg)
     at = metrics_df[metrics_df["chosen"]].iloc[0]
@@ -401,6 +409,7 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
     summary = {
         "run": run_dir.name,
         "run_dir": str(run_dir),
+        "out_dir": str(out),  # where these files are (the run folder unless --out)
         "category": cfg.category,
         "kind": cfg.kind,
         "alpha": cfg.alpha,
@@ -451,8 +460,26 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
         summary["at_threshold_by_rule"] = {
             r: {k: _float_or_none(row[f"thr_{k}[{r}]"]) for k in ("recall", "false_alarm_rate")}
             for r in rules if f"thr_recall[{r}]" in row.index}
-    write_evaluation(run_dir, summary)
+    write_evaluation(out, summary)
     return EvaluationResult(run_dir, summary, metrics_df, scores_df, reused)
+
+
+def evaluation_dir(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Where the evaluation of ``run_dir`` is written (``out_dir``, else the run folder), checked to be
+    writable before any scoring: a one-line :class:`EvaluationError` naming ``--out`` otherwise."""
+    from .errors import DataError
+    from .runfolder import check_writable
+
+    out = Path(run_dir if out_dir is None else out_dir)
+    try:
+        check_writable(out, "--out DIR", "the evaluation files")
+        out.mkdir(parents=True, exist_ok=True)
+    except DataError as e:
+        raise EvaluationError(str(e)) from None
+    except OSError as e:
+        raise EvaluationError(f"cannot write the evaluation files to {out}: {e.strerror}; pass --out DIR "
+                              f"to write them elsewhere") from None
+    return out
 
 
 def _float_or_none(v) -> float | None:
@@ -547,5 +574,5 @@ def format_report(ev: EvaluationResult) -> str:
         cols += [c for c in ("pixel_auroc", "aupro") if c in ev.metrics.columns]
         lines.append(ev.metrics[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     files = [SCORES_CSV, METRICS_CSV, PARTS_NPZ] + ([PIXEL_NPZ] if s.get("pixel") else []) + [EVALUATION_JSON]
-    lines.append(f"wrote {', '.join(files)} in {s['run_dir']}")
+    lines.append(f"wrote {', '.join(files)} in {s.get('out_dir') or s['run_dir']}")
     return "\n".join(lines)

@@ -51,6 +51,12 @@ SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes")
 OUTPUTS = ("score", "is_anomaly", "threshold", "anomaly_map", "reconstruction")
 
 
+#: What the export does with a photo's EXIF orientation (also in its metadata and docs/serving.md).
+EXIF_NOTE = ("serving_bytes decodes the stored pixels and does not apply the EXIF orientation (TensorFlow's "
+             "decoders ignore it): send upright pixels (serving_default, as cbigan.predict does after applying "
+             "it with Pillow) or files without a rotating orientation tag")
+
+
 class ExportError(RuntimeError):
     """A problem with an export folder, with a one-line message that says what to do."""
 
@@ -154,7 +160,7 @@ def decode_image_bytes(b):
       their palette here (``tf.io.decode_bmp`` would return the indices as gray levels).
 
     Anything else fails with an ``InvalidArgumentError`` whose message starts with ``cbigan:`` and
-    says what to send instead: TIFF (TensorFlow has no decoder), GIF and WebP (not read by training),
+    says what to send instead: TIFF (TensorFlow has no decoder), GIF (not an image format of the training sets) and WebP (no TensorFlow decoder),
     BMP of other bit depths or compressions, unknown bytes.
     """
     b = tf.convert_to_tensor(b, tf.string)
@@ -232,8 +238,8 @@ def decode_image_bytes(b):
                        f"send PNG, or {_FALLBACK}"),
                 refuse(f"cbigan: serving_bytes does not take GIF files (training reads PNG, JPEG, BMP and "
                        f"TIFF); send PNG, or {_FALLBACK}"),
-                refuse(f"cbigan: serving_bytes does not take WebP files (training does not read them); send "
-                       f"PNG, or {_FALLBACK}"),
+                refuse(f"cbigan: serving_bytes cannot decode WebP files (TensorFlow has no WebP decoder); "
+                       f"send PNG, or {_FALLBACK}"),
                 refuse(f"cbigan: serving_bytes takes {BYTES_FORMATS}; these bytes are none of them; "
                        f"{_FALLBACK}")]
     return tf.ensure_shape(tf.switch_case(index, branches), [None, None, 3])
@@ -375,6 +381,7 @@ def metadata(cfg: Config, threshold_info: dict | None, run_dir: str | Path | Non
             "serving_uint8": "images uint8 [N, H, W, 3]",
             "serving_bytes": f"image_bytes string [N] encoded files: {BYTES_FORMATS}",
         },
+        "exif_orientation": EXIF_NOTE,
         "outputs": list(OUTPUTS),
         "tensorflow": tf.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -449,7 +456,11 @@ def resolve_threshold(run_dir: Path, cfg: Config, model, *, threshold: float | N
         train_set = load_train_set(cfg, skip_bad=skip_bad_images)
         info = calibrate_threshold(model, cfg, train_set.val_images, n_images=train_set.n_images,
                                    regions=train_set.val_regions)
-        write_threshold(run_dir, info)
+        try:
+            write_threshold(run_dir, info)
+        except OSError as e:  # a read-only run folder: the export carries the threshold all the same
+            print(f"note: the calibrated threshold is not saved in {run_dir} ({e.strerror}); the export "
+                  f"carries it")
         if verbose:
             print(f"calibrated threshold: {info['threshold']} ({info['rule']})")
     return info

@@ -8,8 +8,10 @@ raw: resizing, scaling and texture patching happen in the model's graph, as in T
 export (a ``.tflite`` file, or a folder holding one) runs in the LiteRT interpreter, the kind's resize
 before it in TensorFlow (:class:`cbigan.litert.LiteRTModel`).
 
-Folders are searched recursively for PNG/JPEG/BMP/TIFF files. Unreadable files are reported by name
-on stderr and skipped; the others are still scored. Output: a table on stdout and a CSV
+Folders are searched recursively (symlinked folders followed) for every file Pillow decodes
+(:func:`cbigan.layout.scan_images`: PNG, JPEG/JFIF, WebP, BMP, TIFF, ..., any letter case); other files
+there and unreadable ones are reported by name on stderr and skipped; the others are still scored.
+EXIF orientation is applied before the model sees the pixels (:func:`cbigan.data.load_image`). Output: a table on stdout and a CSV
 (``path,score,is_anomaly``; ``is_anomaly`` is empty when the model has no calibrated threshold).
 ``--maps DIR`` writes one figure per image: the input, its reconstruction and the anomaly map
 (per-pixel |x - G(E(x))|) overlaid on the input, all maps on one colour scale.
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataError, load_image
-from .layout import is_hidden, is_image_name
+from .layout import scan_images
 from .runfolder import is_run_dir, read_threshold, write_atomic
 
 DISPLAY_SIDE = 256  # maps and images kept for --maps are pooled down to at most this side
@@ -55,17 +57,19 @@ class Results:
 
 # ---------------------------------------------------------------------------------- inputs
 def collect_inputs(items) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files named directly or found (recursively, sorted) in folders; missing paths as errors.
+    """Image files named directly or found (recursively, sorted) in folders; missing paths and the
+    other files of a folder (not images: named with the reason) as ``(path, reason)``.
 
-    A folder search skips hidden names (``._000.png`` AppleDouble sidecars, ``.DS_Store``, files under
-    ``.ipynb_checkpoints``): operating-system metadata, not images (:func:`cbigan.layout.is_hidden`).
+    A folder search (:func:`cbigan.layout.scan_images`, the listing of training and evaluation too)
+    skips hidden names (``._000.png`` AppleDouble sidecars, ``.DS_Store``, files under
+    ``.ipynb_checkpoints``): operating-system metadata, not images.
     """
     files, bad, seen = [], [], set()
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and is_image_name(q.name)
-                           and not any(is_hidden(part) for part in q.relative_to(p).parts))
+            found, other = scan_images(p)
+            bad.extend(other)
         elif p.is_file():
             found = [p]
         else:
@@ -241,7 +245,7 @@ def print_table(res: Results, out=None) -> None:
     if res.threshold is not None:
         tail += f", {n_anom} anomalous"
     if res.bad:
-        tail += f", {len(res.bad)} skipped (unreadable): " + ", ".join(str(p) for p, _ in res.bad)
+        tail += f", {len(res.bad)} skipped (not images or unreadable): " + ", ".join(str(p) for p, _ in res.bad)
     print(tail, file=out)
 
 
@@ -262,12 +266,29 @@ def write_csv(res: Results, path: str | Path) -> Path:
 
 
 def map_names(paths) -> dict:
-    """Unique overlay file names: the path relative to the inputs' common folder, '/' -> '__'."""
+    """Unique overlay file names: the path relative to the inputs' common folder, '/' -> '__'.
+
+    Names are unique also across extension and letter case (``000.png`` + ``000.jpg``, ``001.png`` +
+    ``001.PNG`` on a case-insensitive disk): where stems collide the extension is kept (``000_jpg.png``),
+    and a counter separates what still does (``001_PNG-2.png``)."""
     paths = [Path(p).resolve() for p in paths]
     if not paths:
         return {}
     common = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    return {p: "__".join(p.relative_to(common).with_suffix("").parts) + ".png" for p in paths}
+    stems = {p: "__".join(p.relative_to(common).with_suffix("").parts) for p in paths}
+    count: dict = {}
+    for stem in stems.values():
+        count[stem.lower()] = count.get(stem.lower(), 0) + 1
+    names, taken = {}, set()
+    for p in paths:
+        name = stems[p] + (f"_{p.suffix.lstrip('.')}" if count[stems[p].lower()] > 1 and p.suffix else "")
+        unique, k = name, 1
+        while unique.lower() in taken:
+            k += 1
+            unique = f"{name}-{k}"
+        taken.add(unique.lower())
+        names[p] = unique + ".png"
+    return names
 
 
 def write_maps(res: Results, display: dict, out_dir: str | Path, vmax: float | None = None) -> list[Path]:

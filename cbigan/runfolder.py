@@ -146,6 +146,33 @@ def truncate_csv(path: str | Path, max_step: int) -> None:
     write_atomic(path, write)
 
 
+# ---------------------------------------------------------------------------------- writable places
+def check_writable(folder: str | Path, flag: str, what: str = "files") -> Path:
+    """``folder`` (made later if missing) when this process may write there; else a one-line
+    :class:`DataError` naming the folder, why (a read-only file system, no permission) and ``flag``,
+    the option that writes elsewhere (``--out``, ``--csv``, ``--export-dir``, ...).
+
+    The one check of every command, run before its work starts, so that nothing computed is lost to a
+    place it cannot be written. A missing folder is judged by its nearest existing parent."""
+    given = Path(folder).expanduser()
+    folder = Path(os.path.abspath(given))  # the messages name where it is, also for "."
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise DataError(f"cannot write {what} to {folder}: {probe} is a file, not a folder; pass {flag} "
+                        f"to write elsewhere")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        try:
+            read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = "a read-only file system" if read_only else "no write permission"
+        raise DataError(f"cannot write {what} to {folder} ({why} at {probe}); pass {flag} to write them "
+                        f"elsewhere")
+    return given
+
+
 # ---------------------------------------------------------------------------------- the folder itself
 def run_dir_of(cfg: Config) -> Path:
     """``<output_dir>/<category>/<run_name>`` of a config whose ``run_name`` is set."""
@@ -154,7 +181,7 @@ def run_dir_of(cfg: Config) -> Path:
 
 def prepare_run_dir(cfg: Config) -> Path:
     """Create the run folder and check that it is writable and has room, before any training."""
-    run_dir = run_dir_of(cfg)
+    run_dir = run_dir_of(cfg)  # its own probe below: the folder is made and written at once
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"

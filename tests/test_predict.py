@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
     for sub in ("good", "red_square"):
         shutil.copytree(data / "big_obj" / "test" / sub, inputs / sub)   # 90 px RGB PNGs, same names
     (inputs / "good" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    (inputs / "notes.txt").write_text("not an image: ignored")
+    (inputs / "notes.txt").write_text("not an image: named")
     gray = (np.arange(50 * 70) % 251).reshape(50, 70).astype(np.uint8)
     Image.fromarray(gray, "L").save(inputs / "small_gray.jpg")           # other size and mode
     return {"run": run_dir, "export": export, "inputs": inputs, "threshold": info["threshold"]}
@@ -65,7 +65,8 @@ def test_folder_with_corrupt_file(setup, tmp_path, capsys):
     for r in rows:
         assert np.isfinite(float(r["score"]))
         assert r["is_anomaly"] == ("true" if float(r["score"]) > thr else "false")
-    assert "7 scored" in out and "1 skipped" in out and "threshold:" in out
+    assert "7 scored" in out and "2 skipped" in out and "threshold:" in out
+    assert "notes.txt: not an image file" in err                         # named, with the reason (issue 37)
     # one overlay per scored image; same file names in two folders do not collide
     pngs = sorted(p.name for p in maps.iterdir())
     assert len(pngs) == 7 and "good__000.png" in pngs and "red_square__000.png" in pngs

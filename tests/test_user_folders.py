@@ -162,7 +162,11 @@ def test_mask_found_by_stem_with_any_extension_and_case(tmp_path, name):
     mask = Image.open(gt / "000_mask.png")
     (gt / "000_mask.png").unlink()
     mask.save(gt / name.format(stem="000", STEM="000"))
-    te = load_test_set(cfg_for(tmp_path, "cat"))
+    if name.endswith(".jpeg"):  # a lossy mask is binarized at half its range, with a warning (issue 37)
+        with pytest.warns(UserWarning, match="lossy format"):
+            te = load_test_set(cfg_for(tmp_path, "cat"))
+    else:
+        te = load_test_set(cfg_for(tmp_path, "cat"))
     assert te.has_mask.all() and te.masks[te.labels == 1].sum() > 0
 
 

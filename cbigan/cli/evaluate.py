@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no anomaly maps and pixel metrics, even when the category has ground-truth masks")
     p.add_argument("--out", type=Path, default=None,
                    help="where --table writes CSV and Markdown (default: a folder 'tables' beside the runs, "
-                        "DIR/tables for --table DIR)")
+                        "DIR/tables for --table DIR); with run folders: where their evaluation files go "
+                        "instead of each run folder (several runs: OUT/<category>/<run>), e.g. for a run on a "
+                        "read-only disk")
     p.add_argument("--report", action="store_true",
                    help="also write RUN/report.html: one self-contained inspection page (metrics, ROC, "
                         "histogram, every test image sorted by score with its anomaly map)")
@@ -108,16 +110,24 @@ def _run(args) -> int:
             print("error: pass a run folder runs/<category>/<run>, or --table, or --compare A B",
                   file=sys.stderr)
             return 2
-        from ..evaluation import check_run_dir, evaluate_run, format_report
+        from ..evaluation import check_run_dir, evaluate_run, evaluation_dir, format_report
 
-        for run in args.runs:  # check every folder before the slow part
+        if args.report and args.out is not None:
+            print("error: --report writes into the run folder, which --out leaves untouched; run --report "
+                  "without --out", file=sys.stderr)
+            return 2
+        outs = {}
+        for run in args.runs:  # check every folder, and where it is written, before the slow part
             check_run_dir(run)
+            out = None if args.out is None else (
+                args.out if len(args.runs) == 1 else args.out / Path(run).resolve().parent.name / Path(run).name)
+            outs[run] = evaluation_dir(run, out)
         for run in args.runs:
             ev = evaluate_run(run, args.lambdas, score_lambda=args.score_lambda, label=args.label,
                               data_dir=args.data_dir, rescore=args.rescore,
                               skip_bad_images=args.skip_bad_images, progress=not args.quiet,
                               pixel=not args.no_pixel, sigma=args.sigma, stride=args.stride,
-                              rules=args.rules)
+                              rules=args.rules, out_dir=outs[run])
             print(format_report(ev))
             if args.report:
                 from ..report import write_report

@@ -43,6 +43,15 @@ def main(argv=None) -> int:
     from ..data import DataError
     from ..export import ExportError
 
+    from pathlib import Path
+
+    from ..runfolder import EXPORT, check_writable
+
+    try:  # before loading and calibrating: the export is never lost to a place it cannot be written
+        check_writable(args.export_dir or Path(args.run_dir) / EXPORT, "--export-dir DIR", "the export")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     threshold = dict(threshold=args.threshold, recalibrate=args.recalibrate,
                      percentile=args.threshold_percentile, skip_bad_images=args.skip_bad_images)
     try:

@@ -46,6 +46,15 @@ def main(argv=None) -> int:
     from ..data import DataError
     from ..predict import collect_inputs, open_model, predict, print_table, write_csv, write_maps
 
+    from ..runfolder import check_writable
+
+    try:  # before scoring: results are never lost to a place that cannot be written
+        check_writable(Path(args.csv).expanduser().parent, "--csv FILE", "the predictions CSV")
+        if args.maps:
+            check_writable(args.maps, "--maps DIR", "the heat-map overlays")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     files, missing = collect_inputs(args.inputs)
     if not files:
         for path, why in missing:
