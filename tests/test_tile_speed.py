@@ -68,3 +68,13 @@ def test_region_only_scores_fewer_tiles():
     assert len(idx) == 13 * 31                                 # rows below 416, every column
     with_grid = needed_patches(pos, 64, 1024, tf.constant([[400, 1000]]), 16, keep_grid=True).numpy()
     assert len(with_grid) == 13 * 31 + 16 * 16 - 7 * 16        # plus the grid rows below
+
+
+def test_the_serve_benchmark_counts_only_the_tiles_a_region_scores():
+    from cbigan.bench.serve import graph_flops
+    from cbigan.model import build_model
+
+    cfg = _cfg()
+    model = build_model(cfg)
+    full, part = graph_flops(model, cfg), graph_flops(model, cfg, (60, 256))
+    assert 0 < part < full
