@@ -406,6 +406,9 @@ class Localizer:
         self.patches_per_call = patches_per_call
         #: each image's global view is mapped beside the tiles (a model trained with ``global_views``)
         self.global_view = bool(self.cfg.global_views)
+        #: tiles: only the tiles the maps inside the images' regions need, and the whole grid of the
+        #: per-patch parts (:func:`localize`'s ``region_only``); the maps outside the regions are not kept
+        self.region_only = kind_of(self.cfg).name == "tiles"
         size = self.cfg.image_size
         spec = [tf.TensorSpec([None, size, size, 3], tf.uint8), tf.TensorSpec([None, 2], tf.int32)]
         self._fn = tf.function(self._localize, reduce_retracing=True, input_signature=spec)
@@ -435,7 +438,7 @@ class Localizer:
         return localize(m.ema_encoder, m.ema_generator, self.features,
                         to_model_range(images_uint8, self.cfg.normalize),
                         patch=self.cfg.patch_size, lam=self.lam, sigma=self.sigma, stride=self.stride,
-                        global_view=self.global_view, regions=regions)
+                        global_view=self.global_view, regions=regions, region_only=self.region_only)
 
     def _specs(self, keys) -> dict:
         s, grid = self.cfg.image_size, (self.cfg.image_size // self.cfg.patch_size) ** 2

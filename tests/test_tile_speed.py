@@ -78,3 +78,24 @@ def test_the_serve_benchmark_counts_only_the_tiles_a_region_scores():
     model = build_model(cfg)
     full, part = graph_flops(model, cfg), graph_flops(model, cfg, (60, 256))
     assert 0 < part < full
+
+
+def test_evaluation_maps_inside_the_regions_and_parts_are_the_whole_canvases():
+    from cbigan.localization import Localizer
+    from cbigan.model import build_model
+
+    cfg = _cfg(global_views=0.5)
+    model = build_model(cfg)
+    imgs = np.random.default_rng(5).integers(0, 256, (3, 256, 256, 3)).astype(np.uint8)
+    regions = np.array([[60, 200], [256, 100], [30, 30]], np.int32)
+    new = Localizer(model, cfg, sigma=4.0, stride=32)
+    old = Localizer(model, cfg, sigma=4.0, stride=32)
+    old.region_only = False
+    a, b = new.run(imgs, regions=regions), old.run(imgs, regions=regions)
+    assert new.region_only
+    for key in ("l_r", "l_fd", "global_r", "global_fd"):
+        np.testing.assert_allclose(getattr(a, key), getattr(b, key), rtol=1e-5, atol=1e-6, err_msg=key)
+    for i, (h, w) in enumerate(regions):
+        np.testing.assert_allclose(a.map_r[i, :h, :w], b.map_r[i, :h, :w], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.map_fd[i, :h, :w], b.map_fd[i, :h, :w], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.rule_scores(cfg), b.rule_scores(cfg), rtol=1e-4)
