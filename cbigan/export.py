@@ -36,7 +36,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from .anomaly_score import anomaly_map, combine, fusion_stats, global_weight, rule_scores
+from .anomaly_score import MAP_RULES, anomaly_map, combine, fusion_stats, global_weight, rule_scores
 from .config import Config, as_resolved
 from .runfolder import EXPORT, is_run_dir
 from .data import PNG_SIGNATURE, to_model_range
@@ -248,8 +248,11 @@ def decode_image_bytes(b):
 class ServingGraph:
     """The exported computation, also usable in-process (``predict`` on a run folder, benchmarks)."""
 
-    def __init__(self, model, cfg: Config, threshold: float | None):
+    def __init__(self, model, cfg: Config, threshold: float | None, region_only: bool | None = None):
         self.cfg = as_resolved(cfg)
+        #: tiles: score only the tiles the maps inside the image's region need (:func:`localize`'s
+        #: ``region_only``; the same scores, maps and reconstruction there); False: the whole canvas
+        self.region_only = kind_of(self.cfg).name == "tiles" if region_only is None else bool(region_only)
         self.encoder, self.generator = model.ema_encoder, model.ema_generator
         self.features = feature_extractor(model.critic, self.cfg.feature_layer)
         self.threshold = None if threshold is None else float(threshold)
@@ -274,7 +277,8 @@ class ServingGraph:
         sigma, stride = map_settings(cfg)  # stride None: the patch size
         out = localize(self.encoder, self.generator, self.features, to_model_range(images_uint8, cfg.normalize),
                        patch=cfg.patch_size, lam=lam, sigma=sigma, stride=stride,
-                       global_view=bool(cfg.global_views), regions=regions)
+                       global_view=bool(cfg.global_views), regions=regions, region_only=self.region_only,
+                       keep_grid=cfg.image_score not in MAP_RULES)
         glob = combine(out["global_r"], out["global_fd"], lam) if "global_r" in out else None
         weight = global_weight(cfg)
         score = rule_scores(cfg.image_score, lam, l_r=out["l_r"], l_fd=out["l_fd"], maps=out["anomaly_map"],

@@ -90,6 +90,63 @@ def extract_patches(x, pos: np.ndarray, patch: int):
     return tf.reshape(cells, tf.stack([-1, p, p, c]))
 
 
+def blur_reach(sigma: float, truncate: float = TRUNCATE) -> int:
+    """Pixels the Gaussian smoothing reaches to each side (0 without smoothing)."""
+    return 0 if sigma is None or float(sigma) <= 0 else (len(gaussian_kernel(sigma, truncate)) - 1) // 2
+
+
+def needed_patches(pos: np.ndarray, patch: int, size: int, regions, reach: int, keep_grid: bool):
+    """Flat (row-major) indices [M] of the patches at ``pos`` x ``pos`` that a batch's maps inside its
+    ``regions`` ([N, 2] (h, w), placed top-left) need: those whose window reaches a pixel of the union of
+    the regions grown by ``reach`` (the blur's), plus, with ``keep_grid``, every non-overlapping grid
+    patch (the paper's per-patch parts over the whole canvas). Every patch that covers a pixel of the
+    grown region is among them, so the stitched and smoothed map there is the full canvas's."""
+    k = len(pos)
+    regions = tf.cast(regions, tf.int32)
+    lim_h = tf.reduce_max(regions[:, 0]) + int(reach)
+    lim_w = tf.reduce_max(regions[:, 1]) + int(reach)
+    p = tf.constant(pos, tf.int32)
+    mask = tf.logical_and((p < lim_h)[:, None], (p < lim_w)[None, :])
+    mask = tf.reshape(mask, [k * k])
+    if keep_grid:
+        grid = np.zeros(k * k, bool)
+        grid[_grid_subset(pos, size, patch)] = True
+        mask = tf.logical_or(mask, tf.constant(grid))
+    return tf.cast(tf.where(mask)[:, 0], tf.int32)
+
+
+def _patch_pixel_indices(pos: np.ndarray, patch: int) -> np.ndarray:
+    """[K*K, p, p, 2] (row, column) of every pixel of every patch, row-major as :func:`extract_patches`."""
+    k, p = len(pos), int(patch)
+    rows = pos[:, None] + np.arange(p)[None, :]                                    # [K, p]
+    iy = np.broadcast_to(rows[:, None, :, None], (k, k, p, p))
+    ix = np.broadcast_to(rows[None, :, None, :], (k, k, p, p))
+    return np.stack([iy, ix], -1).reshape(k * k, p, p, 2).astype(np.int32)
+
+
+def extract_some_patches(x, pos: np.ndarray, patch: int, index):
+    """[N, S, S, C] -> [N * M, p, p, C]: the patches of flat indices ``index`` [M] (among ``pos`` x ``pos``,
+    row-major), image by image."""
+    pix = tf.gather(tf.constant(_patch_pixel_indices(pos, patch)), index)         # [M, p, p, 2]
+    cells = tf.gather_nd(tf.transpose(x, (1, 2, 0, 3)), pix)                      # [M, p, p, N, C]
+    cells = tf.transpose(cells, (3, 0, 1, 2, 4))                                  # [N, M, p, p, C]
+    p = int(patch)
+    return tf.reshape(cells, tf.stack([-1, p, p, tf.shape(x)[3]]))
+
+
+def stitch_some(maps, pos: np.ndarray, patch: int, size: int, index):
+    """:func:`stitch` of only the patches ``index`` [M] (maps [N * M, p, p]): pixels that every patch
+    covering them is among ``index`` are exactly :func:`stitch`'s; the rest lack the missing patches."""
+    k, p, s = len(pos), int(patch), int(size)
+    cover = np.zeros(s, np.float32)
+    for y0 in pos:
+        cover[y0:y0 + p] += 1.0
+    pix = tf.reshape(tf.gather(tf.constant(_patch_pixel_indices(pos, patch)), index), (-1, 2))
+    m = tf.reshape(maps, tf.stack([-1, tf.size(index) * p * p]))                  # [N, M*p*p]
+    summed = tf.scatter_nd(pix, tf.transpose(m), tf.stack([s, s, tf.shape(m)[0]]))
+    return tf.transpose(summed, (2, 0, 1)) / tf.constant(cover[:, None] * cover[None, :])[None]
+
+
 def stitch(maps, pos: np.ndarray, patch: int, size: int):
     """Per-patch maps [N * K*K, p, p] (row-major, as :func:`extract_patches`) -> [N, S, S].
 
@@ -227,7 +284,8 @@ def global_view_parts(encoder, generator, features, x, regions, *, patch: int, s
 
 
 def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
-             sigma: float = DEFAULT_SIGMA, stride: int | None = None, global_view: bool = False, regions=None):
+             sigma: float = DEFAULT_SIGMA, stride: int | None = None, global_view: bool = False, regions=None,
+             region_only: bool = False, keep_grid: bool = True):
     """Score parts and anomaly maps of full images ``x`` in [-1, 1], [N, S, S, 3] (static S).
 
     Returns a dict of tensors:
@@ -244,6 +302,13 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
     whole image), which the map rules add to the image score (:func:`cbigan.anomaly_score.rule_scores`);
     ``anomaly_map`` and the paper's parts stay the tiles' (the map shown adds the global view's:
     :func:`cbigan.anomaly_score.anomaly_map`).
+
+    ``region_only`` (tiles with ``regions``): score only the patches that the maps inside the union of
+    the batch's regions need (:func:`needed_patches`: the regions grown by the blur's reach), plus the
+    non-overlapping grid with ``keep_grid`` (the paper's ``l_r``, ``l_fd`` over the whole canvas, which
+    the ``paper`` and fused rules read). The scores, and the maps and reconstruction inside the regions,
+    are those of the full pass (within float rounding); outside them the maps lack the skipped patches
+    and, without ``keep_grid``, ``l_r``, ``l_fd`` and the reconstruction of skipped grid patches are 0.
     """
     size = x.shape[1]
     if size is None or x.shape[2] != size:
@@ -254,6 +319,10 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
     sub = _grid_subset(pos, size, patch)
     full = len(sub) == k * k
     grid = size // patch
+    if region_only and regions is not None and k > 1:
+        return _localize_region(encoder, generator, features, x, pos=pos, sub=sub, patch=patch, size=size,
+                                lam=lam, sigma=sigma, global_view=global_view, regions=regions,
+                                keep_grid=keep_grid)
     patches = x if k == 1 else extract_patches(x, pos, patch)
     out = score_patches(encoder, generator, features, patches)
     recon = out["reconstruction"]
@@ -283,6 +352,40 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
     return out
 
 
+def _localize_region(encoder, generator, features, x, *, pos, sub, patch, size, lam, sigma, global_view,
+                     regions, keep_grid):
+    """:func:`localize` with ``region_only``: the patches of :func:`needed_patches` only."""
+    k, grid = len(pos), size // patch
+    index = needed_patches(pos, patch, size, regions, blur_reach(sigma), keep_grid)   # [M]
+    m = tf.size(index)
+    out = score_patches(encoder, generator, features, extract_some_patches(x, pos, patch, index))
+    fd = channel_mean_map(out["feature_abs"], patch, patch)
+    raw_r = stitch_some(out["diff"], pos, patch, size, index)
+    raw_fd = stitch_some(fd, pos, patch, size, index)
+    # where each grid patch is among the computed ones (-1: skipped)
+    where = tf.tensor_scatter_nd_update(tf.fill([k * k], -1), index[:, None], tf.range(m))
+    at = tf.gather(where, tf.constant(sub))                                            # [P]
+    present = at >= 0
+    at = tf.maximum(at, 0)
+
+    def grid_only(t, per_patch: list):
+        """[N * M, ...] -> [N, P, ...]: the non-overlapping patches (0 where skipped)."""
+        t = tf.gather(tf.reshape(t, tf.concat([[-1, m], tf.constant(per_patch, tf.int32)], 0)), at, axis=1)
+        mask = tf.reshape(tf.cast(present, t.dtype), [1, -1] + [1] * len(per_patch))
+        return t * mask
+
+    l_r, l_fd = grid_only(out["l_r"], []), grid_only(out["l_fd"], [])
+    rec = from_patches(tf.reshape(grid_only(out["reconstruction"], [patch, patch, 3]), (-1, patch, patch, 3)),
+                       grid)
+    result = {"l_r": l_r, "l_fd": l_fd, "map_r": gaussian_blur(raw_r, sigma),
+              "map_fd": gaussian_blur(raw_fd, sigma),
+              "anomaly_map": gaussian_blur(combine(raw_r, raw_fd, float(lam)), sigma), "reconstruction": rec}
+    if global_view:
+        result["global_r"], result["global_fd"] = global_view_parts(encoder, generator, features, x, regions,
+                                                                    patch=patch, sigma=sigma)
+    return result
+
+
 # ---------------------------------------------------------------------------------- batched use
 class Localizer:
     """Maps (and the image-score parts) of resized uint8 images with a trained model's EMA networks."""
@@ -303,6 +406,9 @@ class Localizer:
         self.patches_per_call = patches_per_call
         #: each image's global view is mapped beside the tiles (a model trained with ``global_views``)
         self.global_view = bool(self.cfg.global_views)
+        #: tiles: only the tiles the maps inside the images' regions need, and the whole grid of the
+        #: per-patch parts (:func:`localize`'s ``region_only``); the maps outside the regions are not kept
+        self.region_only = kind_of(self.cfg).name == "tiles"
         size = self.cfg.image_size
         spec = [tf.TensorSpec([None, size, size, 3], tf.uint8), tf.TensorSpec([None, 2], tf.int32)]
         self._fn = tf.function(self._localize, reduce_retracing=True, input_signature=spec)
@@ -332,7 +438,7 @@ class Localizer:
         return localize(m.ema_encoder, m.ema_generator, self.features,
                         to_model_range(images_uint8, self.cfg.normalize),
                         patch=self.cfg.patch_size, lam=self.lam, sigma=self.sigma, stride=self.stride,
-                        global_view=self.global_view, regions=regions)
+                        global_view=self.global_view, regions=regions, region_only=self.region_only)
 
     def _specs(self, keys) -> dict:
         s, grid = self.cfg.image_size, (self.cfg.image_size // self.cfg.patch_size) ** 2

@@ -52,7 +52,14 @@ def _litert(model, cfg, tmp):
 
 
 #: Models benchmarked: name -> (input kind, image size).
-MODELS = {"object64": ("object", 64), "object128": ("object", 128), "texture512": ("texture", 512)}
+MODELS = {"object64": ("object", 64), "object128": ("object", 128), "texture512": ("texture", 512),
+          "tiles_strip": ("tiles", 1024), "tiles640": ("tiles", 640)}
+#: Tiles models: name -> (raw image (height, width), --scale), shaped like the README's recipe
+#: (``--preset fast``: width 6, half the batches global views, ``map_max``): a 500x1250 surface strip
+#: scaled to 0.8 on a 1024 px canvas, a 640x480 image on a 640 px canvas.
+TILES = {"tiles_strip": ((500, 1250), 0.8), "tiles640": ((480, 640), 1.0)}
+#: Tiles batches are capped here (a 1024 px canvas is up to 961 tiles; the batch figure is a batch of 4).
+TILES_MAX_BATCH = 4
 
 
 def peak_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -71,94 +78,152 @@ def peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2.0 * size ** 3 / best / 1e9
 
 
-def graph_flops(model, cfg) -> int:
-    """Floating-point operations of the exported scoring graph for one image (TensorFlow's profiler on
-    :meth:`cbigan.export.ServingGraph.score_resized` at batch 1: networks, stitching, blur, score)."""
+def _profiled_flops(fn, *specs) -> int:
     import tensorflow as tf
     from tensorflow.python.profiler import model_analyzer, option_builder
 
-    from cbigan.export import ServingGraph
-
-    graph = ServingGraph(model, cfg, 0.0)
-    s = cfg.image_size
-    concrete = tf.function(graph.score_resized).get_concrete_function(
-        tf.TensorSpec([1, s, s, 3], tf.uint8), tf.TensorSpec([1, 2], tf.int32))
+    concrete = tf.function(fn).get_concrete_function(*specs)
     opts = option_builder.ProfileOptionBuilder(option_builder.ProfileOptionBuilder.float_operation())
     opts = opts.with_empty_output().build()
     return int(model_analyzer.profile(graph=concrete.graph, options=opts).total_float_ops)
 
 
+def graph_flops(model, cfg, region=None) -> int:
+    """Floating-point operations of the exported scoring graph for one image (TensorFlow's profiler on
+    :meth:`cbigan.export.ServingGraph.score_resized` at batch 1: networks, stitching, blur, score).
+
+    Tiles with ``region`` (h, w): the graph scores a number of tiles known only at run time, which the
+    profiler cannot count; the figure is the whole canvas's less the networks' FLOPs of the tiles it
+    skips (:func:`cbigan.localization.needed_patches`)."""
+    import tensorflow as tf
+
+    from cbigan.export import ServingGraph
+    from cbigan.localization import blur_reach, needed_patches, patch_positions
+    from cbigan.localization import map_settings
+    from cbigan.anomaly_score import MAP_RULES
+    from cbigan.networks import feature_extractor
+    from cbigan.scoring import score_patches
+
+    s = cfg.image_size
+    graph = ServingGraph(model, cfg, 0.0, region_only=False)
+    full = _profiled_flops(graph.score_resized, tf.TensorSpec([1, s, s, 3], tf.uint8),
+                           tf.TensorSpec([1, 2], tf.int32))
+    if region is None:
+        return full
+    p = cfg.patch_size
+    feats = feature_extractor(model.critic, cfg.feature_layer)
+    per_tile = _profiled_flops(lambda x: score_patches(model.ema_encoder, model.ema_generator, feats, x),
+                               tf.TensorSpec([1, p, p, 3], tf.float32))
+    sigma, stride = map_settings(cfg)
+    pos = patch_positions(s, p, stride)
+    kept = int(tf.size(needed_patches(pos, p, s, tf.constant([list(region)], tf.int32), blur_reach(sigma),
+                                      cfg.image_score not in MAP_RULES)))
+    return full - (len(pos) ** 2 - kept) * per_tile
+
+
 def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int) -> int:
     """Images/s of the SavedModel, the Python path and the LiteRT export for each model of ``kinds``
-    (:data:`MODELS` names, or ``object`` / ``texture`` for all of that kind) and batch size, each timed
-    for at least ``seconds`` and ``min_calls`` calls, beside the FLOP ceiling; prints the figures."""
+    (:data:`MODELS` names, or ``object`` / ``texture`` / ``tiles`` for all of that kind) and batch size,
+    each timed for at least ``seconds`` and ``min_calls`` calls, beside the FLOP ceiling; prints the figures.
+
+    Tiles also show the serving graph on the whole canvas ("canvas": every tile, the path before issue 36,
+    in-process), whose scores the SavedModel's must match (the max rel. score diff is against it)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import dataclasses
+
     import numpy as np
     import tensorflow as tf
 
     from cbigan.config import Config, resolve_config
     from cbigan.data import resize_uint8
-    from cbigan.export import export_model
+    from cbigan.export import ServingGraph, export_model
     from cbigan.kinds import kind_of
+    from cbigan.localization import ImageScorer
     from cbigan.model import build_model
     from cbigan.scoring import Scorer
 
     names = [n for k in kinds for n in ([k] if k in MODELS else [m for m, (kk, _) in MODELS.items() if kk == k])]
     unknown = [k for k in kinds if k not in MODELS and k not in {kk for kk, _ in MODELS.values()}]
     if unknown:
-        raise SystemExit(f"unknown model(s) {unknown}; choose from {list(MODELS)} or object, texture")
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {list(MODELS)} or object, texture, tiles")
     gpus = tf.config.list_physical_devices("GPU")
     device = f"GPU ({gpus[0].name})" if gpus else f"CPU ({os.cpu_count()} cores visible)"
     peak = peak_gflops()
-    print(f"serve benchmark: TensorFlow {tf.__version__} on {device}; untrained width-3 models; "
-          f"2048 matmul: {peak:.0f} GFLOP/s (the ceiling = that / the graph's FLOPs per image)")
-    header = (f"{'model':<26} {'batch':>5} {'SavedModel':>10} {'Python':>8} {'LiteRT':>8} {'LiteRT core':>11}"
-              f" {'ceiling':>8}  img/s")
+    print(f"serve benchmark: TensorFlow {tf.__version__} on {device}; untrained width-3 models (tiles: "
+          f"--preset fast, width 6); 2048 matmul: {peak:.0f} GFLOP/s (the ceiling = that / the graph's "
+          f"FLOPs per image)")
+    header = (f"{'model':<34} {'batch':>5} {'SavedModel':>10} {'canvas':>7} {'Python':>8} {'LiteRT':>8}"
+              f" {'LiteRT core':>11} {'ceiling':>8}  img/s")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="cbigan-bench-serve-") as tmp:
         for name in dict.fromkeys(names):
             kind, size = MODELS[name]
-            cfg = resolve_config(Config(category=f"bench_{name}", kind=kind, image_size=size))
+            tiles = name in TILES
+            if tiles:
+                (rh, rw), scale = TILES[name]
+                cfg = resolve_config(Config(category=f"bench_{name}", kind=kind, image_size=size, scale=scale,
+                                            preset="fast"))
+            else:
+                rh = rw = size
+                cfg = resolve_config(Config(category=f"bench_{name}", kind=kind, image_size=size))
             model = build_model(cfg)
-            flops = graph_flops(model, cfg)
+            s = cfg.image_size
+            fitted_one, region = kind_of(cfg).fit(np.zeros((1, rh, rw, 3), np.uint8), cfg)
+            region = tuple(int(v) for v in region)
+            flops = graph_flops(model, cfg, region if tiles else None)
             t0 = time.perf_counter()
             path = export_model(model, cfg, tmp, threshold_info={"threshold": 0.0, "rule": "benchmark"})
             export_s = time.perf_counter() - t0
             sig = tf.saved_model.load(str(path)).signatures["serving_default"]
-            lite = _litert(model, cfg, tmp)
-            scorer = Scorer(model, cfg)
-            s = cfg.image_size
+            # LiteRT holds no global view (issue 36, part 3): the same networks without it
+            lite_cfg = dataclasses.replace(cfg, global_views=0.0) if cfg.global_views else cfg
+            lite = _litert(model, lite_cfg, tmp)
+            canvas = ServingGraph(model, cfg, 0.0, region_only=False).python_fn() if tiles else None
+            scorer = ImageScorer(model, cfg) if tiles else Scorer(model, cfg)
             label = f"{kind} {s} px"
-            if kind_of(cfg).is_patched:
+            if tiles:
+                label = f"tiles {rh}x{rw} on {s} px ({cfg.scale:g})"
+            elif kind_of(cfg).is_patched:
                 label += f" ({kind_of(cfg).patches_per_image(cfg)} patches)"
-            for batch in batches:
-                raw = rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
+            for batch in dict.fromkeys(min(b, TILES_MAX_BATCH) if tiles else b for b in batches):
+                raw = rng.integers(0, 256, (batch, rh, rw, 3), dtype=np.uint8)
                 raw_f = tf.constant(raw.astype(np.float32))
-                regions = np.tile(np.array([[s, s]], np.int32), (batch, 1))
+                fitted, _ = kind_of(cfg).fit(raw, cfg)
+                fitted = fitted.numpy()
+                regions = np.tile(np.array([region], np.int32), (batch, 1))
 
                 def served():
                     return sig(images=raw_f)["score"].numpy()
 
-                def python():
-                    x8 = resize_uint8(raw, s).numpy()
-                    return scorer.score(x8).image_scores(cfg.score_lambda)
+                if tiles:
+                    def python():
+                        x8, _ = kind_of(cfg).fit(raw, cfg)
+                        return scorer(x8.numpy(), regions=regions)
+                else:
+                    def python():
+                        x8 = resize_uint8(raw, s).numpy()
+                        return scorer.score(x8).image_scores(cfg.score_lambda)
 
                 a = np.asarray(served(), np.float64)
-                b = python()
+                b = canvas(raw_f)["score"].numpy() if tiles else python()
                 rel = float(np.max(np.abs(a - b) / np.abs(b)))
                 r_saved = _rate(served, batch, seconds, min_calls)
+                r_canvas = f"{_rate(lambda: canvas(raw_f), batch, seconds, min_calls):.2f}" if tiles else "-"
                 r_python = _rate(python, batch, seconds, min_calls)
                 r_lite = r_core = "n/a"
                 if lite is not None:
-                    rel = max(rel, float(np.max(np.abs(lite(raw)["score"] - a) / np.abs(a))))
-                    r_lite = f"{_rate(lambda: lite(raw), batch, seconds, min_calls):.1f}"
-                    r_core = f"{_rate(lambda: lite.run_resized(raw, regions), batch, seconds, min_calls):.1f}"
-                print(f"{label:<26} {batch:>5} {r_saved:>10.1f} {r_python:>8.1f} {r_lite:>8} {r_core:>11}"
-                      f" {peak * 1e9 / flops:>8.0f}   (max rel. score diff {rel:.1e})", flush=True)
-            print(f"{'':<26} {flops / 1e6:.1f} MFLOP per image; SavedModel export took {export_s:.1f} s")
-    print("SavedModel: serving_default on float32 raw pixels (resize in the graph); Python: evaluate.py's "
-          "path; LiteRT: the .tflite export (XNNPACK) with the kind's resize before it in TensorFlow; "
-          "LiteRT core: the .tflite model alone on model-size uint8 images.")
+                    if not cfg.global_views:
+                        rel = max(rel, float(np.max(np.abs(lite(raw)["score"] - a) / np.abs(a))))
+                    r_lite = f"{_rate(lambda: lite(raw), batch, seconds, min_calls):.2f}"
+                    r_core = f"{_rate(lambda: lite.run_resized(fitted, regions), batch, seconds, min_calls):.2f}"
+                print(f"{label:<34} {batch:>5} {r_saved:>10.2f} {r_canvas:>7} {r_python:>8.2f} {r_lite:>8}"
+                      f" {r_core:>11} {peak * 1e9 / flops:>8.1f}   (max rel. score diff {rel:.1e})", flush=True)
+            print(f"{'':<34} {flops / 1e6:.1f} MFLOP per image; SavedModel export took {export_s:.1f} s")
+    print("SavedModel: serving_default on float32 raw pixels (resize in the graph); canvas (tiles): the "
+          "serving graph scoring every tile of the canvas (before issue 36), in-process; Python: evaluate.py's "
+          "path; LiteRT: the .tflite export (XNNPACK) with the kind's resize before it in TensorFlow (tiles: "
+          "without the global view, which it cannot hold); LiteRT core: the .tflite model alone on model-size "
+          "uint8 images.")
     return 0

@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", "images/s of the exported SavedModel vs the in-process Python path")
     p.add_argument("--batches", type=_csv(int), default="1,32", metavar="B,B", help="comma-separated batch sizes")
     p.add_argument("--kinds", type=_csv(str), default="object64,object128,texture512", metavar="M,M",
-                   help="models: object64, object128, texture512 (object / texture: all of that kind)")
+                   help="models: object64, object128, texture512, tiles_strip (500x1250 on 1024 px), tiles640 "
+                        "(640x480; tiles batches at most 4) (object / texture / tiles: all of that kind)")
     p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per figure")
     p.add_argument("--min-calls", type=int, default=2, help="minimum timed calls per figure")
 
