@@ -351,9 +351,10 @@ def evaluate_run(run_dir: str | Path, lambdas=None, *, score_lambda: float | Non
     rules = asked or (list(IMAGE_SCORE_RULES) if want_pixel else [])
     if fusion_stats(cfg) is None and (rule in FUSED_RULES or any(r in FUSED_RULES for r in rules)):
         # the fused rules need their held-out statistics: calibrate a run that has none (trained before
-        # them, or never calibrated) when they are asked for; else report them only when they exist
-        never = not (run_dir / THRESHOLD_JSON).is_file() and (rule in FUSED_RULES or set(asked) & set(FUSED_RULES))
-        if _lacks_fusion(threshold) or never:
+        # them, or never calibrated) when they are asked for (the run's rule, or --rules); else report
+        # them only when they exist (a default report never rewrites a threshold record)
+        wanted = rule in FUSED_RULES or bool(set(asked) & set(FUSED_RULES))
+        if wanted and (_lacks_fusion(threshold) or not (run_dir / THRESHOLD_JSON).is_file()):
             threshold, cfg = _recalibrate(run_dir, cfg, model, skip_bad_images, progress)
         if fusion_stats(cfg) is None and not set(asked) & set(FUSED_RULES):
             rules = [r for r in rules if r not in FUSED_RULES]  # they would repeat map_max

@@ -156,6 +156,10 @@ def test_a_run_calibrated_before_the_fused_rules_is_recalibrated_on_evaluation(t
     info = calibrate_threshold(r["model"], r["cfg"], load_train_set(r["cfg"]).val_images, progress=False)
     old = {k: v for k, v in info.items() if k not in ("fusion", "rule_thresholds")}
     write_threshold(r["run"], old)
+    # a default evaluation never rewrites the record; it leaves out the rules it cannot score
+    ev = evaluate_run(r["run"], progress=False, model=r["model"])
+    assert json.loads((r["run"] / "threshold.json").read_text()) == old
+    assert "auroc[fused]" not in ev.metrics.columns and "auroc[paper]" in ev.metrics.columns
     ev = evaluate_run(r["run"], progress=False, model=r["model"], rules=["paper", "map_max", "fused"])
     stored = json.loads((r["run"] / "threshold.json").read_text())
     assert stored["fusion"] and stored["threshold"] == pytest.approx(old["threshold"])
