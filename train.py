@@ -1,7 +1,7 @@
 """Train CBiGAN on one MVTec AD category: ``python train.py --category grid``.
 
 Entry point only: the flags and ``main`` are in :mod:`cbigan.cli.train` (every flag maps to a field
-of :class:`cbigan.config.Config`; ``python train.py --help`` lists them with their defaults).
+of :class:`cbigan.core.config.Config`; ``python train.py --help`` lists them with their defaults).
 ``--category all`` or ``--category a,b,c`` trains several categories (:mod:`cbigan.multirun`);
 ``--distribute mirrored|multiworker`` trains one category on several GPUs or hosts (docs/distributed.md).
 """

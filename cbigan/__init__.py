@@ -3,6 +3,6 @@
 import sys
 
 if sys.argv[:1] == ["-m"]:  # ``python -m cbigan[.X]``: quiet TensorFlow before that module imports it
-    from .cli import quiet_tensorflow
+    from cbigan.cli import quiet_tensorflow
 
     quiet_tensorflow(sys.argv[1:])

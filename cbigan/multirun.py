@@ -25,8 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import CATEGORIES, Config, default_run_name
-from .runfolder import write_json_atomic
+from cbigan.core.config import CATEGORIES, Config, default_run_name
+from cbigan.core.runfolder import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 EVALUATING = "evaluating"  # what train.py --evaluate prints before evaluating
@@ -227,7 +227,7 @@ def train_categories(cfg: Config, args, argv: list[str]) -> int:
     ``args`` needs ``category`` (``all`` or ``a,b,c``), ``jobs`` and ``table`` (evaluate and tabulate);
     ``argv`` is the ``train.py`` command line, passed on to each category without those options.
     Returns the exit status."""
-    from .distribute import DistributeError, writes_run_folder
+    from cbigan.model.distribute import DistributeError, writes_run_folder
 
     try:
         names = categories(args.category)

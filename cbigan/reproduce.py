@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Config, resolve_config
+from cbigan.core.config import Config, resolve_config
 
 METHODS = {"cbigan": None, "egbad": 0.0, "autoencoder": 1.0}  # None: the paper's alpha (Config default)
 
@@ -40,10 +40,10 @@ def reproduce(categories, methods, base: Config, *, steps: int | None = None,
     """Train and evaluate every run of :func:`plan` (into ``base.output_dir``), then write Tables II/III
     of all runs there to ``results_dir``. A run whose data cannot be read is reported and skipped;
     returns those runs as ``category/run_name``."""
-    from .data import DataError
-    from .evaluation import evaluate_run
-    from .tables import write_tables
-    from .training import train
+    from cbigan.data.pipeline import DataError
+    from cbigan.reporting.evaluation import evaluate_run
+    from cbigan.reporting.tables import write_tables
+    from cbigan.training.run import train
 
     failed = []
     for cfg in plan(categories, methods, steps, budget_minutes, base):

@@ -112,7 +112,7 @@ ARMS = {
     # the same trained in bfloat16 (magnetic tile: tiles, chosen from its images' sizes)
     "fast_final_bf16": ["--preset", "fast", "--select", "final", "--precision", "mixed_bfloat16", "--global-views", "0"],
     # the fast preset with denoising training: half of the E+G batch's images get a synthetic defect
-    # (spot, line or pasted patch) and G must give back the clean image (cbigan/defects.py)
+    # (spot, line or pasted patch) and G must give back the clean image (cbigan/data/defects.py)
     "fast_dn": ["--preset", "fast", "--denoise", "0.5", "--global-views", "0"],
     # and with a defect in every one of them
     "fast_dn1": ["--preset", "fast", "--denoise", "1.0", "--global-views", "0"],
@@ -204,13 +204,13 @@ def last_snapshot_auroc(ev, summary, auroc) -> float:
 
 def no_margin_auroc(run_dir: Path, rule: str) -> float | None:
     """Test auROC of a map rule over each image's whole region (margin 0), for a run whose own margin is
-    larger: the same stored maps and the one rule implementation (cbigan.anomaly_score), so the study
+    larger: the same stored maps and the one rule implementation (cbigan.core.anomaly_score), so the study
     shows what the border margin changes. None without stored maps or a margin."""
     sys.path.insert(0, str(ROOT))
-    from cbigan.anomaly_score import global_weight
-    from cbigan.config import Config
-    from cbigan.metrics import auroc
-    from cbigan.results import ImageResults
+    from cbigan.core.anomaly_score import global_weight
+    from cbigan.core.config import Config
+    from cbigan.scoring.metrics import auroc
+    from cbigan.core.results import ImageResults
 
     cfg = Config.from_json(run_dir / "config.json")
     if not cfg.score_margin or not (run_dir / "pixel_maps.npz").is_file():

@@ -5,7 +5,7 @@
 
 A lamp that ages or a camera whose exposure changes makes every image of the line a few percent darker
 or brighter than the training images. Each run folder's trained model is called exactly as
-``predict.py`` calls it (:class:`cbigan.predict.TrainedModel`: the run's image-score rule, its
+``predict.py`` calls it (:class:`cbigan.serving.predict.TrainedModel`: the run's image-score rule, its
 ``--normalize`` and its calibrated ``threshold.json``) on its test set with every pixel multiplied by
 a factor (rounded, clipped to 0-255), and the script writes one CSV row per run and factor:
 
@@ -44,7 +44,7 @@ def served_images(model, test):
     rest is the image mirrored, which a served model would score as part of the image)."""
     if model.cfg.kind != "tiles":
         return test.images
-    from cbigan.data import load_image
+    from cbigan.data.pipeline import load_image
 
     return [load_image(p) for p in test.paths]
 
@@ -58,9 +58,9 @@ def scores_of(model, images, batch: int) -> np.ndarray:
 
 
 def rows_for(run_dir: Path, factors, batch: int) -> list[dict]:
-    from cbigan.data import load_test_set
-    from cbigan.metrics import auroc
-    from cbigan.predict import TrainedModel
+    from cbigan.data.pipeline import load_test_set
+    from cbigan.scoring.metrics import auroc
+    from cbigan.serving.predict import TrainedModel
 
     model = TrainedModel(run_dir)
     if model.threshold is None:
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="CSV to append rows to")
     p.add_argument("--batch", type=int, default=8, help="images per model call")
     a = p.parse_args(argv)
-    from cbigan.config import Config
+    from cbigan.core.config import Config
 
     done = set()
     if a.out.exists():

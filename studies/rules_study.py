@@ -31,11 +31,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cbigan.anomaly_score import IMAGE_SCORE_RULES  # noqa: E402
+from cbigan.core.anomaly_score import IMAGE_SCORE_RULES  # noqa: E402
 
 
 def run_row(run_dir: Path) -> dict:
-    from cbigan.evaluation import evaluate_run
+    from cbigan.reporting.evaluation import evaluate_run
 
     ev = evaluate_run(run_dir, rules=list(IMAGE_SCORE_RULES), progress=False)
     m = ev.metrics[ev.metrics["chosen"]].iloc[0]

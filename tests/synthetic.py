@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from cbigan.runfolder import write_config
+from cbigan.core.runfolder import write_config
 
 
 def _object_image(rng, size: int) -> np.ndarray:
@@ -75,9 +75,9 @@ def make_category(root: Path, name: str = "synthetic", kind: str = "object", siz
 
 def make_untrained_run(root, tmp, category, **kw) -> dict:
     """A run folder (config.json + model.weights.h5) of an untrained model, for scoring tests."""
-    from cbigan.config import Config
-    from cbigan.model import build_model
-    from cbigan.runfolder import save_weights_atomic
+    from cbigan.core.config import Config
+    from cbigan.model.gan import build_model
+    from cbigan.core.runfolder import save_weights_atomic
 
     cfg = Config(category=category, data_dir=str(root), output_dir=str(tmp), run_name="r", **kw).resolved()
     run = Path(tmp) / category / "r"
@@ -103,7 +103,7 @@ def make_learning_category(root, name: str, n_train: int = 32, n_good: int = 10,
 
 def learning_config(root, tmp, name: str, **kw):
     """The resolved :data:`LEARNING` config of category ``name`` under ``root``, runs under ``tmp``."""
-    from cbigan.config import Config
+    from cbigan.core.config import Config
 
     return Config(**{"category": name, "data_dir": str(root), "output_dir": str(Path(tmp) / "runs"),
                      "run_name": "r", **LEARNING, **kw}).resolved()

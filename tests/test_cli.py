@@ -132,7 +132,7 @@ def test_our_warnings_print_as_one_line_and_others_keep_pythons_format():
 
     import cbigan.cli  # noqa: F401  (installs the format)
 
-    ours = warnings.formatwarning("mask x.png is missing; add it", UserWarning, str(Path(ROOT) / "cbigan/data.py"), 3)
+    ours = warnings.formatwarning("mask x.png is missing; add it", UserWarning, str(Path(ROOT) / "cbigan/data/pipeline.py"), 3)
     assert ours == "warning: mask x.png is missing; add it\n"
     other = warnings.formatwarning("deprecated", UserWarning, "/usr/lib/python3/site-packages/keras/x.py", 7)
     assert "keras/x.py:7" in other and other.startswith("/usr")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cbigan.config import PRESETS, Config, apply_preset, method_name
+from cbigan.core.config import PRESETS, Config, apply_preset, method_name
 from train import parse_args
 
 

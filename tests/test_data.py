@@ -12,10 +12,10 @@ from PIL import Image
 
 from synthetic import make_category
 
-from cbigan.config import Config
-from cbigan.data import (DataError, category_dir, download_category, from_patches, load_image,
-                         load_test_set, load_train_set, rotate_objects, rotated_texture_crops,
-                         split_train_val, to_patches, train_dataset)
+from cbigan.core.config import Config
+from cbigan.data.pipeline import (
+    DataError, category_dir, download_category, from_patches, load_image, load_test_set, load_train_set,
+    rotate_objects, rotated_texture_crops, split_train_val, to_patches, train_dataset)
 
 
 def test_missing_category_error_says_where_and_how(tmp_path):
@@ -94,8 +94,8 @@ def test_mask_of_wrong_size_does_not_stop_image_level_use(tmp_path):
     """Training monitors and ``evaluate.py --no-pixel`` score images only: they neither read nor check masks."""
     from synthetic import make_untrained_run
 
-    from cbigan.errors import EvaluationError
-    from cbigan.evaluation import evaluate_run
+    from cbigan.core.errors import EvaluationError
+    from cbigan.reporting.evaluation import evaluate_run
 
     cat = make_category(tmp_path, "badmask", size=32, n_train=2, n_good=1, n_defect=1)
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(cat / "ground_truth/red_square/000_mask.png")
@@ -150,7 +150,7 @@ def test_object_rotation_keeps_shape_and_fills_edges():
 
 
 def test_shuffled_indices_are_permutations_per_pass_and_seeded():
-    from cbigan.data import shuffled_indices
+    from cbigan.data.pipeline import shuffled_indices
 
     n, b = 10, 4
     stream = np.concatenate([shuffled_indices(s, b, n, 7).numpy() for s in range(5)])  # 20 = 2 passes
@@ -185,9 +185,9 @@ def test_train_dataset_batches_in_range(synthetic_root):
 def test_per_image_normalization_of_crops_uses_each_whole_images_statistics(synthetic_root, kind):
     """Training crops are standardized with their whole image's mean and std (computed once for the
     pool), exactly as the batch's own images would give: what scoring the whole image does."""
-    from cbigan.data import shuffled_indices
-    from cbigan.imageops import image_stats, to_model_range
-    from cbigan.kinds import kind_of
+    from cbigan.data.pipeline import shuffled_indices
+    from cbigan.core.imageops import image_stats, to_model_range
+    from cbigan.core.kinds import kind_of
 
     cfg = Config(category="synth_tex", data_dir=str(synthetic_root), kind=kind, image_size=128,
                  patch_size=64, batch_size=4, normalize="per_image").resolved()
@@ -238,7 +238,7 @@ def test_download_from_local_server(tmp_path):
 
 
 def test_download_refuses_a_name_outside_mvtec_ad_before_fetching(tmp_path, monkeypatch):
-    import cbigan.data as data
+    import cbigan.data.pipeline as data
 
     def fetch(url, dest):
         raise AssertionError("fetched although the name is not an MVTec AD category")
@@ -253,7 +253,7 @@ def test_download_refuses_a_name_outside_mvtec_ad_before_fetching(tmp_path, monk
 def test_square_resize_of_an_image_of_that_size_is_the_identity_and_what_the_resize_gives():
     """resize_uint8 skips the resize for images already at the size, in eager and in a graph whose input
     size is known only at run time (the SavedModel), with exactly the antialiased resize's result."""
-    from cbigan.imageops import resize_uint8
+    from cbigan.core.imageops import resize_uint8
 
     x = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
     full = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(tf.cast(x, tf.float32), (48, 48), "bilinear",

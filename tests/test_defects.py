@@ -1,11 +1,11 @@
-"""Synthetic training defects (cbigan/defects.py) and the denoising consistency term (--denoise)."""
+"""Synthetic training defects (cbigan/data/defects.py) and the denoising consistency term (--denoise)."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbigan.config import Config
-from cbigan.defects import MAX_FRAC, draw_defects
-from cbigan.model import build_model
+from cbigan.core.config import Config
+from cbigan.data.defects import MAX_FRAC, draw_defects
+from cbigan.model.gan import build_model
 
 
 def images(n=16, size=48, seed=0):

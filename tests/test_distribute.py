@@ -15,8 +15,8 @@ import pytest
 from conftest import ROOT
 from synthetic import make_category
 
-from cbigan import distribute as dist
-from cbigan.config import Config
+from cbigan.model import distribute as dist
+from cbigan.core.config import Config
 
 # d_iter 0: one step function to trace on the workers (the mirrored test covers both branches)
 TINY = ["--image-size", "64", "--patch-size", "64", "--width", "1", "--latent-dim", "8", "--batch-size", "4",
@@ -94,10 +94,10 @@ MIRRORED_CHECK = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import numpy as np
     import pandas as pd
-    from cbigan import distribute as dist
-    from cbigan.config import Config
-    from cbigan.model import load_trained as load_run
-    from cbigan.training import train
+    from cbigan.model import distribute as dist
+    from cbigan.core.config import Config
+    from cbigan.model.gan import load_trained as load_run
+    from cbigan.training.run import train
 
     make = dist.make_strategy
     dist.make_strategy = lambda name, devices=None: make(name, ["/cpu:0", "/cpu:1"] if name == "mirrored" else None)

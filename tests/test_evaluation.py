@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cbigan.config import Config
+from cbigan.core.config import Config
 from synthetic import make_untrained_run
-from cbigan.metrics import at_threshold, max_balanced_accuracy
-from cbigan.runfolder import write_config
+from cbigan.scoring.metrics import at_threshold, max_balanced_accuracy
+from cbigan.core.runfolder import write_config
 
 LAMBDAS = [0.0, 0.1, 0.5, 1.0]
 
@@ -36,8 +36,8 @@ def runs(synthetic_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tex(runs):
     """The texture run's folder, model, scorer and test set, built once."""
-    from cbigan.data import load_test_set
-    from cbigan.scoring import Scorer
+    from cbigan.data.pipeline import load_test_set
+    from cbigan.scoring.parts import Scorer
 
     t = dict(runs["tex"])
     return dict(t, scorer=Scorer(t["model"], t["cfg"]), test=load_test_set(t["cfg"]))
@@ -49,7 +49,7 @@ def direct_scores(model, cfg, images, lambdas):
     Returns {lambda: image scores}; each is max over patches of (1 - lam) L_R + lam L_fD, computed
     from the network outputs directly (one forward pass serves all lambdas: it is deterministic).
     """
-    from cbigan.networks import feature_extractor
+    from cbigan.model.networks import feature_extractor
 
     feats = feature_extractor(model.critic, cfg.feature_layer)
     p, g = cfg.patch_size, cfg.image_size // cfg.patch_size
@@ -69,7 +69,7 @@ def direct_scores(model, cfg, images, lambdas):
 
 @pytest.mark.slow
 def test_batched_texture_scoring_equals_per_patch_loop(tex):
-    from cbigan.scoring import score_images, score_patch_loop
+    from cbigan.scoring.parts import score_images, score_patch_loop
 
     images = tex["test"].images
     batched = score_images(tex["scorer"], images, progress=False)
@@ -82,7 +82,7 @@ def test_batched_texture_scoring_equals_per_patch_loop(tex):
 
 @pytest.mark.slow
 def test_lambda_sweep_equals_full_rescoring(tex):
-    from cbigan.evaluation import evaluate_run
+    from cbigan.reporting.evaluation import evaluate_run
 
     run = tex["run"]
     ev = evaluate_run(run, LAMBDAS, progress=False, model=tex["model"])
@@ -109,7 +109,7 @@ def test_lambda_sweep_equals_full_rescoring(tex):
         assert m2.loc[lam, "auroc"] == pytest.approx(metrics.loc[lam, "auroc"])
 
     # files: one row per test image; textures keep the parts of the max patch
-    from cbigan.results import ImageResults
+    from cbigan.core.results import ImageResults
 
     df = pd.read_csv(run / "scores.csv")
     assert list(df.columns) == ["path", "defect_type", "label", "l_r", "l_fd", "patch", "score"]
@@ -128,9 +128,9 @@ def test_lambda_sweep_equals_full_rescoring(tex):
 @pytest.mark.slow
 def test_object_run_threshold_and_same_scorer_as_training(runs, tmp_path):
     """Objects: one patch per image; the training-time evaluator's scores are evaluate.py's."""
-    from cbigan.data import load_test_set
-    from cbigan.evaluation import evaluate_run
-    from cbigan.training import TrainingMonitor
+    from cbigan.data.pipeline import load_test_set
+    from cbigan.reporting.evaluation import evaluate_run
+    from cbigan.training.monitor import TrainingMonitor
 
     obj = runs["obj"]
     run = tmp_path / "obj"
@@ -172,7 +172,7 @@ def test_object_run_threshold_and_same_scorer_as_training(runs, tmp_path):
 @pytest.mark.slow
 def test_cli(tex, capsys):
     import evaluate
-    from cbigan.evaluation import evaluate_run
+    from cbigan.reporting.evaluation import evaluate_run
 
     evaluate_run(tex["run"], progress=False, model=tex["model"])  # stored parts: the CLI recombines
     assert evaluate.main([str(tex["run"]), "--lambda", "0", "1", "--quiet"]) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cbigan.runfolder import write_config
+from cbigan.core.runfolder import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,9 +21,9 @@ def make_run(data_root, out_dir, category, run_name="r", return_model=False, **o
 
     Parity and plumbing do not depend on what the weights learnt, and this is ~50x faster than fit.
     """
-    from cbigan.config import Config
-    from cbigan.model import build_model
-    from cbigan.runfolder import WEIGHTS
+    from cbigan.core.config import Config
+    from cbigan.model.gan import build_model
+    from cbigan.core.runfolder import WEIGHTS
 
     cfg = Config(category=category, data_dir=str(data_root), output_dir=str(out_dir),
                  run_name=run_name, **overrides).resolved()
@@ -54,9 +54,9 @@ TEX = dict(kind="texture", image_size=128, patch_size=64)
 def runs(tmp_path_factory):
     """An object run (calibrated and exported by export_run, as the CLI does) and a texture run
     trained on every image (--val-split 0: no threshold), exported from memory; built once."""
-    from cbigan.data import load_train_set
-    from cbigan.export import export_model, export_run
-    from cbigan.threshold import calibrate_threshold, write_threshold
+    from cbigan.data.pipeline import load_train_set
+    from cbigan.serving.export import export_model, export_run
+    from cbigan.scoring.threshold import calibrate_threshold, write_threshold
 
     data = make_data(tmp_path_factory.mktemp("data"))
     out = tmp_path_factory.mktemp("runs")
@@ -72,15 +72,15 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(runs):
-    from cbigan.export import LoadedExport
+    from cbigan.serving.export import LoadedExport
 
     return {name: LoadedExport(runs[name][1]) for name in ("obj", "tex")}
 
 
 @pytest.mark.slow
 def test_layout_and_metadata(runs):
-    from cbigan.export import find_saved_model, read_metadata
-    from cbigan.threshold import read_threshold
+    from cbigan.serving.export import find_saved_model, read_metadata
+    from cbigan.scoring.threshold import read_threshold
 
     run_dir, version_dir, _, _ = runs["obj"]
     assert version_dir == run_dir / "export" / "big_obj" / "1"
@@ -107,14 +107,14 @@ class _StubArchive:
 
 @pytest.fixture
 def stub_archive(monkeypatch):
-    import cbigan.export
+    import cbigan.serving.export
 
-    monkeypatch.setattr(cbigan.export, "build_archive", lambda *a, **k: _StubArchive())
+    monkeypatch.setattr(cbigan.serving.export, "build_archive", lambda *a, **k: _StubArchive())
 
 
 def test_versioning(tmp_path, stub_archive):
-    from cbigan.config import Config
-    from cbigan.export import ExportError, export_model, find_saved_model, versions
+    from cbigan.core.config import Config
+    from cbigan.serving.export import ExportError, export_model, find_saved_model, versions
 
     cfg = Config(category="big_obj", **OBJ)
     base = tmp_path / "serving"
@@ -140,7 +140,7 @@ PARITY_SCRIPT = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
-from cbigan.data import load_image
+from cbigan.data.pipeline import load_image
 spec = json.loads(sys.argv[1])
 result = {}
 for name, (export_dir, paths) in spec.items():
@@ -161,8 +161,8 @@ print("RESULT " + json.dumps(result))
 
 def _python_path_scores(cfg, model):
     """What evaluate.py computes: load_test_set (Pillow + resize_uint8) then the Scorer."""
-    from cbigan.data import load_test_set
-    from cbigan.scoring import Scorer
+    from cbigan.data.pipeline import load_test_set
+    from cbigan.scoring.parts import Scorer
 
     test = load_test_set(cfg)
     scores = Scorer(model, cfg).score(test.images).image_scores(cfg.score_lambda)
@@ -201,8 +201,8 @@ def test_parity_fresh_process(runs):
 @pytest.mark.slow
 def test_outputs_match_python_graph(runs, loaded):
     """anomaly_map and reconstruction of the export are those of the evaluation's Localizer."""
-    from cbigan.data import load_image, load_test_set
-    from cbigan.localization import Localizer
+    from cbigan.data.pipeline import load_image, load_test_set
+    from cbigan.scoring.localization import Localizer
 
     _, _, cfg, model = runs["tex"]
     test = load_test_set(cfg)
@@ -253,7 +253,7 @@ def test_saved_model_cli_lists_signature(runs):
 @pytest.mark.slow
 def test_no_threshold_export(runs, loaded):
     """--val-split 0: no calibrated threshold; the export says so (NaN) and flags nothing."""
-    from cbigan.threshold import read_threshold
+    from cbigan.scoring.threshold import read_threshold
 
     run_dir = runs["tex"][0]
     info = read_threshold(run_dir)
@@ -267,8 +267,8 @@ def test_no_threshold_export(runs, loaded):
 @pytest.mark.slow
 def test_manual_threshold(runs, tmp_path, stub_archive):
     """--threshold T overrides the calibrated value and is recorded as set by hand."""
-    from cbigan.export import ServingGraph, export_model, read_metadata
-    from cbigan.threshold import manual_threshold
+    from cbigan.serving.export import ServingGraph, export_model, read_metadata
+    from cbigan.scoring.threshold import manual_threshold
 
     _, _, cfg, model = runs["obj"]
     meta = read_metadata(export_model(model, cfg, tmp_path, threshold_info=manual_threshold(0.0, cfg)))
@@ -295,10 +295,10 @@ def test_served_batches_are_scored_in_chunks_with_the_same_outputs(monkeypatch):
     remainder included): every output equals one pass over the whole batch."""
     import tensorflow as tf
 
-    import cbigan.export as export
-    import cbigan.scoring as scoring
-    from cbigan.config import Config
-    from cbigan.model import build_model
+    import cbigan.serving.export as export
+    import cbigan.scoring.parts as scoring
+    from cbigan.core.config import Config
+    from cbigan.model.gan import build_model
 
     monkeypatch.setattr(scoring, "PATCHES_PER_CALL", 8)  # 4 patches an image: chunks of 2 images
     cfg = Config(category="t", kind="texture", image_size=128, patch_size=64).resolved()
@@ -318,10 +318,10 @@ def test_served_batches_are_scored_in_chunks_with_the_same_outputs(monkeypatch):
 
 
 def test_in_chunks_equals_one_pass_for_any_batch_size():
-    """cbigan.scoring.in_chunks: chunks of whole images, two at a time, concatenated in order."""
+    """cbigan.scoring.parts.in_chunks: chunks of whole images, two at a time, concatenated in order."""
     import tensorflow as tf
 
-    from cbigan.scoring import in_chunks
+    from cbigan.scoring.parts import in_chunks
 
     def fn(x, y):
         return {"a": tf.reduce_sum(x, axis=[1, 2]) + tf.cast(y, tf.float32), "b": x * 2.0}

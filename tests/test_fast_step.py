@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbigan.config import Config
-from cbigan.model import build_model
+from cbigan.core.config import Config
+from cbigan.model.gan import build_model
 
 B, SIZE, LATENT = 4, 64, 8
 
@@ -124,7 +124,7 @@ class _Counter:
 
 
 def _checkpointer(interval_s):
-    from cbigan import callbacks as cb
+    from cbigan.training import callbacks as cb
 
     written = []
     guard = cb.NaNGuard()
@@ -171,9 +171,9 @@ def test_without_an_interval_every_backup_is_written():
 
 
 def test_intra_op_threads_are_chosen_by_input_size_and_an_explicit_value_wins(monkeypatch):
-    from cbigan import training
+    from cbigan.training import machine as training
 
-    monkeypatch.setattr(training, "_has_gpu", lambda: False)
+    monkeypatch.setattr(training, "has_gpu", lambda: False)
     monkeypatch.setattr(training, "INTRA_OP_THREADS", ((64, 2, 1),))  # one thread up to 64 px, <= 2 cores
     monkeypatch.setattr(training, "available_cores", lambda: 2)
     cfg = lambda **kw: Config(category="tiny", kind="object", **kw).resolved()
@@ -184,7 +184,7 @@ def test_intra_op_threads_are_chosen_by_input_size_and_an_explicit_value_wins(mo
     monkeypatch.setattr(training, "available_cores", lambda: 2)
     assert training.choose_intra_op_threads(cfg(image_size=64, intra_op_threads=2)) == 2
     assert training.choose_intra_op_threads(cfg(image_size=64, distribute="mirrored")) == 0
-    monkeypatch.setattr(training, "_has_gpu", lambda: True)
+    monkeypatch.setattr(training, "has_gpu", lambda: True)
     assert training.choose_intra_op_threads(cfg(image_size=64)) == 0
     with pytest.raises(ValueError, match="intra_op_threads"):
         cfg(intra_op_threads=-1)

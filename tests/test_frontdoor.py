@@ -130,7 +130,7 @@ def test_the_report_of_a_non_square_tiles_run_shows_each_image_at_its_aspect_rat
     from test_tiles import make_strips
 
     from cbigan.cli import evaluate
-    from cbigan.report import own_part, thumb_size
+    from cbigan.reporting.report import own_part, thumb_size
 
     make_strips(tmp_path / "data", n_train=4, n_good=2, n_defect=2)
     run = make_untrained_run(tmp_path / "data", tmp_path / "runs", "strips", kind="tiles", image_size=256,

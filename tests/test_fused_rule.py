@@ -8,9 +8,9 @@ import pytest
 
 from synthetic import make_category, make_untrained_run
 
-from cbigan.anomaly_score import (EVIDENCE, evidence, fuse, fusion_at, fusion_statistics, map_scores,
-                                  rule_scores)
-from cbigan.metrics import auroc
+from cbigan.core.anomaly_score import (
+    EVIDENCE, evidence, fuse, fusion_at, fusion_statistics, map_scores, rule_scores)
+from cbigan.scoring.metrics import auroc
 
 
 def _gamma_maps(rng, n, scale=1.0):
@@ -102,12 +102,12 @@ def fused_run(tmp_path_factory):
 def test_threshold_evaluation_and_export_score_the_fused_rule_alike(fused_run):
     from dataclasses import replace
 
-    from cbigan.data import load_test_set, load_train_set
-    from cbigan.evaluation import evaluate_run
-    from cbigan.export import ServingGraph
-    from cbigan.localization import Localizer
-    from cbigan.runfolder import read_config, write_threshold
-    from cbigan.threshold import FUSION_LAMBDAS, calibrate_threshold
+    from cbigan.data.pipeline import load_test_set, load_train_set
+    from cbigan.reporting.evaluation import evaluate_run
+    from cbigan.serving.export import ServingGraph
+    from cbigan.scoring.localization import Localizer
+    from cbigan.core.runfolder import read_config, write_threshold
+    from cbigan.scoring.threshold import FUSION_LAMBDAS, calibrate_threshold
 
     cfg, model, run = fused_run["cfg"], fused_run["model"], fused_run["run"]
     train = load_train_set(cfg)
@@ -144,14 +144,14 @@ def test_threshold_evaluation_and_export_score_the_fused_rule_alike(fused_run):
 def test_a_run_calibrated_before_the_fused_rules_is_recalibrated_on_evaluation(tmp_path):
     """An older threshold record (no fusion statistics): evaluating a fused rule calibrates it again on
     the same held-out images; the run's own threshold stays, every rule gets its verdict columns."""
-    from cbigan.evaluation import evaluate_run, format_report
-    from cbigan.runfolder import write_threshold
-    from cbigan.threshold import calibrate_threshold
+    from cbigan.reporting.evaluation import evaluate_run, format_report
+    from cbigan.core.runfolder import write_threshold
+    from cbigan.scoring.threshold import calibrate_threshold
 
     make_category(tmp_path / "data", "synth_obj", kind="object", size=64, n_train=20)
     r = make_untrained_run(tmp_path / "data", tmp_path / "runs", "synth_obj", image_size=64,
                            image_score="map_max")
-    from cbigan.data import load_train_set
+    from cbigan.data.pipeline import load_train_set
 
     info = calibrate_threshold(r["model"], r["cfg"], load_train_set(r["cfg"]).val_images, progress=False)
     old = {k: v for k, v in info.items() if k not in ("fusion", "rule_thresholds")}
@@ -160,6 +160,20 @@ def test_a_run_calibrated_before_the_fused_rules_is_recalibrated_on_evaluation(t
     ev = evaluate_run(r["run"], progress=False, model=r["model"])
     assert json.loads((r["run"] / "threshold.json").read_text()) == old
     assert "auroc[fused]" not in ev.metrics.columns and "auroc[paper]" in ev.metrics.columns
+    # a read-only run folder: the record is calibrated for this evaluation only, which still reports the
+    # fused rule (the files go to --out); the folder is left as it was
+    import cbigan.core.runfolder as runfolder
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runfolder, "write_threshold", read_only)
+        ev = evaluate_run(r["run"], progress=False, model=r["model"], rules=["fused"], out_dir=tmp_path / "out")
+    assert json.loads((r["run"] / "threshold.json").read_text()) == old
+    assert np.isfinite(ev.metrics[ev.metrics["chosen"]].iloc[0]["auroc[fused]"])
+    assert ev.summary["threshold"]["has_fusion"]
+    assert ev.summary["threshold"]["threshold"] == pytest.approx(old["threshold"])
     ev = evaluate_run(r["run"], progress=False, model=r["model"], rules=["paper", "map_max", "fused"])
     stored = json.loads((r["run"] / "threshold.json").read_text())
     assert stored["fusion"] and stored["threshold"] == pytest.approx(old["threshold"])

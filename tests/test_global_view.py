@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbigan.config import Config
+from cbigan.core.config import Config
 
 
 def _tiles_cfg(**kw) -> Config:
@@ -16,7 +16,7 @@ def _tiles_cfg(**kw) -> Config:
 
 
 def test_region_views_resize_each_images_own_region():
-    from cbigan.imageops import region_views
+    from cbigan.core.imageops import region_views
 
     imgs = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3)).astype(np.uint8)
     regions = np.array([[100, 60], [128, 128]], np.int32)
@@ -28,8 +28,8 @@ def test_region_views_resize_each_images_own_region():
 
 
 def test_a_share_of_each_training_batch_is_global_views():
-    from cbigan.imageops import image_stats, region_views, to_model_range
-    from cbigan.kinds import kind_of
+    from cbigan.core.imageops import image_stats, region_views, to_model_range
+    from cbigan.core.kinds import kind_of
 
     cfg = _tiles_cfg()
     imgs = np.random.default_rng(1).integers(0, 256, (4, 128, 128, 3)).astype(np.uint8)
@@ -56,7 +56,7 @@ def test_global_views_are_checked(bad, message):
 
 
 def test_region_canvas_puts_each_map_back_over_its_region():
-    from cbigan.imageops import region_canvas
+    from cbigan.core.imageops import region_canvas
 
     maps = np.random.default_rng(5).random((3, 16, 16)).astype(np.float32)
     regions = np.array([[100, 60], [128, 128], [7, 128]], np.int32)
@@ -69,8 +69,8 @@ def test_region_canvas_puts_each_map_back_over_its_region():
 
 
 def test_anomaly_map_adds_the_weighted_global_view_in_numpy_and_in_the_graph():
-    from cbigan.anomaly_score import anomaly_map
-    from cbigan.imageops import region_canvas
+    from cbigan.core.anomaly_score import anomaly_map
+    from cbigan.core.imageops import region_canvas
 
     rng = np.random.default_rng(6)
     tiles, glob = rng.random((2, 64, 64)).astype(np.float32), rng.random((2, 8, 8)).astype(np.float32)
@@ -94,12 +94,12 @@ def test_the_global_views_map_adds_to_the_image_score_and_to_the_map():
     global_weight x the global view's map resized over the image's region."""
     from scipy.ndimage import gaussian_filter
 
-    from cbigan.anomaly_score import map_scores
-    from cbigan.imageops import to_model_range
-    from cbigan.localization import Localizer
-    from cbigan.model import build_model
-    from cbigan.networks import feature_extractor
-    from cbigan.scoring import score_patches
+    from cbigan.core.anomaly_score import map_scores
+    from cbigan.core.imageops import to_model_range
+    from cbigan.scoring.localization import Localizer
+    from cbigan.model.gan import build_model
+    from cbigan.model.networks import feature_extractor
+    from cbigan.scoring.parts import score_patches
 
     cfg = _tiles_cfg(extra={"global_weight": 0.7})
     model = build_model(cfg)
@@ -134,8 +134,8 @@ def test_the_global_views_map_adds_to_the_image_score_and_to_the_map():
 
 
 def test_the_weight_evens_out_the_views_spread_on_held_out_images():
-    from cbigan.results import ImageResults
-    from cbigan.threshold import view_weight
+    from cbigan.core.results import ImageResults
+    from cbigan.scoring.threshold import view_weight
 
     rng = np.random.default_rng(4)
     cfg = _tiles_cfg(score_margin=0)
@@ -153,10 +153,10 @@ def test_the_weight_evens_out_the_views_spread_on_held_out_images():
 @pytest.mark.slow
 def test_export_scores_equal_evaluation_with_a_global_view(tmp_path):
     """A non-square input: the SavedModel's score and map (at the input's size) equal evaluate.py's."""
-    from cbigan.data import load_image
-    from cbigan.evaluation import evaluate_run
-    from cbigan.export import find_saved_model
-    from cbigan.training import train
+    from cbigan.data.pipeline import load_image
+    from cbigan.reporting.evaluation import evaluate_run
+    from cbigan.serving.export import find_saved_model
+    from cbigan.training.run import train
     from test_tiles import make_strips
 
     make_strips(tmp_path / "data", n_train=12, n_good=2, n_defect=2)
@@ -165,11 +165,11 @@ def test_export_scores_equal_evaluation_with_a_global_view(tmp_path):
                  val_split=0.2, steps=6, batch_size=8, d_iter=1, width=1, latent_dim=8, ema_every=1,
                  log_every=3, eval_every=6, preview_every=6, seed=3, select="final", global_views=0.25)
     run = train(cfg, verbose=0, export_dir=str(tmp_path / "export"))
-    from cbigan.runfolder import read_config, read_threshold
+    from cbigan.core.runfolder import read_config, read_threshold
 
     weight = read_threshold(run)["global_weight"]                    # calibrated on the held-out images
     assert weight > 0 and weight != 1.0
-    from cbigan.anomaly_score import global_weight
+    from cbigan.core.anomaly_score import global_weight
 
     assert global_weight(read_config(run)) == weight                 # merged into config.json with it
     ev = evaluate_run(run, progress=False)
@@ -177,9 +177,9 @@ def test_export_scores_equal_evaluation_with_a_global_view(tmp_path):
     assert again.reused_parts and again.scores["score"].tolist() == ev.scores["score"].tolist()
     loaded = tf.saved_model.load(str(find_saved_model(tmp_path / "export" / "strips")))
     sig = loaded.signatures["serving_default"]
-    from cbigan.data import load_test_set
-    from cbigan.localization import Localizer, map_settings
-    from cbigan.model import load_trained
+    from cbigan.data.pipeline import load_test_set
+    from cbigan.scoring.localization import Localizer, map_settings
+    from cbigan.model.gan import load_trained
 
     cfg, model = load_trained(run)
     sigma, stride = map_settings(cfg)
@@ -199,8 +199,8 @@ def test_a_run_from_before_the_field_loads_and_resumes_without_global_views(tmp_
     import dataclasses
     import json
 
-    from cbigan.errors import DataError
-    from cbigan.runfolder import check_resumable
+    from cbigan.core.errors import DataError
+    from cbigan.core.runfolder import check_resumable
 
     old = dataclasses.asdict(Config(category="x", kind="tiles", preset="fast", global_views=0.0).resolved())
     old.pop("global_views")
@@ -215,8 +215,8 @@ def test_a_run_from_before_the_field_loads_and_resumes_without_global_views(tmp_
 
 def test_stored_maps_take_the_runs_weight(tmp_path):
     """pixel_maps.npz holds the parts, not the weight: loading with the run's weight gives its map."""
-    from cbigan.anomaly_score import anomaly_map
-    from cbigan.results import ImageResults
+    from cbigan.core.anomaly_score import anomaly_map
+    from cbigan.core.results import ImageResults
 
     rng = np.random.default_rng(7)
     maps, glob = rng.random((2, 32, 32)).astype(np.float32), rng.random((2, 8, 8)).astype(np.float32)

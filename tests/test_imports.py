@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / ".importlinter"
 #: Modules that must stay importable without TensorFlow (reading results, configs, folders, errors).
-LIGHT_MODULES = ("errors", "layout", "anomaly_score", "kinds", "config", "runfolder", "results", "tables")
+LIGHT_MODULES = ("core.errors", "core.layout", "core.anomaly_score", "core.kinds", "core.config", "core.runfolder",
+                 "core.results", "reporting.tables")
 #: Top-level names of the heavy frameworks.
 HEAVY = ("tensorflow", "keras", "tf_keras")
 
@@ -38,23 +39,30 @@ def test_import_contracts_are_kept():
 
 
 def test_import_contracts_can_break(tmp_path):
-    """The same contracts on a copy of the package with three deliberate faults, one for each contract:
-    a cycle inside a layer (data -> scoring -> data, through an import inside a function), a light module
-    importing from a higher layer (layout -> figures) and a module-level TensorFlow import in results."""
+    """The same contracts on a copy of the package with four deliberate faults: two cycles (between top-level
+    modules, multirun <-> reproduce, and inside a stage, scoring.localization <-> scoring.threshold,
+    through imports inside functions), a record module importing from a higher stage (core.layout ->
+    reporting.figures) and a module-level TensorFlow import in core.results."""
     pkg = tmp_path / "cbigan"
     shutil.copytree(ROOT / "cbigan", pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    for name, text in [("data", "def _cycle():\n    from .scoring import Scorer\n    return Scorer\n"),
-                       ("layout", "def _climbs():\n    from .figures import to_display\n    return to_display\n"),
-                       ("results", "import tensorflow as _tf  # noqa: E402\n")]:
+    for name, text in [("multirun", "def _cycle():\n    from cbigan import reproduce\n    return reproduce\n"),
+                       ("reproduce", "def _cycle():\n    from cbigan import multirun\n    return multirun\n"),
+                       ("core/layout", "def _climbs():\n    from cbigan.reporting.figures import to_display\n"
+                                       "    return to_display\n"),
+                       ("scoring/localization", "def _cycle():\n    from cbigan.scoring import threshold\n"
+                                                "    return threshold\n"),
+                       ("core/results", "import tensorflow as _tf  # noqa: E402\n")]:
         with open(pkg / f"{name}.py", "a") as f:
             f.write("\n" + text)
     result = lint_imports(tmp_path)
     out = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 1, out
     assert "Contracts: 0 kept, 3 broken." in out, out
-    assert ".data -> .scoring" in out or ".scoring -> .data" in out, out
-    assert "cbigan.layout is not allowed to import cbigan.figures" in out, out
-    assert "cbigan.results is not allowed to import tensorflow" in out, out
+    assert ".multirun -> .reproduce" in out or ".reproduce -> .multirun" in out, out
+    assert "cbigan.core.layout -> cbigan.reporting.figures" in out, out
+    assert "cycles are allowed in cbigan.scoring" in out, out
+    assert ".localization -> .threshold" in out or ".threshold -> .localization" in out, out
+    assert "cbigan.core.results is not allowed to import tensorflow" in out, out
 
 
 def import_light_modules(cwd: Path) -> subprocess.CompletedProcess:
@@ -81,7 +89,7 @@ def test_light_module_check_can_fail(tmp_path):
     shutil.copytree(ROOT / "cbigan", tmp_path / "cbigan", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text("")
-    with open(tmp_path / "cbigan" / "results.py", "a") as f:
+    with open(tmp_path / "cbigan" / "core" / "results.py", "a") as f:
         f.write("\nimport tensorflow as _tf  # noqa: E402\n")
     result = import_light_modules(tmp_path)
-    assert result.returncode == 1 and "importing cbigan.results loads tensorflow" in result.stderr, result.stderr
+    assert result.returncode == 1 and "importing cbigan.core.results loads tensorflow" in result.stderr, result.stderr

@@ -1,4 +1,4 @@
-"""Input kinds (cbigan/kinds.py): one table holds each kind's defaults, checks, patching and augmentation."""
+"""Input kinds (cbigan/core/kinds.py): one table holds each kind's defaults, checks, patching and augmentation."""
 
 import re
 import subprocess
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbigan import kinds
-from cbigan.config import CATEGORIES, OBJECTS, TEXTURES, Config, apply_preset
-from cbigan.kinds import KINDS, InputKind, StrideError, default_kind, kind_of
+from cbigan.core import kinds
+from cbigan.core.config import CATEGORIES, OBJECTS, TEXTURES, Config, apply_preset
+from cbigan.core.kinds import KINDS, InputKind, StrideError, default_kind, kind_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,8 +77,8 @@ def test_patches_per_image_and_map_stride():
 
 
 def test_evaluation_still_raises_its_own_error_for_a_bad_stride():
-    from cbigan.errors import EvaluationError
-    from cbigan.evaluation import resolve_stride
+    from cbigan.core.errors import EvaluationError
+    from cbigan.reporting.evaluation import resolve_stride
 
     tex, obj = Config(category="grid"), Config(category="bottle")
     assert resolve_stride(tex, None) == 64 and resolve_stride(tex, 16) == 16 and resolve_stride(obj, 3) == 128
@@ -90,7 +90,7 @@ def test_evaluation_still_raises_its_own_error_for_a_bad_stride():
 def test_texture_network_inputs_round_trip_and_objects_pass_through():
     import tensorflow as tf
 
-    from cbigan.data import to_patches
+    from cbigan.data.pipeline import to_patches
 
     cfg = Config(category="grid", image_size=128, patch_size=32).resolved()
     x = tf.constant(np.random.default_rng(0).uniform(-1, 1, (3, 128, 128, 3)).astype("float32"))
@@ -121,7 +121,7 @@ def test_object_augmentation_without_rotation_is_the_identity_in_model_range():
 def test_rotating_augmentations_are_todays():
     import tensorflow as tf
 
-    from cbigan.data import rotate_objects, rotated_texture_crops
+    from cbigan.data.pipeline import rotate_objects, rotated_texture_crops
 
     images = tf.constant(np.random.default_rng(2).integers(0, 256, (4, 128, 128, 3), dtype=np.uint8))
     seed = tf.constant([5, 6], tf.int64)
@@ -162,7 +162,7 @@ def test_a_new_kind_is_one_class_in_the_table(monkeypatch):
         Config(kind="strip", patch_size=32).resolved()
     with pytest.raises(ValueError, match=r"^kind must be 'object' or 'texture' or 'tiles' or 'strip', got 'x'$"):
         Config(kind="x").resolved()
-    from cbigan.evaluation import resolve_stride
+    from cbigan.reporting.evaluation import resolve_stride
 
     assert resolve_stride(cfg, 16) == 16                                  # patched: it has a map stride
 
@@ -183,7 +183,7 @@ def test_no_kind_branch_outside_the_table():
     offenders = []
     for path in sorted((ROOT / "cbigan").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        if rel == "cbigan/kinds.py":
+        if rel == "cbigan/core/kinds.py":
             continue
         for i, line in enumerate(path.read_text().splitlines(), 1):
             if KIND_BRANCH.search(line):
@@ -197,8 +197,8 @@ def test_no_kind_branch_outside_the_table():
 
 
 def test_kinds_and_config_import_without_tensorflow():
-    code = ("import sys, cbigan.config, cbigan.kinds; "
-            "bad = [m for m in ('tensorflow', 'keras', 'cbigan.data', 'cbigan.imageops') if m in sys.modules]; "
+    code = ("import sys, cbigan.core.config, cbigan.core.kinds; "
+            "bad = [m for m in ('tensorflow', 'keras', 'cbigan.data.pipeline', 'cbigan.core.imageops') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -209,8 +209,8 @@ def test_fit_is_identity_means_what_it_says():
     """Callers skip fit when a kind says it would change nothing (LiteRT at batch 1): check it does not."""
     import numpy as np
 
-    from cbigan.config import Config
-    from cbigan.kinds import KINDS
+    from cbigan.core.config import Config
+    from cbigan.core.kinds import KINDS
 
     rng = np.random.default_rng(0)
     for name in KINDS:

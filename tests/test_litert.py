@@ -46,8 +46,8 @@ def runs(tmp_path_factory):
     from synthetic import make_category, make_untrained_run
 
     from cbigan.cli.export import main as export_main
-    from cbigan.evaluation import evaluate_run
-    from cbigan.litert import export_litert
+    from cbigan.reporting.evaluation import evaluate_run
+    from cbigan.serving.litert import export_litert
 
     root = tmp_path_factory.mktemp("litert")
     make_category(root / "data", "lt_obj", kind="object", size=90, n_train=10, n_good=2, n_defect=2)
@@ -68,8 +68,8 @@ def runs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_files_and_metadata(runs):
-    from cbigan.litert import find_litert, is_litert, read_litert_metadata
-    from cbigan.runfolder import read_threshold
+    from cbigan.serving.litert import find_litert, is_litert, read_litert_metadata
+    from cbigan.core.runfolder import read_threshold
 
     model = runs["obj"]["model"]
     assert model.is_file() and model.with_suffix(".json").is_file()
@@ -92,9 +92,9 @@ def test_files_and_metadata(runs):
 PARITY_SCRIPT = r"""
 import json, sys
 import numpy as np
-from cbigan.data import load_image
-from cbigan.litert import LiteRTModel
-from cbigan.predict import open_model, predict
+from cbigan.data.pipeline import load_image
+from cbigan.serving.litert import LiteRTModel
+from cbigan.serving.predict import open_model, predict
 spec = json.loads(sys.argv[1])
 result = {}
 for name, (model_path, paths) in spec.items():
@@ -146,9 +146,9 @@ def test_parity_with_evaluate_in_a_fresh_process(runs):
 @pytest.mark.slow
 def test_clear_errors(tmp_path, monkeypatch, runs):
     from cbigan.cli.export import main as export_main
-    from cbigan.export import ExportError
-    from cbigan.litert import LiteRTMissing, LiteRTModel, interpreter_class
-    from cbigan.predict import open_model
+    from cbigan.serving.export import ExportError
+    from cbigan.serving.litert import LiteRTMissing, LiteRTModel, interpreter_class
+    from cbigan.serving.predict import open_model
 
     with pytest.raises(ExportError, match="no LiteRT model"):
         LiteRTModel(tmp_path / "missing.tflite")
@@ -170,8 +170,8 @@ def test_a_tiles_run_with_a_global_view_is_refused_in_one_line(tmp_path):
     """The global view's antialiased resize has no LiteRT kernel: said before any conversion."""
     from synthetic import make_untrained_run
 
-    from cbigan.export import ExportError
-    from cbigan.litert import write_litert
+    from cbigan.serving.export import ExportError
+    from cbigan.serving.litert import write_litert
 
     make_strips(tmp_path / "data")
     r = make_untrained_run(tmp_path / "data", tmp_path / "runs", "lt_tiles", kind="tiles", image_size=128,

@@ -1,4 +1,4 @@
-"""Anomaly maps (cbigan.localization) and their pixel metrics in evaluate.py.
+"""Anomaly maps (cbigan.scoring.localization) and their pixel metrics in evaluate.py.
 
 Untrained, freshly built models: the maps' geometry, stitching, averaging and smoothing do not depend
 on the weights.
@@ -14,7 +14,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import roc_auc_score
 
-from cbigan.config import Config
+from cbigan.core.config import Config
 from synthetic import make_untrained_run
 
 
@@ -24,7 +24,7 @@ def make_run(root, tmp, category, **kw):
 
 @pytest.fixture(scope="module")
 def tex(synthetic_root, tmp_path_factory):
-    from cbigan.data import load_test_set
+    from cbigan.data.pipeline import load_test_set
 
     t = make_run(synthetic_root, tmp_path_factory.mktemp("runs"), "synth_tex", kind="texture",
                  image_size=128, patch_size=64)
@@ -33,7 +33,7 @@ def tex(synthetic_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def obj(synthetic_root, tmp_path_factory):
-    from cbigan.data import load_test_set
+    from cbigan.data.pipeline import load_test_set
 
     t = make_run(synthetic_root, tmp_path_factory.mktemp("runs"), "synth_obj", image_size=64, patch_size=64)
     return dict(t, test=load_test_set(t["cfg"]))
@@ -41,7 +41,7 @@ def obj(synthetic_root, tmp_path_factory):
 
 def reference_maps(model, cfg, image, stride):
     """Loop over every patch position; eager Keras calls; numpy sums and counts."""
-    from cbigan.networks import feature_extractor
+    from cbigan.model.networks import feature_extractor
 
     feats = feature_extractor(model.critic, cfg.feature_layer)
     s, p = cfg.image_size, cfg.patch_size
@@ -62,7 +62,7 @@ def reference_maps(model, cfg, image, stride):
 
 @pytest.mark.slow
 def test_maps_have_the_input_resolution(tex, obj):
-    from cbigan.localization import Localizer, to_original_size
+    from cbigan.scoring.localization import Localizer, to_original_size
 
     for t in (tex, obj):
         size = t["cfg"].image_size
@@ -79,9 +79,9 @@ def test_maps_have_the_input_resolution(tex, obj):
 @pytest.mark.slow
 def test_stride_64_maps_equal_the_plain_stitched_maps(tex):
     """stride = patch size: exactly the per-patch |x - G(E(x))| of Scorer.raw put side by side."""
-    from cbigan.data import from_patches
-    from cbigan.localization import Localizer
-    from cbigan.scoring import Scorer
+    from cbigan.data.pipeline import from_patches
+    from cbigan.scoring.localization import Localizer
+    from cbigan.scoring.parts import Scorer
 
     images = tex["test"].images
     scorer = Scorer(tex["model"], tex["cfg"])
@@ -105,8 +105,8 @@ def test_stride_64_maps_equal_the_plain_stitched_maps(tex):
 
 @pytest.mark.slow
 def test_overlapping_patches_are_averaged_and_scores_unchanged(tex):
-    from cbigan.localization import Localizer
-    from cbigan.scoring import Scorer
+    from cbigan.scoring.localization import Localizer
+    from cbigan.scoring.parts import Scorer
 
     images = tex["test"].images[-2:]
     for stride in (32, 48):   # 48: positions 0, 48, 64 (the scoring grid is always included)
@@ -121,7 +121,7 @@ def test_overlapping_patches_are_averaged_and_scores_unchanged(tex):
 def test_gaussian_smoothing_matches_scipy():
     import tensorflow as tf
 
-    from cbigan.localization import gaussian_blur
+    from cbigan.scoring.localization import gaussian_blur
 
     # 9: longer than a side; 256 x 320: the banded path (both sides >= BANDED_MIN_SIDE), 256 x 200: dense
     for shape, sigmas in (((2, 64, 64), (1.0, 4.0, 2.5)), ((1, 12, 20), (0.5, 9.0)),
@@ -138,7 +138,7 @@ def test_coarse_feature_layers_are_resized():
     import keras
     import tensorflow as tf
 
-    from cbigan.localization import channel_mean_map
+    from cbigan.scoring.localization import channel_mean_map
 
     def feature_map(features, x, r, z):
         return channel_mean_map(tf.abs(features([x, z]) - features([r, z])), 16, 16)
@@ -162,9 +162,9 @@ def test_export_style_graph():
     """localize inside a tf.function with a fixed input signature (as the SavedModel uses it)."""
     import tensorflow as tf
 
-    from cbigan.localization import localize
-    from cbigan.model import build_model
-    from cbigan.networks import feature_extractor
+    from cbigan.scoring.localization import localize
+    from cbigan.model.gan import build_model
+    from cbigan.model.networks import feature_extractor
 
     cfg = Config(category="t", kind="texture", image_size=128, patch_size=64).resolved()
     model = build_model(cfg)
@@ -179,10 +179,10 @@ def test_export_style_graph():
 @pytest.mark.slow
 def test_evaluate_writes_pixel_metrics_and_reuses_maps(tex, capsys):
     import evaluate
-    from cbigan.evaluation import evaluate_run
-    from cbigan.results import ImageResults
-    from cbigan.runfolder import PIXEL_NPZ
-    from cbigan.pixel_metrics import pixel_metrics
+    from cbigan.reporting.evaluation import evaluate_run
+    from cbigan.core.results import ImageResults
+    from cbigan.core.runfolder import PIXEL_NPZ
+    from cbigan.scoring.pixel_metrics import pixel_metrics
 
     run = tex["run"]
     ev = evaluate_run(run, [0.0, 0.1, 1.0], progress=False, model=tex["model"], stride=32, sigma=2.0)
@@ -217,9 +217,9 @@ def test_evaluate_writes_pixel_metrics_and_reuses_maps(tex, capsys):
 
 @pytest.mark.slow
 def test_defective_image_without_mask_is_left_out(obj, tmp_path):
-    from cbigan.evaluation import evaluate_run
-    from cbigan.localization import Localizer
-    from cbigan.pixel_metrics import pixel_metrics
+    from cbigan.reporting.evaluation import evaluate_run
+    from cbigan.scoring.localization import Localizer
+    from cbigan.scoring.pixel_metrics import pixel_metrics
 
     data = tmp_path / "data"
     shutil.copytree(obj["cfg"].data_dir + "/synth_obj", data / "synth_obj")
@@ -244,6 +244,7 @@ def test_defective_image_without_mask_is_left_out(obj, tmp_path):
 
 
 def test_default_sigma_is_the_same_everywhere():
-    from cbigan import evaluation, localization
+    from cbigan.reporting import evaluation
+    from cbigan.scoring import localization
 
     assert evaluation.MAP_SIGMA == localization.DEFAULT_SIGMA

@@ -1,4 +1,4 @@
-"""cbigan.losses against NumPy references and closed forms, on small fixed inputs (no CBiGAN model)."""
+"""cbigan.model.losses against NumPy references and closed forms, on small fixed inputs (no CBiGAN model)."""
 
 import ast
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbigan import losses as L
+from cbigan.model import losses as L
 
 RNG = np.random.default_rng(7)
 B, H, W, C, N = 3, 4, 5, 3, 6

@@ -5,8 +5,7 @@ import pytest
 from sklearn.metrics import (balanced_accuracy_score, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
-from cbigan.metrics import (MetricError, at_threshold, auroc, f1_max, image_metrics,
-                            max_balanced_accuracy)
+from cbigan.scoring.metrics import MetricError, at_threshold, auroc, f1_max, image_metrics, max_balanced_accuracy
 
 
 def brute_force_mba(labels, scores):

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbigan.config import Config
-from cbigan.model import CBiGAN, build_model
-from cbigan.networks import build_critic, build_encoder, build_generator
+from cbigan.core.config import Config
+from cbigan.model.gan import CBiGAN, build_model
+from cbigan.model.networks import build_critic, build_encoder, build_generator
 
 
 def tiny_cfg(**kw):

@@ -12,7 +12,7 @@ from conftest import ROOT
 from synthetic import make_category
 
 from cbigan import multirun
-from cbigan.config import CATEGORIES
+from cbigan.core.config import CATEGORIES
 
 
 def test_category_lists():
@@ -31,7 +31,7 @@ def test_launcher_options_are_not_passed_on():
 
 
 def test_the_launcher_does_not_import_tensorflow():
-    code = "import sys, train, cbigan.multirun, cbigan.distribute; print('tensorflow' in sys.modules)"
+    code = "import sys, train, cbigan.multirun, cbigan.model.distribute; print('tensorflow' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.strip() == "False", r.stderr
 

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from cbigan.networks import (DEFAULT_FEATURE_LAYER, build_critic, build_encoder, build_generator,
-                             feature_extractor)
+from cbigan.model.networks import (
+    DEFAULT_FEATURE_LAYER, build_critic, build_encoder, build_generator, feature_extractor)
 
 
 @pytest.mark.parametrize("size,g,e,d", [(64, 83_142, 60_244, 638_789), (128, 83_142, 87_892, 666_437)])
@@ -67,8 +67,8 @@ def test_feature_difference_by_linearity_equals_two_critic_calls():
     instead of twice; L_fD and the feature map must not change (float32 rounding only)."""
     import tensorflow as tf
 
-    from cbigan.networks import build_encoder, build_generator
-    from cbigan.scoring import score_patches
+    from cbigan.model.networks import build_encoder, build_generator
+    from cbigan.scoring.parts import score_patches
 
     critic, enc, gen = build_critic(64), build_encoder(64), build_generator(64)
     f = feature_extractor(critic)

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from cbigan.pixel_metrics import (FPR_LIMIT, PixelMetricError, aupro, pixel_auroc, pixel_metrics,
-                                  select_images, trapezoid_to)
+from cbigan.scoring.pixel_metrics import (
+    FPR_LIMIT, PixelMetricError, aupro, pixel_auroc, pixel_metrics, select_images, trapezoid_to)
 
 
 def reference_aupro(maps, masks, fpr_limit=FPR_LIMIT):

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbigan import figures, plots, previews
+from cbigan.reporting import figures, plots
+from cbigan.training import previews
 from cbigan.cli.plots import main
-from cbigan.runfolder import write_config
+from cbigan.core.runfolder import write_config
 
 DPI = 40  # small images keep the tests fast; sizes scale exactly with it
 
@@ -20,8 +21,8 @@ DPI = 40  # small images keep the tests fast; sizes scale exactly with it
 @pytest.fixture(scope="module")
 def obj_run(synthetic_root, tmp_path_factory):
     """A trained 6-step run of the 64 px object category (with masks, logs and 2 previews)."""
-    from cbigan.config import Config
-    from cbigan.training import train
+    from cbigan.core.config import Config
+    from cbigan.training.run import train
 
     out = tmp_path_factory.mktemp("runs")
     return train(Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(out), steps=6,
@@ -32,8 +33,8 @@ def obj_run(synthetic_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tex_run(synthetic_root, tmp_path_factory):
     """An untrained texture run (128 px images, 4 patches of 64 px): config and weights, no logs."""
-    from cbigan.config import Config
-    from cbigan.model import build_model
+    from cbigan.core.config import Config
+    from cbigan.model.gan import build_model
 
     run = tmp_path_factory.mktemp("runs") / "synth_tex" / "untrained"
     run.mkdir(parents=True)
@@ -87,7 +88,7 @@ def test_curves(obj_run, tmp_path):
     assert main(["curves", str(obj_run), "--out", str(out), "--dpi", str(DPI)]) == 0
     png(out, figures.CURVES_SIZE)
     with Image.open(out) as im:
-        assert "cbigan.plots curves" in im.info.get("Description", "")
+        assert "cbigan.reporting.plots curves" in im.info.get("Description", "")
     assert "curves.png: python -m cbigan.plots curves" in (tmp_path / "commands.txt").read_text()
 
 
@@ -172,7 +173,7 @@ def test_recon_texture_stitches_patches(tex_run, tmp_path):
 def test_maps_rows_and_figure(obj_run, tex_run, tmp_path):
     """Anomaly maps over images: the localization maps of the picked images, at the model resolution
     or at every image's original size, with the masks."""
-    from cbigan.localization import Localizer
+    from cbigan.scoring.localization import Localizer
 
     rows, title, note = plots.maps_data(obj_run, n_rows=4, sigma=0)
     assert len(rows) == 4 and "anomaly maps" in title and "sigma 0" in note

@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 
 from cbigan.cli.train import parse_args
-from cbigan.config import PRECISIONS, Config
-from cbigan.model import build_model, load_trained
-from cbigan.networks import feature_extractor
-from cbigan.runfolder import CONFIG_JSON, WEIGHTS
+from cbigan.core.config import PRECISIONS, Config
+from cbigan.model.gan import build_model, load_trained
+from cbigan.model.networks import feature_extractor
+from cbigan.core.runfolder import CONFIG_JSON, WEIGHTS
 
 FLOAT32_LAYERS = ("latent", "image", "score", "critic_features")
 
@@ -122,7 +122,7 @@ def test_precision_flag_and_config_validation():
 
 
 def test_a_note_when_the_cpu_has_no_native_bfloat16():
-    from cbigan.training import cpu_flags, precision_note
+    from cbigan.training.machine import cpu_flags, precision_note
 
     def cpuinfo(*flags):
         return "processor\t: 0\nvendor_id\t: x\nflags\t\t: " + " ".join(flags) + "\n"
@@ -139,7 +139,7 @@ def test_a_note_when_the_cpu_has_no_native_bfloat16():
 
 
 def test_auto_precision_is_bfloat16_only_on_a_cpu_with_native_bfloat16_and_no_gpu():
-    from cbigan.training import choose_precision
+    from cbigan.training.machine import choose_precision
 
     def cpuinfo(*flags):
         return "processor\t: 0\nflags\t\t: " + " ".join(flags) + "\n"
@@ -160,7 +160,8 @@ def test_auto_precision_is_bfloat16_only_on_a_cpu_with_native_bfloat16_and_no_gp
 def test_a_run_records_the_precision_auto_chose(tmp_path):
     from synthetic import make_category
 
-    from cbigan.training import choose_precision, train
+    from cbigan.training.machine import choose_precision
+    from cbigan.training.run import train
 
     make_category(tmp_path / "data", "auto_p", size=32, n_train=4, n_good=1, n_defect=1)
     cfg = Config(category="auto_p", data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "runs"),

@@ -17,9 +17,9 @@ from test_export import OBJ, make_data, make_run
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A calibrated, exported object run and an input folder with one corrupt file in it."""
-    from cbigan.data import load_train_set
-    from cbigan.export import export_model
-    from cbigan.threshold import calibrate_threshold, write_threshold
+    from cbigan.data.pipeline import load_train_set
+    from cbigan.serving.export import export_model
+    from cbigan.scoring.threshold import calibrate_threshold, write_threshold
 
     data = make_data(tmp_path_factory.mktemp("data"))
     run_dir, cfg, model = make_run(data, tmp_path_factory.mktemp("runs"), "big_obj", return_model=True,
@@ -96,7 +96,7 @@ def test_without_threshold(setup, tmp_path, capsys):
     (run / "config.json").write_text(json.dumps(cfg))
     shutil.copy(setup["run"] / "model.weights.h5", run)
     img = setup["inputs"] / "red_square" / "000.png"
-    from cbigan.predict import open_model, predict, print_table, write_csv
+    from cbigan.serving.predict import open_model, predict, print_table, write_csv
 
     model = open_model(run)
     res, _ = predict(model, [img])
@@ -125,8 +125,8 @@ def test_nothing_readable(setup, tmp_path, capsys):
 def test_a_category_folder_is_refused_naming_its_runs(tmp_path):
     from synthetic import make_category, make_untrained_run
 
-    from cbigan.export import ExportError
-    from cbigan.predict import open_model
+    from cbigan.serving.export import ExportError
+    from cbigan.serving.predict import open_model
 
     make_category(tmp_path / "data", "widget", size=32, n_train=2, n_good=1, n_defect=1)
     run = make_untrained_run(tmp_path / "data", tmp_path / "runs", "widget", image_size=64, patch_size=64,
@@ -138,7 +138,7 @@ def test_a_category_folder_is_refused_naming_its_runs(tmp_path):
 
 def test_tiles_inputs_larger_than_the_canvas_get_a_note(tmp_path):
     """A tiles model shrinks an image larger than its canvas: the user is told which and by how much."""
-    from cbigan.predict import input_notes, predict
+    from cbigan.serving.predict import input_notes, predict
 
     class FakeTiles:  # a tiles model's interface: kind, canvas (image_size), scale; scores of a batch
         kind, image_size, scale, threshold, rule, source = "tiles", 64, 1.0, None, "", "fake"
@@ -161,7 +161,7 @@ def test_tiles_inputs_larger_than_the_canvas_get_a_note(tmp_path):
 
 def test_elongated_inputs_to_a_square_model_get_a_note():
     """Objects and textures squash every input to a square: a 2:1 or longer image is named."""
-    from cbigan.predict import input_notes
+    from cbigan.serving.predict import input_notes
 
     sizes = {"square.png": (300, 310), "strip.png": (500, 1250), "tall.png": (900, 400)}
     notes = input_notes("object", 64, 1.0, sizes)

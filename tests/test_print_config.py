@@ -1,4 +1,4 @@
-"""Settings resolved once (cbigan/config.py): each value's source, ``train.py --print-config``, the
+"""Settings resolved once (cbigan/core/config.py): each value's source, ``train.py --print-config``, the
 sources in config.json, and every training flag reaching its setting."""
 
 import argparse
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cbigan.cli.train import ADVANCED, build_parser, main, parse_args
-from cbigan.config import FIELDS, Config, describe, resolve
-from cbigan.runfolder import write_config
+from cbigan.core.config import FIELDS, Config, describe, resolve
+from cbigan.core.runfolder import write_config
 
 
 def _strips(root):

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from cbigan.callbacks import duration_message, human_duration
-from cbigan.progress import progress
+from cbigan.training.callbacks import duration_message, human_duration
+from cbigan.core.progress import progress
 
 
 def test_human_duration():
@@ -76,8 +76,8 @@ def test_duration_estimate_prints_once_after_warmup(monkeypatch):
 
     import keras
 
-    from cbigan import callbacks
-    from cbigan.callbacks import DurationEstimate
+    from cbigan.training import callbacks
+    from cbigan.training.callbacks import DurationEstimate
 
     clock = itertools.count(0.0, 0.5)  # every reading of the clock is half a second later: ~1 step/s
     monkeypatch.setattr(callbacks.time, "monotonic", lambda: next(clock))
@@ -103,8 +103,8 @@ def test_duration_estimate_leaves_out_long_pauses_between_batches(monkeypatch, p
 
     import keras
 
-    from cbigan import callbacks
-    from cbigan.callbacks import DurationEstimate
+    from cbigan.training import callbacks
+    from cbigan.training.callbacks import DurationEstimate
 
     now = [0.0]
     monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
@@ -125,7 +125,7 @@ def test_duration_estimate_leaves_out_long_pauses_between_batches(monkeypatch, p
 
 
 def test_fit_shows_its_progress_bar_only_on_a_terminal():
-    from cbigan.training import fit_verbosity
+    from cbigan.training.run import fit_verbosity
 
     class Terminal(io.StringIO):
         def isatty(self):

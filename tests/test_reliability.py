@@ -16,13 +16,12 @@ from PIL import Image
 from conftest import ROOT
 from synthetic import make_category
 
-from cbigan.callbacks import NonFiniteLossError
-from cbigan.config import Config
-from cbigan.data import DataError
-from cbigan.model import CBiGAN, build_model
-from cbigan.model import load_trained as load_run
-from cbigan.runfolder import RunLock
-from cbigan.training import train
+from cbigan.training.callbacks import NonFiniteLossError
+from cbigan.core.config import Config
+from cbigan.data.pipeline import DataError
+from cbigan.model.gan import CBiGAN, build_model, load_trained as load_run
+from cbigan.core.runfolder import RunLock
+from cbigan.training.run import train
 
 TINY = ["--image-size", "64", "--patch-size", "64", "--width", "1", "--latent-dim", "8", "--batch-size", "4",
         "--val-split", "0", "--eval-every", "1000", "--preview-every", "1000", "--log-every", "5",
@@ -190,7 +189,7 @@ def test_resume_refuses_other_settings_and_fresh_starts_over(synthetic_root, tmp
 
 @pytest.mark.slow
 def test_the_same_command_on_a_finished_run_rewrites_nothing(synthetic_root, tmp_path, capsys, monkeypatch):
-    import cbigan.training as training
+    import cbigan.training.run as training
 
     run = train(_tiny_cfg(synthetic_root, tmp_path, steps=4), verbose=0, export=True)
 

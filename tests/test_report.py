@@ -12,8 +12,8 @@ from PIL import Image
 from synthetic import make_untrained_run
 
 from cbigan.cli import evaluate
-from cbigan.report import ImageRow, ReportData, jpeg, order_rows, overlay, render_html
-from cbigan.runfolder import REPORT_HTML, write_threshold
+from cbigan.reporting.report import ImageRow, ReportData, jpeg, order_rows, overlay, render_html
+from cbigan.core.runfolder import REPORT_HTML, write_threshold
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 

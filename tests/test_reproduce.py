@@ -1,4 +1,4 @@
-from cbigan.config import CATEGORIES, Config, apply_preset
+from cbigan.core.config import CATEGORIES, Config, apply_preset
 from cbigan.cli.reproduce import main
 from cbigan.reproduce import plan
 

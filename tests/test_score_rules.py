@@ -8,9 +8,9 @@ import pytest
 
 from synthetic import learning_config, make_category, make_learning_category, make_untrained_run
 
-from cbigan.anomaly_score import (IMAGE_SCORE_RULES, image_scores, map_scores, rule_scores, topk_count)
-from cbigan.config import Config, apply_preset
-from cbigan.results import ImageResults
+from cbigan.core.anomaly_score import IMAGE_SCORE_RULES, image_scores, map_scores, rule_scores, topk_count
+from cbigan.core.config import Config, apply_preset
+from cbigan.core.results import ImageResults
 
 
 # ---------------------------------------------------------------------------------- the rules
@@ -144,7 +144,7 @@ def test_fast_preset_standardizes_every_kind_and_older_fast_runs_keep_their_inpu
     sixth study); --preset paper keeps the paper's inputs; a flag wins; a run trained by the fast preset
     before it standardized (its config.json without ``normalize``) is scored with the paper's inputs."""
     from cbigan.cli.train import parse_args
-    from cbigan.config import apply_preset
+    from cbigan.core.config import apply_preset
 
     for category in ("bottle", "leather", "my_part"):
         assert parse_args(["--category", category, "--preset", "fast"])[0].normalize == "per_image"
@@ -167,7 +167,7 @@ def test_small_defect_is_found_by_the_map_rule_not_by_the_sum():
         diff[i, y:y + 3, x:x + 3] += 1.0            # a small, strong defect
     from scipy.ndimage import gaussian_filter
 
-    from cbigan.metrics import auroc
+    from cbigan.scoring.metrics import auroc
 
     smooth = np.stack([gaussian_filter(d, 1.0) for d in diff])
     paper = auroc(labels, diff.reshape(n, -1).sum(1))
@@ -187,11 +187,11 @@ def map_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_evaluation_threshold_and_export_use_the_runs_rule(map_run):
-    from cbigan.data import load_test_set, load_train_set
-    from cbigan.evaluation import evaluate_run, format_report
-    from cbigan.export import ServingGraph
-    from cbigan.localization import Localizer
-    from cbigan.threshold import calibrate_threshold
+    from cbigan.data.pipeline import load_test_set, load_train_set
+    from cbigan.reporting.evaluation import evaluate_run, format_report
+    from cbigan.serving.export import ServingGraph
+    from cbigan.scoring.localization import Localizer
+    from cbigan.scoring.threshold import calibrate_threshold
 
     cfg, model, run = map_run["cfg"], map_run["model"], map_run["run"]
     ev = evaluate_run(run, progress=False, model=model)
@@ -220,8 +220,8 @@ def test_evaluation_threshold_and_export_use_the_runs_rule(map_run):
 @pytest.mark.slow
 def test_rules_on_request_without_ground_truth(tmp_path):
     """A category without masks: map rules asked for compute maps (no pixel metrics, no mask in the file)."""
-    from cbigan.evaluation import evaluate_run
-    from cbigan.runfolder import PIXEL_NPZ
+    from cbigan.reporting.evaluation import evaluate_run
+    from cbigan.core.runfolder import PIXEL_NPZ
 
     make_category(tmp_path / "data", "nomask", kind="object", size=64, masks=False)
     r = make_untrained_run(tmp_path / "data", tmp_path / "runs", "nomask", image_size=64)
@@ -234,7 +234,7 @@ def test_rules_on_request_without_ground_truth(tmp_path):
 
 # ---------------------------------------------------------------------------------- lighting drift
 def test_per_image_normalization_removes_brightness_and_contrast():
-    from cbigan.imageops import to_model_range
+    from cbigan.core.imageops import to_model_range
 
     rng = np.random.default_rng(4)
     img = rng.integers(30, 220, (2, 32, 32, 3)).astype(np.float32)
@@ -251,12 +251,12 @@ def test_per_image_normalization_removes_brightness_and_contrast():
 @pytest.mark.slow
 def test_darker_normal_images_do_not_cross_the_threshold(tmp_path):
     """Trained with --normalize per_image: normal test images 10% darker keep their verdict, defects are found."""
-    from cbigan.data import load_test_set
-    from cbigan.localization import ImageScorer
-    from cbigan.metrics import auroc
-    from cbigan.model import load_trained
-    from cbigan.runfolder import read_threshold
-    from cbigan.training import train
+    from cbigan.data.pipeline import load_test_set
+    from cbigan.scoring.localization import ImageScorer
+    from cbigan.scoring.metrics import auroc
+    from cbigan.model.gan import load_trained
+    from cbigan.core.runfolder import read_threshold
+    from cbigan.training.run import train
 
     make_learning_category(tmp_path / "data", "drift", n_train=40)
     cfg = learning_config(tmp_path / "data", tmp_path, "drift", val_split=0.2, normalize="per_image",

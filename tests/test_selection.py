@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbigan.config import Config
-from cbigan.selection import DEFECT_KINDS, GLOBAL_DEFECTS, SnapshotSelector, separation_auroc, synthetic_defects
-from cbigan.model import load_trained as load_run
-from cbigan.runfolder import SELECTED
-from cbigan.training import train
+from cbigan.core.config import Config
+from cbigan.scoring.selection import DEFECT_KINDS, GLOBAL_DEFECTS, SnapshotSelector, separation_auroc, synthetic_defects
+from cbigan.model.gan import load_trained as load_run
+from cbigan.core.runfolder import SELECTED
+from cbigan.training.run import train
 
 
 def _images(n=5, size=32, seed=0):
@@ -73,7 +73,7 @@ def test_selector_inactive_without_held_out_images_or_with_rule_final():
 
 
 def test_selector_with_too_few_held_out_images_keeps_the_last_weights_and_says_why():
-    from cbigan.selection import MIN_IMAGES
+    from cbigan.scoring.selection import MIN_IMAGES
 
     few = SnapshotSelector(np.zeros((MIN_IMAGES - 1, 8, 8, 3), np.uint8), None, None)
     assert not few.active and few.observe(5) == {} and few.describe() == "final EMA weights"

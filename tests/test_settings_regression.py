@@ -1,4 +1,4 @@
-"""Settings resolution (``cbigan.config.resolve``) gives, for a grid of presets x input kinds x flags, the
+"""Settings resolution (``cbigan.core.config.resolve``) gives, for a grid of presets x input kinds x flags, the
 values the code gave before the settings were resolved in one place (commit cdf4e0e).
 
 ``settings_regression.json`` was recorded with that commit's code by :func:`record` (run with the old
@@ -71,7 +71,7 @@ def write_data(root: Path) -> Path:
 def values(how, category, kind, preset, flags, root: Path) -> dict:
     """What the code resolves for one case: the fields that differ from ``Config()``, or the error."""
     from cbigan.cli.train import parse_args
-    from cbigan.config import Config
+    from cbigan.core.config import Config
 
     try:
         if how == "cli":

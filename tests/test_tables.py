@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 import evaluate
-from cbigan.config import OBJECTS, TEXTURES, Config
-from cbigan.evaluation import method_label, method_name
-from cbigan.tables import (COLUMNS, TABLES, build_table, collect_evaluations, compare,
-                           load_published, to_markdown, write_tables)
+from cbigan.core.config import OBJECTS, TEXTURES, Config
+from cbigan.reporting.evaluation import method_label, method_name
+from cbigan.reporting.tables import (
+    COLUMNS, TABLES, build_table, collect_evaluations, compare, load_published, to_markdown, write_tables)
 
 PAPER_COLUMNS = ["carpet", "grid", "leather", "tile", "wood", "textures_mean", "bottle", "cable",
                  "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor",

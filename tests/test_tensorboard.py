@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbigan.config import Config
-from cbigan.runfolder import TENSORBOARD
-from cbigan.training import train
+from cbigan.core.config import Config
+from cbigan.core.runfolder import TENSORBOARD
+from cbigan.training.run import train
 
 pytestmark = pytest.mark.slow  # every test here trains or scores a model (python -m pytest -m 'not slow' leaves them out)
 
@@ -28,12 +28,10 @@ def read_events(folder):
 
 
 def test_run_writes_tensorboard_events(synthetic_root, tmp_path, monkeypatch):
-    from cbigan import training
-
     # test-set monitoring at step 2 waits while it would cost too much of the run's time, judged from the
     # first scoring call's time, tf.function tracing included: on a slow machine it skipped step 2.
     # Not what this test is about: here monitoring is always affordable.
-    monkeypatch.setattr(training, "EVAL_FREE_S", 1e9)
+    monkeypatch.setattr("cbigan.training.monitor.EVAL_FREE_S", 1e9)
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="tb",
                  image_size=64, patch_size=64, steps=4, batch_size=4, log_every=2, eval_every=2,
                  preview_every=4, width=2, latent_dim=16)

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from cbigan.runfolder import write_config
+from cbigan.core.runfolder import write_config
 
 
 def _cfg(root, **kw):
-    from cbigan.config import Config
+    from cbigan.core.config import Config
 
     base = dict(category="synth_obj", data_dir=str(root), image_size=64, patch_size=64, run_name="r")
     base.update(kw)
@@ -19,14 +19,14 @@ def _cfg(root, **kw):
 
 @pytest.fixture(scope="module")
 def model_and_cfg(synthetic_root):
-    from cbigan.model import build_model
+    from cbigan.model.gan import build_model
 
     cfg = _cfg(synthetic_root)
     return build_model(cfg), cfg
 
 
 def test_split_is_disjoint_and_reproducible(synthetic_root):
-    from cbigan.data import category_dir, list_images, load_image, load_train_set, resize_uint8
+    from cbigan.data.pipeline import category_dir, list_images, load_image, load_train_set, resize_uint8
 
     cfg = _cfg(synthetic_root)
     a, b = load_train_set(cfg), load_train_set(cfg)
@@ -45,9 +45,9 @@ def test_split_is_disjoint_and_reproducible(synthetic_root):
 
 @pytest.mark.slow
 def test_calibrate_threshold(synthetic_root, model_and_cfg):
-    from cbigan.data import load_train_set
-    from cbigan.scoring import Scorer
-    from cbigan.threshold import calibrate_threshold
+    from cbigan.data.pipeline import load_train_set
+    from cbigan.scoring.parts import Scorer
+    from cbigan.scoring.threshold import calibrate_threshold
 
     model, cfg = model_and_cfg
     val = load_train_set(cfg).val_images
@@ -66,8 +66,8 @@ def test_calibrate_threshold(synthetic_root, model_and_cfg):
 
 
 def test_val_split_zero_means_no_threshold(synthetic_root, model_and_cfg):
-    from cbigan.data import load_train_set
-    from cbigan.threshold import NO_THRESHOLD_RULE, calibrate_threshold
+    from cbigan.data.pipeline import load_train_set
+    from cbigan.scoring.threshold import NO_THRESHOLD_RULE, calibrate_threshold
 
     model, _ = model_and_cfg
     cfg = _cfg(synthetic_root, val_split=0.0)
@@ -79,7 +79,7 @@ def test_val_split_zero_means_no_threshold(synthetic_root, model_and_cfg):
 
 
 def test_threshold_from_scores():
-    from cbigan.threshold import threshold_from_scores
+    from cbigan.scoring.threshold import threshold_from_scores
 
     assert threshold_from_scores(np.arange(1, 101), 99) == pytest.approx(99.01)
     assert threshold_from_scores([3.0], 99) == 3.0
@@ -91,8 +91,8 @@ def test_threshold_from_scores():
 
 
 def test_write_and_read_threshold(tmp_path, synthetic_root):
-    from cbigan.config import Config
-    from cbigan.threshold import read_threshold, write_threshold
+    from cbigan.core.config import Config
+    from cbigan.scoring.threshold import read_threshold, write_threshold
 
     cfg = _cfg(synthetic_root)
     assert read_threshold(tmp_path) is None
@@ -116,11 +116,11 @@ def test_write_and_read_threshold(tmp_path, synthetic_root):
 @pytest.mark.slow
 def test_train_writes_threshold(synthetic_root, tmp_path):
     """A run carries its calibrated threshold, in the run folder and in the SavedModel it exports."""
-    from cbigan.data import load_train_set
-    from cbigan.export import read_metadata
-    from cbigan.model import load_trained as load_run
-    from cbigan.threshold import calibrate_threshold, read_threshold
-    from cbigan.training import train
+    from cbigan.data.pipeline import load_train_set
+    from cbigan.serving.export import read_metadata
+    from cbigan.model.gan import load_trained as load_run
+    from cbigan.scoring.threshold import calibrate_threshold, read_threshold
+    from cbigan.training.run import train
 
     cfg = _cfg(synthetic_root, output_dir=str(tmp_path), steps=2, batch_size=4, log_every=1,
                eval_every=1000, preview_every=1000)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cbigan.config import Config
+from cbigan.core.config import Config
 
 
 def _cfg(**kw) -> Config:
@@ -15,8 +15,8 @@ def _cfg(**kw) -> Config:
 
 
 def _both(cfg, seed=0):
-    from cbigan.export import ServingGraph
-    from cbigan.model import build_model
+    from cbigan.serving.export import ServingGraph
+    from cbigan.model.gan import build_model
 
     tf.keras.utils.set_random_seed(seed)
     model = build_model(cfg)
@@ -39,8 +39,8 @@ def test_region_only_serves_what_the_whole_canvas_serves(kw, hw):
 def test_region_only_keeps_each_regions_maps_in_a_batch_of_different_regions():
     """Several regions in one batch (evaluation's case): the union's tiles; each image's map inside its
     own region, its score, and (with the paper's rule) the per-patch parts of the whole grid agree."""
-    from cbigan.localization import localize
-    from cbigan.imageops import to_model_range
+    from cbigan.scoring.localization import localize
+    from cbigan.core.imageops import to_model_range
 
     cfg = _cfg(image_score="fused")
     new, old = _both(cfg, seed=3)
@@ -61,7 +61,7 @@ def test_region_only_keeps_each_regions_maps_in_a_batch_of_different_regions():
 
 
 def test_region_only_scores_fewer_tiles():
-    from cbigan.localization import needed_patches, patch_positions
+    from cbigan.scoring.localization import needed_patches, patch_positions
 
     pos = patch_positions(1024, 64, 32)                        # 31 positions: 961 tiles
     idx = needed_patches(pos, 64, 1024, tf.constant([[400, 1000]]), 16, keep_grid=False).numpy()
@@ -72,7 +72,7 @@ def test_region_only_scores_fewer_tiles():
 
 def test_the_serve_benchmark_counts_only_the_tiles_a_region_scores():
     from cbigan.bench.serve import graph_flops
-    from cbigan.model import build_model
+    from cbigan.model.gan import build_model
 
     cfg = _cfg()
     model = build_model(cfg)
@@ -81,8 +81,8 @@ def test_the_serve_benchmark_counts_only_the_tiles_a_region_scores():
 
 
 def test_evaluation_maps_inside_the_regions_and_parts_are_the_whole_canvases():
-    from cbigan.localization import Localizer
-    from cbigan.model import build_model
+    from cbigan.scoring.localization import Localizer
+    from cbigan.model.gan import build_model
 
     cfg = _cfg(global_views=0.5)
     model = build_model(cfg)

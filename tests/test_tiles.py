@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbigan.config import Config
+from cbigan.core.config import Config
 
 
 def _strip(rng, h=200, w=520) -> np.ndarray:
@@ -40,7 +40,7 @@ def make_strips(root, name="strips", n_train=24, n_good=4, n_defect=4, seed=0):
 
 
 def test_canvas_keeps_the_aspect_ratio_and_the_pixels():
-    from cbigan.imageops import fit_to_canvas
+    from cbigan.core.imageops import fit_to_canvas
 
     img = np.random.default_rng(0).integers(0, 256, (1, 200, 520, 3)).astype(np.uint8)
     canvas, (h, w) = fit_to_canvas(img, 640)                       # native: the image's own pixels
@@ -51,7 +51,7 @@ def test_canvas_keeps_the_aspect_ratio_and_the_pixels():
     assert (int(h), int(w)) == (98, 256)
     cfg = Config(category="x", kind="tiles").resolved()
     assert (cfg.image_size, cfg.patch_size, cfg.rotation, cfg.scale) == (512, 64, 0.0, 1.0)
-    from cbigan.kinds import kind_of
+    from cbigan.core.kinds import kind_of
 
     assert kind_of(cfg).map_stride(cfg, None) == 32
     with pytest.raises(ValueError, match="scale must be > 0"):
@@ -64,8 +64,8 @@ def test_image_train_crops_are_centred_inside_each_images_region(tmp_path, rotat
     over all of it; 'canvas' (and a region of the whole canvas) leaves the crops as they were."""
     import tensorflow as tf
 
-    from cbigan.data import load_train_set, train_dataset
-    from cbigan.imageops import rotated_texture_crops
+    from cbigan.data.pipeline import load_train_set, train_dataset
+    from cbigan.core.imageops import rotated_texture_crops
 
     regions = np.array([[40, 100], [120, 30], [20, 20], [128, 128]] * 16, np.int32)  # [64, 2] (h, w)
     canvas = np.zeros((64, 128, 128, 1), np.uint8)
@@ -101,11 +101,11 @@ def test_image_train_crops_are_centred_inside_each_images_region(tmp_path, rotat
 
 @pytest.mark.slow
 def test_stitching_overlapping_tiles_equals_a_per_tile_loop():
-    from cbigan.imageops import to_model_range
-    from cbigan.localization import Localizer
-    from cbigan.model import build_model
-    from cbigan.networks import feature_extractor
-    from cbigan.scoring import score_patches
+    from cbigan.core.imageops import to_model_range
+    from cbigan.scoring.localization import Localizer
+    from cbigan.model.gan import build_model
+    from cbigan.model.networks import feature_extractor
+    from cbigan.scoring.parts import score_patches
 
     cfg = Config(category="x", kind="tiles", image_size=128, patch_size=64, width=1, latent_dim=8).resolved()
     model = build_model(cfg)
@@ -124,7 +124,7 @@ def test_stitching_overlapping_tiles_equals_a_per_tile_loop():
 
 @pytest.fixture(scope="module")
 def strips_run(tmp_path_factory):
-    from cbigan.training import train
+    from cbigan.training.run import train
 
     root = tmp_path_factory.mktemp("tiles")
     make_strips(root / "data")
@@ -135,8 +135,8 @@ def strips_run(tmp_path_factory):
                  select="final").resolved()
     from unittest import mock
 
-    import cbigan.training as training
-    from cbigan.data import train_dataset
+    import cbigan.training.run as training
+    from cbigan.data.pipeline import train_dataset
 
     handed = []                     # what the training loop hands the input pipeline
 
@@ -153,7 +153,7 @@ def strips_run(tmp_path_factory):
 def test_the_training_loop_hands_each_training_images_region_to_the_crops(strips_run):
     """train() passes the training images' regions (h, w on the canvas) to train_dataset, so
     --train-crops image crops inside each image in a real run, not only in the pipeline's own tests."""
-    from cbigan.data import load_train_set
+    from cbigan.data.pipeline import load_train_set
 
     handed = strips_run["handed_regions"]
     assert len(handed) == 1 and handed[0] is not None
@@ -163,8 +163,8 @@ def test_the_training_loop_hands_each_training_images_region_to_the_crops(strips
 
 @pytest.mark.slow
 def test_a_three_pixel_scratch_on_a_strip_is_found_and_mapped_at_the_input_size(strips_run):
-    from cbigan.evaluation import evaluate_run
-    from cbigan.metrics import auroc
+    from cbigan.reporting.evaluation import evaluate_run
+    from cbigan.scoring.metrics import auroc
 
     ev = evaluate_run(strips_run["run"], progress=False)
     df = ev.scores
@@ -173,8 +173,8 @@ def test_a_three_pixel_scratch_on_a_strip_is_found_and_mapped_at_the_input_size(
     # the export returns the map at the input's own size, and the evaluation's scores
     import tensorflow as tf
 
-    from cbigan.data import load_image
-    from cbigan.export import find_saved_model
+    from cbigan.data.pipeline import load_image
+    from cbigan.serving.export import find_saved_model
 
     loaded = tf.saved_model.load(str(find_saved_model(strips_run["export"] / "strips")))
     sig, by_bytes = loaded.signatures["serving_default"], loaded.signatures["serving_bytes"]

@@ -11,13 +11,13 @@ import pytest
 from conftest import ROOT, shared_category
 from synthetic import learning_config, make_category, make_learning_category
 
-from cbigan.config import Config
-from cbigan.data import load_test_set
-from cbigan.metrics import auroc
-from cbigan.model import build_model
-from cbigan.scoring import Scorer
-from cbigan.model import load_trained as load_run
-from cbigan.training import train
+from cbigan.core.config import Config
+from cbigan.data.pipeline import load_test_set
+from cbigan.scoring.metrics import auroc
+from cbigan.model.gan import build_model
+from cbigan.scoring.parts import Scorer
+from cbigan.model.gan import load_trained as load_run
+from cbigan.training.run import train
 
 pytestmark = pytest.mark.slow  # every test here trains or scores a model (python -m pytest -m 'not slow' leaves them out)
 
@@ -96,11 +96,11 @@ def test_scoring_that_chooses_nothing_waits_for_its_share_of_the_time(synthetic_
     """With no time to spare (share 0, nothing free), the last weights' held-out scoring runs once to be
     timed and then only at the end, the test set is never scored (a note says so) and the label-free
     selection keeps every evaluation."""
-    import cbigan.training as training
+    import cbigan.training.monitor as monitor
 
-    monkeypatch.setattr(training, "EVAL_SHARE", 0.0)
-    monkeypatch.setattr(training, "EVAL_FREE_S", 0.0)
-    monkeypatch.setattr(training, "FINAL_FREE_S", 0.0)
+    monkeypatch.setattr(monitor, "EVAL_SHARE", 0.0)
+    monkeypatch.setattr(monitor, "EVAL_FREE_S", 0.0)
+    monkeypatch.setattr(monitor, "FINAL_FREE_S", 0.0)
     cfg = Config(category="synth_obj", data_dir=str(synthetic_root), output_dir=str(tmp_path), run_name="share",
                  image_size=64, patch_size=64, steps=9, batch_size=4, log_every=2, eval_every=2,
                  preview_every=100, monitor_every=None, val_split=0.3, select=select)

@@ -19,8 +19,8 @@ from PIL import Image
 
 from synthetic import make_category
 
-from cbigan.config import Config
-from cbigan.errors import DataError
+from cbigan.core.config import Config
+from cbigan.core.errors import DataError
 
 TINY = dict(image_size=64, patch_size=64, width=1, latent_dim=8, batch_size=2)
 
@@ -70,8 +70,8 @@ def dummy_run(root: Path) -> Path:
 def test_exif_orientation_6_phone_photos_are_read_upright_and_fit_their_masks(tmp_path):
     """tensorflow #49834, darkflow #774, vision #7947: stored sideways with Orientation 6, masks drawn
     on the upright picture (160 x 96 px)."""
-    from cbigan.data import load_image, load_test_set
-    from cbigan.layout import load_image_size
+    from cbigan.data.pipeline import load_image, load_test_set
+    from cbigan.core.layout import load_image_size
 
     cat = make_category(tmp_path, "part", size=64, n_train=2, n_good=1, n_defect=1)
     up = upright_photo()
@@ -91,7 +91,7 @@ def test_exif_orientation_6_phone_photos_are_read_upright_and_fit_their_masks(tm
 
 def test_jpeg_masks_are_binarized_at_half_their_range_with_a_warning(tmp_path):
     """anomalib #1006, #785, Dinomaly #14: a 304-pixel defect saved as JPEG became 320-449 pixels."""
-    from cbigan.data import load_mask
+    from cbigan.data.pipeline import load_mask
 
     m = np.zeros((64, 64), np.uint8)
     m[10:26, 20:39] = 255                                   # 16 x 19 = 304 pixels
@@ -106,7 +106,7 @@ def test_jpeg_masks_are_binarized_at_half_their_range_with_a_warning(tmp_path):
 
 def test_webp_and_jfif_images_are_trained_on_and_evaluated(tmp_path):
     """vision #735, pytorch-image-models #1335: 5 of 12 training images were .webp / .jfif."""
-    from cbigan.data import load_test_set, load_train_set
+    from cbigan.data.pipeline import load_test_set, load_train_set
 
     cat = make_category(tmp_path, "part", size=64, n_train=12, n_good=2, n_defect=2)
     good = sorted((cat / "train/good").iterdir())
@@ -125,7 +125,7 @@ def test_webp_and_jfif_images_are_trained_on_and_evaluated(tmp_path):
 
 def test_images_in_day_and_lot_sub_folders_are_used(tmp_path):
     """yolov5 #1379, CellProfiler #2770: train/good/day*, test/<type>/lot_* (and their masks)."""
-    from cbigan.data import load_test_set, load_train_set
+    from cbigan.data.pipeline import load_test_set, load_train_set
 
     cat = make_category(tmp_path, "part", size=64, n_train=12, n_good=2, n_defect=4)
     for i, p in enumerate(sorted((cat / "train/good").iterdir())):
@@ -148,7 +148,7 @@ def test_images_in_day_and_lot_sub_folders_are_used(tmp_path):
 
 def test_overlays_of_same_stem_images_do_not_overwrite_each_other(tmp_path):
     """AniConvert #3, careamics PR #996: 000.png + 000.jpg, 001.png + 001.PNG wrote 4 of 7 files."""
-    from cbigan.predict import Prediction, Results, map_names, write_maps
+    from cbigan.serving.predict import Prediction, Results, map_names, write_maps
 
     names = ["000.png", "000.jpg", "001.png", "001.PNG", "002.png", "sub/000.png", "sub/000.JPG"]
     paths = []
@@ -181,7 +181,7 @@ def test_read_only_run_folder_stops_every_command_before_work_naming_the_flag(tm
     def no_scoring(*a, **kw):
         raise AssertionError("scored before checking where the results go")
 
-    monkeypatch.setattr("cbigan.predict.open_model", no_scoring)
+    monkeypatch.setattr("cbigan.serving.predict.open_model", no_scoring)
     assert predict.main([str(run), str(tmp_path), "--maps", str(run / "maps")]) == 1  # --csv: the cwd, read-only
     err = capsys.readouterr().err
     assert "predictions CSV" in err and "--csv FILE" in err and str(run) in err
@@ -195,7 +195,7 @@ def test_test_only_data_folder_loads_without_training_images(tmp_path):
     stayed on the training machine); --download is not an evaluate option."""
     import shutil
 
-    from cbigan.data import load_test_set
+    from cbigan.data.pipeline import load_test_set
 
     cat = make_category(tmp_path, "part", size=64, n_train=2, n_good=2, n_defect=2)
     shutil.rmtree(cat / "train")
@@ -209,7 +209,7 @@ def test_test_only_data_folder_loads_without_training_images(tmp_path):
 
 def test_data_dir_pointing_at_the_category_folder_says_pass_its_parent(tmp_path):
     """VT-ADL #13, CutPaste #14: "DATA_DIR/part/part/train/good does not exist", then advice to make it."""
-    from cbigan.data import load_test_set, load_train_set
+    from cbigan.data.pipeline import load_test_set, load_train_set
 
     cat = make_category(tmp_path, "part", size=64, n_train=2, n_good=1, n_defect=1)
     for load in (load_train_set, load_test_set):
@@ -244,8 +244,8 @@ def test_evaluate_a_test_only_folder_and_a_read_only_run_with_out(tmp_path, monk
 # ---------------------------------------------------------------------------------- rule 1, our own input
 def test_every_image_file_is_read_in_any_case_and_linked_folder_and_the_rest_named(tmp_path):
     """Orientation 8 PNG, upper-case .TIF and .GIF, a symlinked day folder (and a loop), a notes.txt."""
-    from cbigan.data import load_image, load_train_set
-    from cbigan.predict import collect_inputs
+    from cbigan.data.pipeline import load_image, load_train_set
+    from cbigan.serving.predict import collect_inputs
 
     cat = make_category(tmp_path, "part", size=64, n_train=4, n_good=1, n_defect=1)
     good = cat / "train/good"
@@ -269,7 +269,7 @@ def test_every_image_file_is_read_in_any_case_and_linked_folder_and_the_rest_nam
 # ---------------------------------------------------------------------------------- rule 2, our own input
 @pytest.mark.parametrize("kind", ["float01", "float255", "float65535", "int32_16bit", "int32_24bit"])
 def test_every_bit_depth_and_sample_type_keeps_its_levels(tmp_path, kind):
-    from cbigan.data import load_image
+    from cbigan.data.pipeline import load_image
 
     ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)
     a = {"float01": ramp.astype(np.float32), "float255": (ramp * 255).astype(np.float32),
@@ -285,7 +285,7 @@ def test_every_bit_depth_and_sample_type_keeps_its_levels(tmp_path, kind):
 
 @pytest.mark.parametrize("values", [(-1.0, 1.0), (0.0, 1e6), (0.0, np.nan)])
 def test_float_images_outside_every_range_are_refused_by_name(tmp_path, values):
-    from cbigan.data import load_image
+    from cbigan.data.pipeline import load_image
 
     a = np.linspace(*values, 16 * 16).reshape(16, 16).astype(np.float32) if not np.isnan(values[1]) else \
         np.full((16, 16), np.nan, np.float32)
@@ -296,7 +296,7 @@ def test_float_images_outside_every_range_are_refused_by_name(tmp_path, values):
 
 # ---------------------------------------------------------------------------------- rule 3, our own input
 def test_check_writable_names_path_flag_and_nearest_existing_parent(tmp_path, monkeypatch):
-    from cbigan.runfolder import check_writable
+    from cbigan.core.runfolder import check_writable
 
     assert check_writable(tmp_path / "new/deeper", "--out DIR") == tmp_path / "new/deeper"
     read_only(monkeypatch, tmp_path)
@@ -310,7 +310,7 @@ def test_check_writable_names_path_flag_and_nearest_existing_parent(tmp_path, mo
 
 
 def test_overlay_names_unique_for_many_case_and_extension_collisions(tmp_path):
-    from cbigan.predict import map_names
+    from cbigan.serving.predict import map_names
 
     names = ["a.png", "A.png", "a.PNG", "a.jpg", "a_jpg.png", "a", "b/a.png", "b__a.png"]
     paths = [tmp_path / n for n in names]
@@ -320,7 +320,7 @@ def test_overlay_names_unique_for_many_case_and_extension_collisions(tmp_path):
 
 
 def test_a_read_only_data_folder_is_named_before_a_download(tmp_path, monkeypatch):
-    from cbigan.data import download_category
+    from cbigan.data.pipeline import download_category
 
     read_only(monkeypatch, tmp_path)
     with pytest.raises(DataError, match=f"cannot write the downloaded category to {tmp_path / 'd'}.*--data-dir DIR"):
@@ -329,7 +329,7 @@ def test_a_read_only_data_folder_is_named_before_a_download(tmp_path, monkeypatc
 
 # ---------------------------------------------------------------------------------- rule 4, our own input
 def test_category_folder_of_another_name_says_pass_its_parent_and_its_name(tmp_path):
-    from cbigan.data import load_test_set
+    from cbigan.data.pipeline import load_test_set
 
     cat = make_category(tmp_path, "widget_v2", size=64, n_train=2, n_good=1, n_defect=1)
     import shutil
@@ -342,8 +342,8 @@ def test_category_folder_of_another_name_says_pass_its_parent_and_its_name(tmp_p
 def test_predict_applies_exif_orientation_before_the_model_and_the_export_says_serving_bytes_does_not(tmp_path):
     """serving_bytes decodes in TensorFlow, whose decoders ignore EXIF: predict hands the model upright
     pixels (Pillow), and the export's metadata says what serving_bytes does."""
-    from cbigan.export import EXIF_NOTE, metadata
-    from cbigan.predict import predict
+    from cbigan.serving.export import EXIF_NOTE, metadata
+    from cbigan.serving.predict import predict
 
     up = upright_photo(48, 32)
     Image.fromarray(np.rot90(up, 1)).save(tmp_path / "p.png", exif=exif_with(6))

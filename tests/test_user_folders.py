@@ -19,8 +19,8 @@ from PIL import Image, ImageFile
 
 from synthetic import make_category, make_untrained_run
 
-from cbigan.config import Config
-from cbigan.errors import DataError
+from cbigan.core.config import Config
+from cbigan.core.errors import DataError
 
 TINY = dict(image_size=64, patch_size=64, width=1, latent_dim=8, batch_size=2)
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # what macOS copies beside each file
@@ -79,7 +79,7 @@ def category(root, name="cat", **kw) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from cbigan.model import build_model
+    from cbigan.model.gan import build_model
 
     cfg = Config(category="x", data_dir=str(tmp_path_factory.mktemp("none")), **TINY).resolved()
     return cfg, build_model(cfg)
@@ -88,7 +88,7 @@ def tiny_model(tmp_path_factory):
 # ---------------------------------------------------------------------------------- 1. mask values
 @pytest.mark.parametrize("value", [1, 3, 255])
 def test_any_non_zero_mask_pixel_is_a_defect(tmp_path, value):
-    from cbigan.data import load_mask
+    from cbigan.data.pipeline import load_mask
 
     m = np.zeros((20, 30), np.uint8)
     m[5:9, 10:20] = value                       # 0/1 masks, class ids 1..k and 0/255 alike
@@ -97,7 +97,7 @@ def test_any_non_zero_mask_pixel_is_a_defect(tmp_path, value):
 
 
 def test_palette_colour_and_16_bit_masks(tmp_path):
-    from cbigan.data import load_mask
+    from cbigan.data.pipeline import load_mask
 
     idx = np.zeros((20, 30), np.uint8)
     idx[2:4, 2:4] = 2
@@ -115,7 +115,7 @@ def test_palette_colour_and_16_bit_masks(tmp_path):
 
 
 def test_zero_one_masks_give_defect_pixels_and_an_empty_mask_is_named(tmp_path):
-    from cbigan.data import load_test_set
+    from cbigan.data.pipeline import load_test_set
 
     cat = category(tmp_path)
     gt = cat / "ground_truth/red_square"
@@ -132,7 +132,7 @@ def test_zero_one_masks_give_defect_pixels_and_an_empty_mask_is_named(tmp_path):
 def test_pixel_metrics_with_zero_one_masks_named_like_btad(tmp_path):
     """The reported run: 0/1 masks gave 'pixel auROC n/a ... 0 defect regions'; here they are also named
     <stem>.bmp (BTAD/VisA style), the good folder is 'Good' and macOS left sidecars everywhere."""
-    from cbigan.evaluation import evaluate_run
+    from cbigan.reporting.evaluation import evaluate_run
 
     cat = category(tmp_path)
     gt = cat / "ground_truth/red_square"
@@ -155,7 +155,7 @@ def test_pixel_metrics_with_zero_one_masks_named_like_btad(tmp_path):
 @pytest.mark.parametrize("name", ["{stem}.png", "{stem}_mask.bmp", "{STEM}_MASK.PNG", "{stem}.TIFF",
                                   "{stem}_mask.jpeg"])
 def test_mask_found_by_stem_with_any_extension_and_case(tmp_path, name):
-    from cbigan.data import load_test_set
+    from cbigan.data.pipeline import load_test_set
 
     cat = category(tmp_path, n_defect=1)
     gt = cat / "ground_truth/red_square"
@@ -171,7 +171,7 @@ def test_mask_found_by_stem_with_any_extension_and_case(tmp_path, name):
 
 
 def test_two_fitting_masks_are_refused_naming_both(tmp_path):
-    from cbigan.data import load_test_set
+    from cbigan.data.pipeline import load_test_set
 
     cat = category(tmp_path, n_defect=1)
     gt = cat / "ground_truth/red_square"
@@ -182,7 +182,7 @@ def test_two_fitting_masks_are_refused_naming_both(tmp_path):
 
 
 def test_missing_mask_warning_names_image_looked_for_names_and_unmatched_files(tmp_path):
-    from cbigan.data import load_test_set
+    from cbigan.data.pipeline import load_test_set
 
     cat = category(tmp_path, n_defect=2)
     gt = cat / "ground_truth/red_square"
@@ -197,8 +197,8 @@ def test_missing_mask_warning_names_image_looked_for_names_and_unmatched_files(t
 
 # ---------------------------------------------------------------------------------- 3. hidden files
 def test_hidden_files_and_folders_are_not_data(tmp_path):
-    from cbigan.data import load_test_set, load_train_set
-    from cbigan.predict import collect_inputs
+    from cbigan.data.pipeline import load_test_set, load_train_set
+    from cbigan.serving.predict import collect_inputs
 
     cat = category(tmp_path)
     for sub in ("train/good", "test/good", "test/red_square", "ground_truth/red_square"):
@@ -219,8 +219,8 @@ def test_hidden_files_and_folders_are_not_data(tmp_path):
 # ---------------------------------------------------------------------------------- 4. good folder
 @pytest.mark.slow
 def test_normal_abnormal_folders_are_refused_with_where_normal_images_go(tmp_path):
-    from cbigan.data import load_test_set
-    from cbigan.evaluation import EvaluationError, evaluate_run
+    from cbigan.data.pipeline import load_test_set
+    from cbigan.reporting.evaluation import EvaluationError, evaluate_run
 
     cat = category(tmp_path, masks=False)
     (cat / "test/good").rename(cat / "test/NORMAL")
@@ -236,8 +236,8 @@ def test_normal_abnormal_folders_are_refused_with_where_normal_images_go(tmp_pat
 
 
 def test_good_folder_in_another_letter_case_is_good(tmp_path):
-    from cbigan.data import load_test_set, load_train_set
-    from cbigan.evaluation import lambda_metrics
+    from cbigan.data.pipeline import load_test_set, load_train_set
+    from cbigan.reporting.evaluation import lambda_metrics
 
     cat = category(tmp_path)
     (cat / "test/good").rename(cat / "test/Good")
@@ -252,7 +252,7 @@ def test_good_folder_in_another_letter_case_is_good(tmp_path):
 
 # ---------------------------------------------------------------------------------- 5. threshold reason
 def test_no_threshold_rule_names_the_real_cause():
-    from cbigan.threshold import NO_THRESHOLD_RULE, calibrate_threshold
+    from cbigan.scoring.threshold import NO_THRESHOLD_RULE, calibrate_threshold
 
     empty = np.zeros((0, 64, 64, 3), np.uint8)
     one = calibrate_threshold(None, Config(category="x"), empty, n_images=1)
@@ -265,7 +265,7 @@ def test_no_threshold_rule_names_the_real_cause():
 
 @pytest.mark.slow
 def test_threshold_from_few_held_out_images_carries_a_warning(tiny_model):
-    from cbigan.threshold import calibrate_threshold
+    from cbigan.scoring.threshold import calibrate_threshold
 
     cfg, model = tiny_model
     rng = np.random.default_rng(0)
@@ -282,7 +282,7 @@ def test_training_on_one_image_says_why_there_is_no_threshold(tmp_path, capsys):
     NORMAL/ABNORMAL test folder: training runs, says test/good is missing, and names the real cause."""
     import json
 
-    from cbigan.training import train
+    from cbigan.training.run import train
 
     cat = category(tmp_path, n_train=1, masks=False)
     (cat / "train/good/._000.png").write_bytes(APPLEDOUBLE)
@@ -299,7 +299,7 @@ def test_training_on_one_image_says_why_there_is_no_threshold(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------- 6. 16-bit data
 def test_twelve_bit_png_with_sbit_keeps_its_gray_levels(tmp_path):
-    from cbigan.data import load_image
+    from cbigan.data.pipeline import load_image
 
     ramp = np.tile(np.arange(4096, dtype=np.uint16), (2, 1))           # Mono12: 0..4095
     (tmp_path / "m12.png").write_bytes(png_bytes(ramp, 16, 0, sbit(12)))
@@ -313,7 +313,7 @@ def test_twelve_bit_png_with_sbit_keeps_its_gray_levels(tmp_path):
 
 
 def test_low_range_sixteen_bit_without_sbit_is_warned_once_per_load(tmp_path):
-    from cbigan.data import load_image, load_resized
+    from cbigan.data.pipeline import load_image, load_resized
 
     ramp = np.tile(np.arange(4096, dtype=np.uint16), (2, 1))
     for i in range(3):
@@ -372,7 +372,7 @@ REFUSED = {"tiff_rgb.tif": ("TIFF", lambda: encoded(Image.fromarray(np.zeros((8,
 def graph_decode():
     import tensorflow as tf
 
-    from cbigan.export import decode_image_bytes
+    from cbigan.serving.export import decode_image_bytes
 
     return tf.function(decode_image_bytes, input_signature=[tf.TensorSpec([], tf.string)])
 
@@ -382,7 +382,7 @@ def graph_decode():
 def test_serving_bytes_decodes_every_format_as_training_does(tmp_path, graph_decode, name):
     import warnings
 
-    from cbigan.data import load_image
+    from cbigan.data.pipeline import load_image
 
     data = _formats()[name]
     (tmp_path / name).write_bytes(data)
@@ -407,8 +407,8 @@ def test_serving_bytes_refuses_what_it_cannot_decode_exactly(graph_decode, name)
 def test_palette_bmp_scores_the_same_through_bytes_and_pixels(tmp_path, tiny_model):
     import tensorflow as tf
 
-    from cbigan.data import load_image
-    from cbigan.export import ServingGraph
+    from cbigan.data.pipeline import load_image
+    from cbigan.serving.export import ServingGraph
 
     cfg, model = tiny_model
     rng = np.random.default_rng(3)
@@ -426,7 +426,7 @@ def test_palette_bmp_scores_the_same_through_bytes_and_pixels(tmp_path, tiny_mod
                                    IndexError("list index out of range"), KeyError("tile"),
                                    TypeError("bad tile"), Image.DecompressionBombError("too big")])
 def test_every_decoder_exception_names_the_file(tmp_path, monkeypatch, error):
-    from cbigan.data import load_image, load_resized
+    from cbigan.data.pipeline import load_image, load_resized
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.png")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "victim.png")
@@ -445,8 +445,8 @@ def test_every_decoder_exception_names_the_file(tmp_path, monkeypatch, error):
 
 
 def test_decompression_bomb_is_listed_and_skipped_in_train_and_predict(tmp_path):
-    from cbigan.data import load_train_set
-    from cbigan.predict import predict
+    from cbigan.data.pipeline import load_train_set
+    from cbigan.serving.predict import predict
 
     cat = category(tmp_path, masks=False)
     bomb = bomb_png(cat / "train/good/huge.png")
@@ -468,7 +468,7 @@ def test_decompression_bomb_is_listed_and_skipped_in_train_and_predict(tmp_path)
 
 # ---------------------------------------------------------------------------------- 9. smaller
 def test_nan_stop_does_not_claim_a_checkpoint_that_does_not_exist():
-    from cbigan.callbacks import NaNGuard
+    from cbigan.training.callbacks import NaNGuard
 
     for last, expected in ((None, "no checkpoint had been saved yet"), (8, "checkpoint, of step 8, is kept")):
         guard = NaNGuard(last_checkpoint=lambda last=last: last)
@@ -482,9 +482,9 @@ def test_nan_stop_does_not_claim_a_checkpoint_that_does_not_exist():
 def test_nan_before_the_first_backup_says_there_is_none(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from cbigan.callbacks import NonFiniteLossError
-    from cbigan.model import CBiGAN
-    from cbigan.training import train
+    from cbigan.training.callbacks import NonFiniteLossError
+    from cbigan.model.gan import CBiGAN
+    from cbigan.training.run import train
 
     category(tmp_path, masks=False)
     original = CBiGAN.eg_losses

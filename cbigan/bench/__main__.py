@@ -1,5 +1,5 @@
 """``python -m cbigan.bench {train,ops,loop,score,serve,metrics} [options]`` (the command line: :mod:`cbigan.cli.bench`)."""
 
-from ..cli.bench import main
+from cbigan.cli.bench import main
 
 raise SystemExit(main())

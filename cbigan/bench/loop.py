@@ -1,6 +1,6 @@
 """Where a real training run's wall time goes: ``python -m cbigan.bench loop``.
 
-Runs ``cbigan.training.train`` as ``train.py`` would (``--preset fast`` by default, real data,
+Runs ``cbigan.training.run.train`` as ``train.py`` would (``--preset fast`` by default, real data,
 ``--steps`` steps, no export) in a temporary output folder, with timers around the compiled train
 function (each call is one train step, input included: the batch comes from the prefetched tf.data
 iterator inside it) and around the work between steps: evaluation and snapshot selection, backups
@@ -49,9 +49,8 @@ class Timers:
 @contextmanager
 def _patched(timers: Timers):
     """Timing wrappers around the train function and the periodic work of a run."""
-    from .. import callbacks as cb
-    from .. import training
-    from ..model import CBiGAN
+    from cbigan.training import callbacks as cb, monitor, run as training
+    from cbigan.model.gan import CBiGAN
 
     saved = []
 
@@ -99,10 +98,10 @@ def _patched(timers: Timers):
 
     saved.append((CBiGAN, "fit", original_fit))
     CBiGAN.fit = fit
-    wrap(training.TrainingMonitor, "evaluate", EVALUATION)
-    wrap(training.TrainingMonitor, "monitor", "evaluation, of which test-set monitoring")
-    wrap(training.TrainingMonitor, "preview", PREVIEWS)
-    wrap(training.TrainingMonitor, "_save_selected", "selected-snapshot bookkeeping")
+    wrap(monitor.TrainingMonitor, "evaluate", EVALUATION)
+    wrap(monitor.TrainingMonitor, "monitor", "evaluation, of which test-set monitoring")
+    wrap(monitor.TrainingMonitor, "preview", PREVIEWS)
+    wrap(monitor.TrainingMonitor, "_save_selected", "selected-snapshot bookkeeping")
     wrap(training, "save_weights_atomic", "weights writes (.h5: backups, snapshot, final)")
     wrap(cb.StepCSVLogger, "_write", "train_log.csv rows")
     wrap(cb.TensorBoardLogger, "on_epoch_end", "TensorBoard scalars")
@@ -117,8 +116,8 @@ def _patched(timers: Timers):
 
 
 def measure(category: str, data_dir: Path, steps: int, preset: str, intra_op_threads: int | None = None) -> dict:
-    from ..config import Config, apply_preset, resolve_config
-    from ..training import train
+    from cbigan.core.config import Config, apply_preset, resolve_config
+    from cbigan.training.run import train
 
     timers = Timers()
     with tempfile.TemporaryDirectory(prefix="cbigan-bench-loop-") as out:
@@ -177,7 +176,7 @@ def report(category: str, res: dict, minutes: float = 15.0) -> None:
 
 def run(*, data: str | None, categories, steps: int, preset: str, intra_op_threads: int | None = None) -> int:
     """Times one run per category (``intra_op_threads``: as train.py's ``--intra-op-threads``; None: the
-    measured choice of :data:`cbigan.training.INTRA_OP_THREADS`; one setting per process)."""
+    measured choice of :data:`cbigan.training.machine.INTRA_OP_THREADS`; one setting per process)."""
     data_dir = Path(data or DEFAULT_DATA)
     try:
         load = " / ".join(f"{v:.2f}" for v in os.getloadavg())

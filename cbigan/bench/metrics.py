@@ -1,6 +1,6 @@
 """Pixel-metric computation time: ``python -m cbigan.bench metrics [--maps 100] [--size 256]``.
 
-Times :func:`cbigan.pixel_metrics.pixel_metrics` (pixel auROC and AUPRO in one pass) on ``--maps``
+Times :func:`cbigan.scoring.pixel_metrics.pixel_metrics` (pixel auROC and AUPRO in one pass) on ``--maps``
 random anomaly maps of ``--size`` x ``--size`` with ground-truth masks of a few blobs each (half of the
 images defective, the rest good), best of ``--repeats``; the target is at most
 :data:`TARGET_SECONDS` for 100 maps of 256x256. Beside it, for reference, the same figures the plain
@@ -40,7 +40,7 @@ def mvtec_recipe_aupro(maps, masks, fpr_limit: float = 0.3) -> float:
     """AUPRO as the MVTec AD evaluation code computes it: argsort all pixels, cumulative sums."""
     from scipy import ndimage
 
-    from cbigan.pixel_metrics import trapezoid_to
+    from cbigan.scoring.pixel_metrics import trapezoid_to
 
     fp_change = np.zeros(maps.shape, np.float64)
     pro_change = np.zeros(maps.shape, np.float64)
@@ -74,8 +74,8 @@ def _best(fn, repeats: int):
 def run(*, n_maps: int, size: int, repeats: int, reference: bool) -> int:
     """Time the pixel metrics of ``n_maps`` synthetic maps of ``size`` x ``size``, best of ``repeats``;
     ``reference``: also the scikit-learn / MVTec-recipe ways (slower). Prints the figures."""
-    from cbigan.metrics import image_metrics
-    from cbigan.pixel_metrics import aupro, pixel_auroc, pixel_metrics
+    from cbigan.scoring.metrics import image_metrics
+    from cbigan.scoring.pixel_metrics import aupro, pixel_auroc, pixel_metrics
 
     maps, masks = synthetic_maps(n_maps, size)
     n_pix = maps.size

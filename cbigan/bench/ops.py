@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .train import REFERENCE_STEP, StepTimer, _load_reference, set_threads
+from cbigan.bench.train import REFERENCE_STEP, StepTimer, _load_reference, set_threads
 
 
 def op_times(logdir) -> tuple[collections.Counter, collections.Counter]:

@@ -11,11 +11,11 @@ not timed; the best of ``--repeats`` timings is kept:
 
 Ways compared:
 
-* ``batched``: :meth:`cbigan.scoring.Scorer.score`, the implementation every tool uses (all patches of
+* ``batched``: :meth:`cbigan.scoring.parts.Scorer.score`, the implementation every tool uses (all patches of
   several images in one compiled call);
 * ``loop (original)``: the authors' ``score.py`` loop, one eager call of E, G and f_D per patch
   position, here one image at a time, i.e. one patch per call
-  (:func:`cbigan.scoring.score_patch_loop`);
+  (:func:`cbigan.scoring.parts.score_patch_loop`);
 * ``loop (original, all images/call)``: the same, with every image of the run in each call (the original
   batched images, 32 by default, but never the patches of one image);
 * ``loop (compiled)``: the one-patch-per-call loop with each call compiled (``tf.function``): what batching alone buys.
@@ -43,10 +43,10 @@ def _best_rate(fn, n_images: int, repeats: int) -> float:
 def bench_kind(kind: str, n_images: int, n_loop: int, repeats: int, seed: int = 0) -> dict:
     import numpy as np
 
-    from cbigan.config import Config, resolve_config
-    from cbigan.data import to_model_range
-    from cbigan.model import build_model
-    from cbigan.scoring import Scorer, score_images, score_patch_loop, score_patches
+    from cbigan.core.config import Config, resolve_config
+    from cbigan.data.pipeline import to_model_range
+    from cbigan.model.gan import build_model
+    from cbigan.scoring.parts import Scorer, score_images, score_patch_loop, score_patches
 
     cfg = resolve_config(Config(category=f"bench_{kind}", kind=kind))  # the kind's defaults: 512/64, 128/128
     model = build_model(cfg)

@@ -4,13 +4,13 @@ For 64 px and 128 px object models and a 512 px texture model (64 px patches, 64
 batch 1 and batch 32, in one run, beside the ceiling that the graph's FLOPs and the machine's matrix
 product rate allow:
 
-* **SavedModel**: the export written by :func:`cbigan.export.export_model`, loaded with
+* **SavedModel**: the export written by :func:`cbigan.serving.export.export_model`, loaded with
   ``tf.saved_model.load`` and called through its ``serving_default`` signature with a float32 batch of
   raw images at the model's resolution (resize, scaling, patching, scoring, maps: all in the graph);
-* **Python path**: what ``evaluate.py`` does per batch: :func:`cbigan.data.resize_uint8` then
-  :class:`cbigan.scoring.Scorer` (score parts only, combined on the host);
-* **LiteRT**: the ``.tflite`` export (:func:`cbigan.litert.write_litert`) run by
-  :class:`cbigan.litert.LiteRTModel` (XNNPACK, the interpreter's default threads), the resize before
+* **Python path**: what ``evaluate.py`` does per batch: :func:`cbigan.data.pipeline.resize_uint8` then
+  :class:`cbigan.scoring.parts.Scorer` (score parts only, combined on the host);
+* **LiteRT**: the ``.tflite`` export (:func:`cbigan.serving.litert.write_litert`) run by
+  :class:`cbigan.serving.litert.LiteRTModel` (XNNPACK, the interpreter's default threads), the resize before
   it in TensorFlow, and the ``.tflite`` model alone on model-size images ("LiteRT core"); ``n/a``
   without ``ai-edge-litert``.
 
@@ -40,7 +40,7 @@ def _litert(model, cfg, tmp):
     """The model's LiteRT export, loaded; None without ``ai-edge-litert``."""
     from pathlib import Path
 
-    from cbigan.litert import LiteRTMissing, LiteRTModel, interpreter_class, write_litert
+    from cbigan.serving.litert import LiteRTMissing, LiteRTModel, interpreter_class, write_litert
 
     try:
         interpreter_class()
@@ -90,19 +90,18 @@ def _profiled_flops(fn, *specs) -> int:
 
 def graph_flops(model, cfg, region=None) -> int:
     """Floating-point operations of the exported scoring graph for one image (TensorFlow's profiler on
-    :meth:`cbigan.export.ServingGraph.score_resized` at batch 1: networks, stitching, blur, score).
+    :meth:`cbigan.serving.export.ServingGraph.score_resized` at batch 1: networks, stitching, blur, score).
 
     Tiles with ``region`` (h, w): the graph scores a number of tiles known only at run time, which the
     profiler cannot count; the figure is the whole canvas's less the networks' FLOPs of the tiles it
-    skips (:func:`cbigan.localization.needed_patches`)."""
+    skips (:func:`cbigan.scoring.localization.needed_patches`)."""
     import tensorflow as tf
 
-    from cbigan.export import ServingGraph
-    from cbigan.localization import blur_reach, needed_patches, patch_positions
-    from cbigan.localization import map_settings
-    from cbigan.anomaly_score import MAP_RULES
-    from cbigan.networks import feature_extractor
-    from cbigan.scoring import score_patches
+    from cbigan.serving.export import ServingGraph
+    from cbigan.scoring.localization import blur_reach, needed_patches, patch_positions, map_settings
+    from cbigan.core.anomaly_score import MAP_RULES
+    from cbigan.model.networks import feature_extractor
+    from cbigan.scoring.parts import score_patches
 
     s = cfg.image_size
     graph = ServingGraph(model, cfg, 0.0, region_only=False)
@@ -134,13 +133,13 @@ def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int)
     import numpy as np
     import tensorflow as tf
 
-    from cbigan.config import Config, resolve_config
-    from cbigan.data import resize_uint8
-    from cbigan.export import ServingGraph, export_model
-    from cbigan.kinds import kind_of
-    from cbigan.localization import ImageScorer
-    from cbigan.model import build_model
-    from cbigan.scoring import Scorer
+    from cbigan.core.config import Config, resolve_config
+    from cbigan.data.pipeline import resize_uint8
+    from cbigan.serving.export import ServingGraph, export_model
+    from cbigan.core.kinds import kind_of
+    from cbigan.scoring.localization import ImageScorer
+    from cbigan.model.gan import build_model
+    from cbigan.scoring.parts import Scorer
 
     names = [n for k in kinds for n in ([k] if k in MODELS else [m for m, (kk, _) in MODELS.items() if kk == k])]
     unknown = [k for k in kinds if k not in MODELS and k not in {kk for kk, _ in MODELS.values()}]

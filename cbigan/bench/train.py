@@ -49,9 +49,9 @@ def set_threads(intra_op: int) -> None:
 def _model(size: int, batch: int, previous: bool = False, precision: str = "float32"):
     import tensorflow as tf
 
-    from .. import losses as L
-    from ..config import Config, resolve_config
-    from ..model import CBiGAN, build_model
+    from cbigan.model import losses as L
+    from cbigan.core.config import Config, resolve_config
+    from cbigan.model.gan import CBiGAN, build_model
 
     # the paper preset's step at this input size (64 px: texture patches and fast-preset objects)
     cfg = resolve_config(Config(category="bench", kind="object", batch_size=batch, image_size=size,

@@ -21,7 +21,7 @@ Help texts tell the real default of every option once: :class:`HelpFormatter` ap
 ``(default: X)`` where the parser's default is the value used (``on``/``off`` for switches), and the
 options whose parser default is only a "not given" marker (``None``: the value then comes from the
 preset, the category or the run) say in words what they default to, for the training options from
-:class:`cbigan.config.Config` and the presets (:func:`config_default`). Building the parsers imports no
+:class:`cbigan.core.config.Config` and the presets (:func:`config_default`). Building the parsers imports no
 TensorFlow (the commands import what they need after parsing): ``--help`` of ``python -m
 cbigan.cli.<command>`` is quick, and ``train.py`` launching several categories stays TensorFlow-free.
 
@@ -202,9 +202,9 @@ def parser(prog: str, description: str, **kw) -> argparse.ArgumentParser:
 
 
 def config_default(name: str, text: str | None = None) -> str:
-    """``(default: X; --preset fast: Y)`` for the :class:`cbigan.config.Config` field ``name``: its
+    """``(default: X; --preset fast: Y)`` for the :class:`cbigan.core.config.Config` field ``name``: its
     value in the default (paper) preset, then each preset that changes it. ``text`` replaces X."""
-    from ..config import PRESETS, Config
+    from cbigan.core.config import PRESETS, Config
 
     base = getattr(Config(), name)
     out = f"default: {show(base) if text is None else text}"

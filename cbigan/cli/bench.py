@@ -10,9 +10,9 @@ import argparse
 import importlib
 import sys
 
-from ..bench import BENCHMARKS
-from ..config import PRECISIONS
-from . import parser as new_parser
+from cbigan.bench import BENCHMARKS
+from cbigan.core.config import PRECISIONS
+from cbigan.cli import parser as new_parser
 
 
 def _csv(cast):

@@ -6,9 +6,9 @@
   python evaluate.py --table runs/                                   Tables II/III -> runs/tables/
   python evaluate.py --compare runs_a/ runs_b/                       per-category difference B - A
 
-Thin CLI over :mod:`cbigan.evaluation` (scores, metrics) and :mod:`cbigan.tables` (tables, compare).
-Categories with a ``ground_truth`` folder also get anomaly maps (:mod:`cbigan.localization`) and pixel
-metrics (:mod:`cbigan.pixel_metrics`) in ``metrics.csv``; ``--table`` then adds pixel tables.
+Thin CLI over :mod:`cbigan.reporting.evaluation` (scores, metrics) and :mod:`cbigan.reporting.tables` (tables, compare).
+Categories with a ``ground_truth`` folder also get anomaly maps (:mod:`cbigan.scoring.localization`) and pixel
+metrics (:mod:`cbigan.scoring.pixel_metrics`) in ``metrics.csv``; ``--table`` then adds pixel tables.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..anomaly_score import IMAGE_SCORE_RULES
-from . import each_warning_once, parser
+from cbigan.core.anomaly_score import IMAGE_SCORE_RULES
+from cbigan.cli import each_warning_once, parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,12 +87,12 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from ..evaluation import EvaluationError
-    from ..metrics import MetricError
+    from cbigan.reporting.evaluation import EvaluationError
+    from cbigan.scoring.metrics import MetricError
 
     try:
         if args.table:
-            from ..tables import write_tables
+            from cbigan.reporting.tables import write_tables
 
             roots = args.runs or [Path("runs")]
             out = args.out if args.out is not None else tables_dir(roots)
@@ -101,7 +101,7 @@ def _run(args) -> int:
             print(f"tables written to {out}/: " + ", ".join(f.name for f in res["files"]))
             return 0
         if args.compare:
-            from ..tables import compare, format_compare
+            from cbigan.reporting.tables import compare, format_compare
 
             a, b = args.compare
             print(format_compare(compare(a, b), a, b), end="")
@@ -110,7 +110,7 @@ def _run(args) -> int:
             print("error: pass a run folder runs/<category>/<run>, or --table, or --compare A B",
                   file=sys.stderr)
             return 2
-        from ..evaluation import check_run_dir, evaluate_run, evaluation_dir, format_report
+        from cbigan.reporting.evaluation import check_run_dir, evaluate_run, evaluation_dir, format_report
 
         if args.report and args.out is not None:
             print("error: --report writes into the run folder, which --out leaves untouched; run --report "
@@ -130,7 +130,7 @@ def _run(args) -> int:
                               rules=args.rules, out_dir=outs[run])
             print(format_report(ev))
             if args.report:
-                from ..report import write_report
+                from cbigan.reporting.report import write_report
 
                 print(f"wrote {write_report(run, data_dir=args.data_dir)} (open it in a browser)")
     except (EvaluationError, MetricError) as e:

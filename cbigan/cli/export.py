@@ -1,12 +1,12 @@
-"""``python -m cbigan.export RUN``: write a TF Serving SavedModel of a trained run (:mod:`cbigan.export`),
-or with ``--format litert`` a LiteRT (TensorFlow Lite) model for edge devices (:mod:`cbigan.litert`)."""
+"""``python -m cbigan.export RUN``: write a TF Serving SavedModel of a trained run (:mod:`cbigan.serving.export`),
+or with ``--format litert`` a LiteRT (TensorFlow Lite) model for edge devices (:mod:`cbigan.serving.litert`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import parser
+from cbigan.cli import parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,12 +40,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.format == "litert" and args.version is not None:
         p.error("--version is for --format savedmodel (a LiteRT export is one file)")
-    from ..data import DataError
-    from ..export import ExportError
+    from cbigan.data.pipeline import DataError
+    from cbigan.serving.export import ExportError
 
     from pathlib import Path
 
-    from ..runfolder import EXPORT, check_writable
+    from cbigan.core.runfolder import EXPORT, check_writable
 
     try:  # before loading and calibrating: the export is never lost to a place it cannot be written
         check_writable(args.export_dir or Path(args.run_dir) / EXPORT, "--export-dir DIR", "the export")
@@ -56,14 +56,14 @@ def main(argv=None) -> int:
                      percentile=args.threshold_percentile, skip_bad_images=args.skip_bad_images)
     try:
         if args.format == "litert":
-            from ..litert import export_litert, read_litert_metadata as read_meta
+            from cbigan.serving.litert import export_litert, read_litert_metadata as read_meta
 
             target = export_litert(args.run_dir, export_dir=args.export_dir, model_name=args.model_name,
                                    **threshold)
             written = f"{target} (+ {target.with_suffix('.json').name})"
             next_step = f"score images: python -m cbigan.predict {target} IMAGES..."
         else:
-            from ..export import export_run, read_metadata as read_meta
+            from cbigan.serving.export import export_run, read_metadata as read_meta
 
             target = export_run(args.run_dir, args.export_dir, model_name=args.model_name, version=args.version,
                                 overwrite=args.overwrite, **threshold)

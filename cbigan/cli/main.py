@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from . import quiet_tensorflow
+from cbigan.cli import quiet_tensorflow
 
 #: subcommand -> (module of cbigan.cli, one line of help)
 COMMANDS = {

@@ -1,4 +1,4 @@
-"""``python -m cbigan.plots {recon,curves,roc,hist,maps,gif} ...``: figures of runs (:mod:`cbigan.plots`).
+"""``python -m cbigan.plots {recon,curves,roc,hist,maps,gif} ...``: figures of runs (:mod:`cbigan.reporting.plots`).
 
     python -m cbigan.plots recon  RUN [--compare RUN_B] [--rows N]   reconstructions and difference maps
     python -m cbigan.plots curves RUN                                 losses, critic scores, test metrics
@@ -20,11 +20,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..figures import ScoreSet, curves_figure, hist_figure, maps_figure, recon_figure, roc_figure
-from ..plots import DPI, PlotError, RunFolderView, default_out, maps_data, read_table, recon_data, save_figure
-from ..previews import make_preview_gif
-from ..runfolder import EVAL_LOG, SUMMARY_JSON, TRAIN_LOG
-from . import parser as new_parser
+from cbigan.reporting.figures import ScoreSet, curves_figure, hist_figure, maps_figure, recon_figure, roc_figure
+from cbigan.reporting.plots import DPI, PlotError, RunFolderView, default_out, maps_data, read_table, recon_data, save_figure
+from cbigan.training.previews import make_preview_gif
+from cbigan.core.runfolder import EVAL_LOG, SUMMARY_JSON, TRAIN_LOG
+from cbigan.cli import parser as new_parser
 
 
 def command_line(argv: list[str] | None) -> str:
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = args.func(args)
     except Exception as e:  # user errors in one line; anything else is a bug and keeps its traceback
         user = [PlotError]
-        for module, name in (("cbigan.data", "DataError"), ("cbigan.metrics", "MetricError")):
+        for module, name in (("cbigan.data.pipeline", "DataError"), ("cbigan.scoring.metrics", "MetricError")):
             if module in sys.modules:
                 user.append(getattr(sys.modules[module], name))
         if isinstance(e, tuple(user)):

@@ -1,4 +1,4 @@
-"""``python -m cbigan.predict MODEL IMAGES...``: score new images (:mod:`cbigan.predict`).
+"""``python -m cbigan.predict MODEL IMAGES...``: score new images (:mod:`cbigan.serving.predict`).
 
 Exit status: 0 when at least one image was scored, 1 when none could be (or the model cannot be
 loaded), 2 for bad arguments.
@@ -10,13 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import parser
+from cbigan.cli import parser
 
 
 def invoked_as() -> str:
     """How the user started the command: the root ``predict.py`` or ``python -m cbigan.predict``."""
     script = Path(sys.argv[0])
-    in_package = (script.parent / "__init__.py").is_file()  # cbigan/predict.py or cbigan/cli/predict.py
+    in_package = (script.parent / "__init__.py").is_file()  # cbigan/serving/predict.py or cbigan/cli/predict.py
     return "python predict.py" if script.name == "predict.py" and not in_package else "python -m cbigan.predict"
 
 
@@ -43,10 +43,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
-    from ..data import DataError
-    from ..predict import collect_inputs, open_model, predict, print_table, write_csv, write_maps
+    from cbigan.data.pipeline import DataError
+    from cbigan.serving.predict import collect_inputs, open_model, predict, print_table, write_csv, write_maps
 
-    from ..runfolder import check_writable
+    from cbigan.core.runfolder import check_writable
 
     try:  # before scoring: results are never lost to a place that cannot be written
         check_writable(Path(args.csv).expanduser().parent, "--csv FILE", "the predictions CSV")
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         print("error: no image files found in " + ", ".join(args.inputs), file=sys.stderr)
         return 1
     try:
-        from ..export import ExportError
+        from cbigan.serving.export import ExportError
 
         model = open_model(args.model)
     except (DataError, ExportError, OSError) as e:

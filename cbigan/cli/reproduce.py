@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import CATEGORIES, PRESETS, Config, apply_preset
-from ..reproduce import METHODS
-from . import parser
+from cbigan.core.config import CATEGORIES, PRESETS, Config, apply_preset
+from cbigan.reproduce import METHODS
+from cbigan.cli import parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: unknown method(s) {unknown}; choose from {list(METHODS)}", file=sys.stderr)
         return 2
-    from ..reproduce import reproduce
+    from cbigan.reproduce import reproduce
 
     base = apply_preset(Config(data_dir=args.data_dir, output_dir=args.output_dir, seed=args.seed), args.preset)
     failed = reproduce(categories, methods, base, steps=args.steps, budget_minutes=args.budget_minutes,

@@ -1,6 +1,6 @@
 """Train CBiGAN on one MVTec AD category: ``python train.py --category grid``.
 
-Every training flag maps to a field of :class:`cbigan.config.Config`; a flag left out takes the value
+Every training flag maps to a field of :class:`cbigan.core.config.Config`; a flag left out takes the value
 of the ``--preset`` (``paper`` by default: the paper's), which is what ``--help`` shows.
 ``--category all`` (the 15 MVTec AD categories) or ``--category a,b,c`` trains several categories, one
 after another or ``--jobs N`` at once, then evaluates them and builds the tables (:mod:`cbigan.multirun`).
@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..anomaly_score import IMAGE_SCORE_RULES
-from ..config import (DISTRIBUTE, NORMALIZATIONS, PRECISION_CHOICES, PRESETS, ROTATED_OBJECTS, SELECTION_RULES,
-                      TEXTURES, TRAIN_CROPS, Config, default_run_name, describe, resolve)
-from ..config import FIELDS as SETTINGS
-from .. import multirun
-from ..kinds import KINDS, TilesKind
-from . import config_default, parser, show
+from cbigan.core.anomaly_score import IMAGE_SCORE_RULES
+from cbigan.core.config import (
+    DISTRIBUTE, NORMALIZATIONS, PRECISION_CHOICES, PRESETS, ROTATED_OBJECTS, SELECTION_RULES, TEXTURES,
+    TRAIN_CROPS, Config, default_run_name, describe, resolve)
+from cbigan.core.config import FIELDS as SETTINGS
+from cbigan import multirun
+from cbigan.core.kinds import KINDS, TilesKind
+from cbigan.cli import config_default, parser, show
 
 
 #: The help's stand-in category for a folder trained as tiles.
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'map_topk' = maximum / mean of the top --score-topk share of the smoothed anomaly "
                         "map, which small defects raise; 'fused' / 'fused_max' = the mean / maximum of every "
                         "kind of evidence (summed score, map maximum, global view), each standardized on "
-                        "the held-out images (cbigan/anomaly_score.py) " + config_default("image_score", "paper, map_max with --kind tiles"))
+                        "the held-out images (cbigan/core/anomaly_score.py) " + config_default("image_score", "paper, map_max with --kind tiles"))
     g.add_argument("--score-topk", type=float, default=None,
                    help="map_topk: share of the map's pixels averaged " + config_default("score_topk"))
     g.add_argument("--score-margin", type=int, default=None,
@@ -244,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--denoise", type=float, default=None,
                    help="denoising training: share of the E+G batch's images given a synthetic defect (a "
                         "spot, line or pasted patch) before encoding, with the clean image as the "
-                        "reconstruction target (cbigan/defects.py; not in the paper; no change at 15 CPU "
+                        "reconstruction target (cbigan/data/defects.py; not in the paper; no change at 15 CPU "
                         "minutes on our three sets: results/small_defects, tenth study) " + config_default("denoise"))
     g.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false", default=None,
                    help="use --ema-decay from the first update, without the warm-up min(decay, (1+n)/(10+n)), "
@@ -253,13 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
-    """The resolved :class:`Config` (:func:`cbigan.config.resolve`: the paper's defaults, the preset, the
+    """The resolved :class:`Config` (:func:`cbigan.core.config.resolve`: the paper's defaults, the preset, the
     input kind, the data, the flags given) and the parsed arguments."""
     args = build_parser().parse_args(argv)
     paper = Config()
     flags = {k: v for k, v in vars(args).items() if k in SETTINGS and v is not None
              and not (k in WITH_DEFAULT and v == getattr(paper, k))}
-    # an unknown category's kind chosen from its images (cbigan.kinds.infer_kind): args.kind_note
+    # an unknown category's kind chosen from its images (cbigan.core.kinds.infer_kind): args.kind_note
     cfg, args.kind_note = resolve(flags, infer=not multirun.is_multi(args.category))
     return cfg, args
 
@@ -277,11 +278,11 @@ def main(argv=None) -> int:
         return 0
     if multirun.is_multi(args.category) or args.jobs != 1:  # no TensorFlow in this process
         return multirun.train_categories(cfg, args, sys.argv[1:] if argv is None else list(argv))
-    from ..callbacks import NonFiniteLossError
-    from ..data import DataError
-    from ..distribute import DistributeError, writes_run_folder
-    from ..export import ExportError
-    from ..training import TrainingInterrupted, train
+    from cbigan.training.callbacks import NonFiniteLossError
+    from cbigan.data.pipeline import DataError
+    from cbigan.model.distribute import DistributeError, writes_run_folder
+    from cbigan.serving.export import ExportError
+    from cbigan.training.run import TrainingInterrupted, train
 
     if args.deterministic:
         import tensorflow as tf
@@ -298,7 +299,7 @@ def main(argv=None) -> int:
         print(f"interrupted: {e}", file=sys.stderr)
         return 128 + e.signum
     if args.evaluate and writes_run_folder(cfg.distribute):  # other workers have no run folder
-        from .evaluate import main as evaluate_main
+        from cbigan.cli.evaluate import main as evaluate_main
 
         print(f"{multirun.EVALUATING} {run_dir}", flush=True)  # the launcher's logs look for this line
         return evaluate_main([str(run_dir), "--report"] + (["--quiet"] if args.quiet else []))
