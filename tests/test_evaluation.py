@@ -103,6 +103,7 @@ def test_lambda_sweep_equals_full_rescoring(tex):
     # a later sweep recombines the stored parts, without rescoring (no model given), to the same numbers
     again = evaluate_run(run, [1.0, 0.5], progress=False)
     assert again.reused_parts
+    assert not evaluate_run(run, [1.0], progress=False, rescore=True).reused_parts  # --rescore: scored again
     m2 = again.metrics.set_index("lambda")
     assert list(m2.index) == [0.1, 0.5, 1.0]  # the chosen lambda is always there
     for lam in m2.index:

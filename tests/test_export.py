@@ -287,6 +287,19 @@ def test_cli(runs, tmp_path, capsys, stub_archive):
     assert "saved_model_cli show" in capsys.readouterr().out
     assert main([str(tmp_path / "nope")]) == 1
     assert "not a finished run folder" in capsys.readouterr().err
+    # --recalibrate: the stored record is calibrated again on the held-out images (the same seeded split)
+    import json
+
+    from cbigan.serving.export import read_metadata
+
+    record = json.loads((run_dir / "threshold.json").read_text())
+    (run_dir / "threshold.json").write_text(json.dumps({**record, "threshold": 123.0}))
+    assert main([str(run_dir), "--export-dir", str(tmp_path), "--model-name", "m", "--version", "8"]) == 0
+    assert read_metadata(tmp_path / "m" / "8")["threshold"] == 123.0  # the stored record, as it is
+    assert main([str(run_dir), "--export-dir", str(tmp_path), "--model-name", "m", "--version", "9",
+                 "--recalibrate"]) == 0
+    assert read_metadata(tmp_path / "m" / "9")["threshold"] == pytest.approx(record["threshold"], rel=1e-5)
+    assert json.loads((run_dir / "threshold.json").read_text())["threshold"] == pytest.approx(record["threshold"], rel=1e-5)
 
 
 @pytest.mark.slow

@@ -235,6 +235,10 @@ def test_preview_gif(obj_run, tex_run):
     with Image.open(gif) as im, Image.open(steps[0][1]) as first:
         assert im.format == "GIF" and im.n_frames == 2 and im.size == first.size
     assert previews.make_preview_gif(tex_run) is None  # no previews: nothing to animate
+    # the command line: --max-frames 1 keeps one frame
+    assert main(["gif", str(obj_run), "--max-frames", "1"]) == 0
+    with Image.open(obj_run / "previews.gif") as im:
+        assert im.n_frames == 1
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

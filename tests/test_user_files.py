@@ -362,3 +362,22 @@ def test_predict_applies_exif_orientation_before_the_model_and_the_export_says_s
     assert len(res.predictions) == 1 and np.array_equal(seen[0][0], up)
     meta = metadata(cfg_for(tmp_path, "part"), None, None)
     assert meta["exif_orientation"] == EXIF_NOTE and "does not apply the EXIF orientation" in EXIF_NOTE
+
+
+def test_map_vmax_sets_the_top_of_the_heat_map_colour_scale(tmp_path):
+    """``predict --map-vmax V``: one colour scale for every overlay (a map at V or above is red), instead of
+    the largest 99.5th percentile of the batch; the same map draws hotter under a lower V."""
+    from PIL import Image
+
+    from cbigan.cli.predict import build_parser
+    from cbigan.serving.predict import Prediction, Results, write_maps
+
+    args = build_parser().parse_args(["RUN", "IMAGES", "--map-vmax", "0.5"])
+    path = (tmp_path / "a.png").resolve()
+    res = Results(predictions=[Prediction(path, 0.5, None)])
+    tile = np.zeros((32, 32, 3), np.uint8)
+    amap = np.tile(np.linspace(0, 1, 32, dtype=np.float16), (32, 1))
+    low = write_maps(res, {path: (tile, tile, amap)}, tmp_path / "low", args.map_vmax)
+    auto = write_maps(res, {path: (tile, tile, amap)}, tmp_path / "auto")
+    a, b = (np.asarray(Image.open(p[0]).convert("RGB"), np.int32) for p in (low, auto))
+    assert a.shape == b.shape and np.abs(a - b).sum() > 0

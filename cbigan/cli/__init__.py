@@ -43,7 +43,9 @@ import sys
 import tempfile
 import textwrap
 import warnings
-from pathlib import Path, PurePath
+from pathlib import Path
+
+from cbigan.core.config import show  # a value as a user types it, in help and --print-config alike
 
 #: The repository (cbigan/cli/ is two levels down): warnings raised from its code print as one line.
 _OURS = Path(__file__).resolve().parents[2]
@@ -156,19 +158,6 @@ def each_warning_once():
         yield
     finally:
         warnings.showwarning = previous
-
-
-def show(value) -> str:
-    """A default as a user would type it: ``on``/``off``, ``0.0001``, ``10``, ``a b``."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return " ".join(show(v) for v in value)
-    if isinstance(value, PurePath):
-        return str(value)
-    return str(value)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

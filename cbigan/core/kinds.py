@@ -32,6 +32,16 @@ class StrideError(ValueError):
     """A map stride outside 1..patch size (the message names the ``--stride`` flag)."""
 
 
+def _example(sizes: dict, figures: dict, pick) -> tuple[str, int, int, float]:
+    """The image a note names: among ``figures`` (path -> a figure), the one ``pick`` (``max`` / ``min``)
+    chooses, as ``(file name, width, height, figure)`` with its size from ``sizes`` (path -> (h, w))."""
+    from pathlib import Path
+
+    path = pick(figures, key=figures.get)
+    h, w = sizes[path]
+    return Path(path).name, w, h, figures[path]
+
+
 class InputKind:
     """The whole-image protocol; subclasses override what differs. Instances are stateless."""
 
@@ -111,17 +121,14 @@ class InputKind:
         differently from its training images (:func:`cbigan.serving.predict.input_notes`): an image at least
         :data:`ELONGATED` times longer than wide is squashed to the model's square (a thin crack along it
         halves or more), where objects and textures are trained on square-ish images."""
-        from pathlib import Path
-
         ratio = {p: max(hw) / max(1, min(hw)) for p, hw in sizes.items()}
         long = {p: r for p, r in ratio.items() if r >= ELONGATED}
         if not long:
             return []
-        worst = max(long, key=long.get)
-        h, w = sizes[worst]
-        return [f"{len(long)} of {len(sizes)} images are elongated (e.g. {Path(worst).name}: {w}x{h} px, "
-                f"{long[worst]:.2g}:1) and are squashed to the {self.name} model's square, which thins defects "
-                f"along them; a model trained with --kind tiles keeps their aspect ratio"]
+        name, w, h, r = _example(sizes, long, max)
+        return [f"{len(long)} of {len(sizes)} images are elongated (e.g. {name}: {w}x{h} px, {r:.2g}:1) and are "
+                f"squashed to the {self.name} model's square, which thins defects along them; a model trained "
+                f"with --kind tiles keeps their aspect ratio"]
 
     def fit(self, images, cfg):
         """Decoded images of one size [N, H, W, C] (uint8) -> ``(model-size uint8 images [N, S, S, C],
@@ -319,17 +326,14 @@ class TilesKind(TextureKind):
         """An image whose longer side times ``scale`` exceeds the ``canvas`` is shrunk to fit it
         (:func:`cbigan.core.imageops.scaled_size`), so its tiles see a coarser scale than training did and small
         defects may vanish."""
-        from pathlib import Path
-
         if not canvas:
             return []
         shrunk = {p: float(canvas) / max(hw) for p, hw in sizes.items() if max(hw) * scale > canvas}
         if not shrunk:
             return []
-        worst = min(shrunk, key=shrunk.get)
-        h, w = sizes[worst]
+        name, w, h, by = _example(sizes, shrunk, min)
         return [f"{len(shrunk)} of {len(sizes)} images are larger than the model's {canvas} px canvas and are "
-                f"scaled down to fit it (e.g. {Path(worst).name}: {w}x{h} px, by {shrunk[worst]:.2g}), so "
+                f"scaled down to fit it (e.g. {name}: {w}x{h} px, by {by:.2g}), so "
                 f"its tiles see a coarser scale than the training images did; crop or resize them to the "
                 f"training images' scale, or train with --image-size covering them"]
 
