@@ -234,10 +234,14 @@ def test_evaluate_a_test_only_folder_and_a_read_only_run_with_out(tmp_path, monk
     shutil.rmtree(cat / "train")
     read_only(monkeypatch, tmp_path / "runs")
     before = sorted(p.name for p in run.iterdir())
-    assert evaluate.main([str(run), "--quiet", "--out", str(tmp_path / "ev")]) == 0
+    assert evaluate.main([str(run), "--quiet", "--out", str(tmp_path / "ev"), "--report"]) == 0
     out = capsys.readouterr().out
     assert f"in {tmp_path / 'ev'}" in out
     assert (tmp_path / "ev" / "metrics.csv").is_file() and (tmp_path / "ev" / "evaluation.json").is_file()
+    # the report goes with the evaluation files, and shows them (the run folder holds no scores)
+    assert f"wrote {tmp_path / 'ev' / 'report.html'}" in out
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert html.count("<img") >= 4 and "auroc" in html.lower()
     assert sorted(p.name for p in run.iterdir()) == before
 
 

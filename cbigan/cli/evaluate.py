@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of each run folder (several runs: OUT/<category>/<run>), e.g. for a run on a "
                         "read-only disk")
     p.add_argument("--report", action="store_true",
-                   help="also write RUN/report.html: one self-contained inspection page (metrics, ROC, "
-                        "histogram, every test image sorted by score with its anomaly map)")
+                   help="also write RUN/report.html (with --out: OUT/report.html): one self-contained "
+                        "inspection page (metrics, ROC, histogram, every test image sorted by score with its "
+                        "anomaly map)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -112,10 +113,6 @@ def _run(args) -> int:
             return 2
         from cbigan.reporting.evaluation import check_run_dir, evaluate_run, evaluation_dir, format_report
 
-        if args.report and args.out is not None:
-            print("error: --report writes into the run folder, which --out leaves untouched; run --report "
-                  "without --out", file=sys.stderr)
-            return 2
         outs = {}
         for run in args.runs:  # check every folder, and where it is written, before the slow part
             check_run_dir(run)
@@ -132,7 +129,7 @@ def _run(args) -> int:
             if args.report:
                 from cbigan.reporting.report import write_report
 
-                print(f"wrote {write_report(run, data_dir=args.data_dir)} (open it in a browser)")
+                print(f"wrote {write_report(run, data_dir=args.data_dir, out_dir=outs[run])} (open it in a browser)")
     except (EvaluationError, MetricError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

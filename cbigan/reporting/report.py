@@ -289,11 +289,13 @@ def _image_name(path: str, defect_type: str) -> str:
     return f"{defect_type}/{Path(str(path)).name}"
 
 
-def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None) -> ReportData:
+def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None,
+           eval_dir: str | Path | None = None) -> ReportData:
     """Everything the report shows, read from an evaluated run folder (``evaluate.py RUN`` first).
 
-    Maps: ``pixel_maps.npz`` of the evaluation when it covers the same test images, else the run's
-    model computes ``|x - G(E(x))|`` now.
+    ``eval_dir``: where the evaluation files are (``evaluate.py RUN --out DIR``; default: the run folder);
+    the configuration, the threshold and the weights are the run folder's. Maps: ``pixel_maps.npz`` of the
+    evaluation when it covers the same test images, else the run's model computes ``|x - G(E(x))|`` now.
     """
     import pandas as pd
 
@@ -303,10 +305,11 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
     from cbigan.core.results import ImageResults
 
     run_dir = Path(run_dir)
+    ev_dir = run_dir if eval_dir is None else Path(eval_dir)
     cfg = read_config(run_dir)
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
-    scores_path = run_dir / SCORES_CSV
+    scores_path = ev_dir / SCORES_CSV
     if not scores_path.is_file():
         raise EvaluationError(f"{run_dir} is not evaluated yet; run: python evaluate.py {run_dir}")
     scores = pd.read_csv(scores_path)
@@ -316,7 +319,7 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
     try:
         from cbigan.core.runfolder import read_evaluation
 
-        evaluation_lambda = float(read_evaluation(run_dir)["score_lambda"])
+        evaluation_lambda = float(read_evaluation(ev_dir)["score_lambda"])
     except (EvaluationError, KeyError, TypeError, ValueError):
         evaluation_lambda = float(cfg.score_lambda)
     threshold = None
@@ -331,8 +334,8 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
                      "metrics are optimistic")
 
     metrics_columns, metrics_rows = [], []
-    if (run_dir / METRICS_CSV).is_file():
-        m = pd.read_csv(run_dir / METRICS_CSV)
+    if (ev_dir / METRICS_CSV).is_file():
+        m = pd.read_csv(ev_dir / METRICS_CSV)
         metrics_columns = list(m.columns)
         metrics_rows = [[(v.item() if hasattr(v, "item") else v) for v in row] for row in m.itertuples(index=False)]
 
@@ -356,9 +359,9 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
         notes.append(f"{missing} scored image(s) are no longer in the test folder: shown without pictures")
 
     maps, masks, map_note = None, test.masks, ""
-    if (run_dir / PIXEL_NPZ).is_file():
+    if (ev_dir / PIXEL_NPZ).is_file():
         try:
-            px = ImageResults.load_maps(run_dir / PIXEL_NPZ, global_weight(cfg), fusion_stats(cfg))
+            px = ImageResults.load_maps(ev_dir / PIXEL_NPZ, global_weight(cfg), fusion_stats(cfg))
             if [_image_name(p, Path(str(p)).parent.name) for p in px.paths] == \
                     [_image_name(p, Path(str(p)).parent.name) for p in test.paths]:
                 maps, masks = px.maps(evaluation_lambda), px.masks
@@ -402,7 +405,9 @@ def gather(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None)
         images=rows, map_note=map_note, notes=notes)
 
 
-def write_report(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None) -> Path:
-    """Gather and render the report of an evaluated run into ``<run>/report.html``."""
-    run_dir = Path(run_dir)
-    return write_text_atomic(run_dir / REPORT_HTML, render_html(gather(run_dir, thumb, data_dir)))
+def write_report(run_dir: str | Path, thumb: int = THUMB, data_dir: str | None = None,
+                 out_dir: str | Path | None = None) -> Path:
+    """Gather and render the report of an evaluated run into ``report.html`` beside its evaluation files:
+    ``out_dir`` (``evaluate.py RUN --out DIR``), else the run folder."""
+    out = Path(run_dir if out_dir is None else out_dir)
+    return write_text_atomic(out / REPORT_HTML, render_html(gather(run_dir, thumb, data_dir, eval_dir=out)))
