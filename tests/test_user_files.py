@@ -343,9 +343,35 @@ def test_category_folder_of_another_name_says_pass_its_parent_and_its_name(tmp_p
         load_test_set(cfg_for(cat, "widget"))
 
 
-def test_predict_applies_exif_orientation_before_the_model_and_the_export_says_serving_bytes_does_not(tmp_path):
-    """serving_bytes decodes in TensorFlow, whose decoders ignore EXIF: predict hands the model upright
-    pixels (Pillow), and the export's metadata says what serving_bytes does."""
+def exif_block(orientation: int, order: str) -> bytes:
+    """An EXIF block (``Exif\\0\\0`` + TIFF header + IFD0 with the orientation tag) in byte order II or MM."""
+    e = "little" if order == "II" else "big"
+    u16, u32 = (lambda v: v.to_bytes(2, e)), (lambda v: v.to_bytes(4, e))
+    ifd = u16(2) + u16(0x010F) + u16(2) + u32(4) + b"cam\0" + u16(0x0112) + u16(3) + u32(1) + u16(orientation) + u16(0)
+    return b"Exif\0\0" + order.encode() + u16(42) + u32(8) + ifd + u32(0)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_serving_bytes_applies_exif_orientation_as_training_does(tmp_path, fmt):
+    """The export's serving_bytes decodes in TensorFlow, whose decoders ignore EXIF: the graph reads the
+    orientation tag itself (JPEG APP1, PNG eXIf; either byte order) and gives load_image's pixels."""
+    from cbigan.data.pipeline import load_image
+    from cbigan.serving.export import EXIF_NOTE, decode_image_bytes
+
+    stored = np.rot90(upright_photo(48, 32), 1).copy()
+    for orientation in range(1, 9):
+        for order in ("II", "MM"):
+            path = tmp_path / f"{orientation}{order}.{fmt.lower()}"
+            Image.fromarray(stored).save(path, fmt, exif=exif_block(orientation, order), quality=95)
+            expected = load_image(path)
+            assert expected.shape == ((48, 32, 3) if orientation >= 5 else (32, 48, 3))  # Pillow turned it
+            got = decode_image_bytes(path.read_bytes()).numpy()
+            assert np.array_equal(got, expected), (fmt, orientation, order)
+    assert "applies" in EXIF_NOTE
+
+
+def test_predict_applies_exif_orientation_before_the_model(tmp_path):
+    """predict hands the model upright pixels (Pillow); the export's metadata says what each signature does."""
     from cbigan.serving.export import EXIF_NOTE, metadata
     from cbigan.serving.predict import predict
 
@@ -365,7 +391,7 @@ def test_predict_applies_exif_orientation_before_the_model_and_the_export_says_s
     res, _ = predict(Model(), [tmp_path / "p.png"], progress=False)
     assert len(res.predictions) == 1 and np.array_equal(seen[0][0], up)
     meta = metadata(cfg_for(tmp_path, "part"), None, None)
-    assert meta["exif_orientation"] == EXIF_NOTE and "does not apply the EXIF orientation" in EXIF_NOTE
+    assert meta["exif_orientation"] == EXIF_NOTE
 
 
 def test_map_vmax_sets_the_top_of_the_heat_map_colour_scale(tmp_path):

@@ -52,9 +52,9 @@ OUTPUTS = ("score", "is_anomaly", "threshold", "anomaly_map", "reconstruction")
 
 
 #: What the export does with a photo's EXIF orientation (also in its metadata and docs/serving.md).
-EXIF_NOTE = ("serving_bytes decodes the stored pixels and does not apply the EXIF orientation (TensorFlow's "
-             "decoders ignore it): send upright pixels (serving_default, as cbigan.serving.predict does after applying "
-             "it with Pillow) or files without a rotating orientation tag")
+EXIF_NOTE = ("serving_bytes applies a JPEG's or PNG's EXIF orientation (tag 0x0112) as Pillow's exif_transpose "
+             "does; serving_default and serving_uint8 take pixels as they are: send them upright (cbigan.serving.predict "
+             "applies the orientation with Pillow before)")
 
 
 class ExportError(RuntimeError):
@@ -146,6 +146,65 @@ def gray16_to_uint8(a, significant_bits):
     return tf.cast(tf.clip_by_value((2 * 255 * a + top) // (2 * top), 0, 255), tf.uint8)
 
 
+#: Where the EXIF block of a file is looked for: its first bytes (a JPEG's APP1 segment comes first).
+EXIF_SEARCH_BYTES = 65536
+
+
+def _find(raw, n: int, sig):
+    """[n] bool: where ``sig`` (byte values, None for any byte) starts in ``raw`` (int64 bytes, at least
+    ``n + len(sig)`` long)."""
+    hits = tf.ones([n], tf.bool)
+    for k, c in enumerate(sig):
+        if c is not None:
+            hits = tf.logical_and(hits, tf.equal(raw[k:k + n], c))
+    return hits
+
+
+def _exif_orientation(b, is_jpeg, is_png):
+    """The EXIF orientation tag (1-8; 1 where there is none, or a value outside 1-8) of an encoded file:
+    the TIFF block of a JPEG's ``APP1 Exif`` segment or of a PNG's ``eXIf`` chunk in its first
+    :data:`EXIF_SEARCH_BYTES` bytes, IFD0's tag 0x0112 (either byte order), as Pillow reads it."""
+    size = 2 * EXIF_SEARCH_BYTES
+    raw = _raw(tf.strings.join([b, tf.constant(b"\0" * (size + 16))]), 0, size + 16)
+    m = tf.cast(tf.shape(raw)[0], tf.int64)
+    jpeg_hit = tf.logical_and(is_jpeg, _find(raw, EXIF_SEARCH_BYTES, [0xFF, 0xE1, None, None, *b"Exif\0\0"]))
+    png_hit = tf.logical_and(is_png, _find(raw, EXIF_SEARCH_BYTES, list(b"eXIf")))
+    found = tf.logical_or(tf.reduce_any(jpeg_hit), tf.reduce_any(png_hit))
+    start = tf.where(tf.reduce_any(jpeg_hit), tf.argmax(tf.cast(jpeg_hit, tf.int32)) + 10,
+                     tf.argmax(tf.cast(png_hit, tf.int32)) + 4)
+    t = tf.where(found, tf.cast(start, tf.int64), _I64(0))
+
+    def byte(i):
+        return tf.gather(raw, tf.clip_by_value(i, 0, m - 1))
+
+    little = tf.logical_and(tf.equal(byte(t), 0x49), tf.equal(byte(t + 1), 0x49))  # "II"; "MM": big-endian
+
+    def uint(i, n: int):
+        parts = [byte(i + k) for k in range(n)]
+        le = tf.add_n([tf.bitwise.left_shift(parts[k], 8 * k) for k in range(n)])
+        be = tf.add_n([tf.bitwise.left_shift(parts[k], 8 * (n - 1 - k)) for k in range(n)])
+        return tf.where(little, le, be)
+
+    ifd = t + uint(t + 4, 4)
+    k = tf.range(64, dtype=tf.int64)
+    entry = ifd + 2 + 12 * k
+    match = tf.logical_and(tf.equal(uint(entry, 2), 0x0112), k < uint(ifd, 2))
+    value = tf.gather(uint(entry + 8, 2), tf.argmax(tf.cast(match, tf.int32)))
+    value = tf.where(tf.logical_and(found, tf.reduce_any(match)), value, _I64(1))
+    return tf.cast(tf.where(tf.logical_and(value >= 1, value <= 8), value, _I64(1)), tf.int32)
+
+
+def _upright(image, orientation):
+    """[H, W, C] turned upright by an EXIF ``orientation`` (1-8), as ``PIL.ImageOps.exif_transpose``."""
+    def transpose():
+        return tf.transpose(image, [1, 0, 2])
+
+    return tf.switch_case(orientation - 1, [
+        lambda: image, lambda: tf.reverse(image, [1]), lambda: tf.reverse(image, [0, 1]),
+        lambda: tf.reverse(image, [0]), transpose, lambda: tf.image.rot90(image, 3),
+        lambda: tf.reverse(transpose(), [0, 1]), lambda: tf.image.rot90(image, 1)])
+
+
 def decode_image_bytes(b):
     """One encoded file (a scalar string) -> uint8 RGB [H, W, 3], the pixels of :func:`cbigan.data.pipeline.load_image`.
 
@@ -158,6 +217,9 @@ def decode_image_bytes(b):
       fast one is 1-5 levels off), CMYK converted as Pillow does;
     * BMP: 24/32-bit uncompressed with ``tf.io.decode_bmp``; 8-bit palette BMPs are looked up in
       their palette here (``tf.io.decode_bmp`` would return the indices as gray levels).
+
+    A JPEG's or PNG's EXIF orientation is applied (:func:`_exif_orientation`), as every photo viewer and
+    :func:`cbigan.data.pipeline.load_image` do.
 
     Anything else fails with an ``InvalidArgumentError`` whose message starts with ``cbigan:`` and
     says what to send instead: TIFF (TensorFlow has no decoder), GIF (not an image format of the training sets) and WebP (no TensorFlow decoder),
@@ -242,7 +304,9 @@ def decode_image_bytes(b):
                        f"send PNG, or {_FALLBACK}"),
                 refuse(f"cbigan: serving_bytes takes {BYTES_FORMATS}; these bytes are none of them; "
                        f"{_FALLBACK}")]
-    return tf.ensure_shape(tf.switch_case(index, branches), [None, None, 3])
+    image = tf.switch_case(index, branches)
+    image = _upright(image, _exif_orientation(b, kinds[1], kinds[0]))
+    return tf.ensure_shape(image, [None, None, 3])
 
 
 class ServingGraph:
