@@ -88,7 +88,7 @@ def test_curves(obj_run, tmp_path):
     assert main(["curves", str(obj_run), "--out", str(out), "--dpi", str(DPI)]) == 0
     png(out, figures.CURVES_SIZE)
     with Image.open(out) as im:
-        assert "cbigan.reporting.plots curves" in im.info.get("Description", "")
+        assert "cbigan.plots curves" in im.info.get("Description", "")
     assert "curves.png: python -m cbigan.plots curves" in (tmp_path / "commands.txt").read_text()
 
 
