@@ -21,6 +21,7 @@ def bench(*args) -> str:
     return r.stdout
 
 
+@pytest.mark.slow
 def test_metrics_times_the_pixel_metrics_against_the_references():
     out = bench("metrics", "--maps", "3", "--size", "32", "--repeats", "1")
     assert "3 maps of 32x32" in out and "best of 1" in out

@@ -105,6 +105,7 @@ def test_quiet_tensorflow_leaves_the_users_setting_and_verbose_alone(monkeypatch
     assert quiet_tensorflow(["run"])  # its own setting, inherited by a child process: still quiet
 
 
+@pytest.mark.slow
 def test_a_command_that_starts_tensorflow_prints_none_of_its_chatter(tmp_path):
     """``python -m cbigan.export`` imports TensorFlow before its command line runs; the error it then
     prints is ours, and nothing of TensorFlow's start-up (CUDA stub, cuInit, CPU instructions)."""
@@ -123,6 +124,7 @@ def _jpeg_sizes(page: str) -> list:
             for b in re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)]
 
 
+@pytest.mark.slow
 def test_the_report_of_a_non_square_tiles_run_shows_each_image_at_its_aspect_ratio(tmp_path, capsys):
     """200x520 strips on a 256 px tiles canvas (scaled to 98x256, the rest mirrored): every thumbnail and
     map overlay is 96x37, the strip's shape, not the square canvas."""

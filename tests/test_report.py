@@ -66,6 +66,7 @@ def find_browser():
     return None
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(synthetic_root, tmp_path, capsys):
     browser = find_browser()
     if browser is None:

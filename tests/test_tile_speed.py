@@ -25,6 +25,7 @@ def _both(cfg, seed=0):
 
 @pytest.mark.parametrize("kw", [{}, {"image_score": "paper"}, {"global_views": 0.5},
                                 {"image_score": "map_topk", "extra": {"map_sigma": 2.0}}])
+@pytest.mark.slow
 @pytest.mark.parametrize("hw", [(70, 230), (250, 90), (40, 256)])
 def test_region_only_serves_what_the_whole_canvas_serves(kw, hw):
     new, old = _both(_cfg(**kw))
@@ -70,6 +71,7 @@ def test_region_only_scores_fewer_tiles():
     assert len(with_grid) == 13 * 31 + 16 * 16 - 7 * 16        # plus the grid rows below
 
 
+@pytest.mark.slow
 def test_the_serve_benchmark_counts_only_the_tiles_a_region_scores():
     from cbigan.bench.serve import graph_flops
     from cbigan.model.gan import build_model
@@ -80,6 +82,7 @@ def test_the_serve_benchmark_counts_only_the_tiles_a_region_scores():
     assert 0 < part < full
 
 
+@pytest.mark.slow
 def test_evaluation_maps_inside_the_regions_and_parts_are_the_whole_canvases():
     from cbigan.scoring.localization import Localizer
     from cbigan.model.gan import build_model
