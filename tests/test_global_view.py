@@ -227,3 +227,4 @@ def test_stored_maps_take_the_runs_weight(tmp_path):
     back = ImageResults.load_maps(tmp_path / "pixel_maps.npz", 0.4)
     np.testing.assert_allclose(back.maps(0.1), anomaly_map(maps, glob, regions, 0.4), rtol=1e-6)
     assert not np.allclose(back.maps(0.1), ImageResults.load_maps(tmp_path / "pixel_maps.npz").maps(0.1))
+

@@ -55,14 +55,18 @@ def runs(tmp_path_factory):
     obj = make_untrained_run(root / "data", root / "runs", "lt_obj", image_size=64, patch_size=64, **SMALL)
     tiles = make_untrained_run(root / "data", root / "runs", "lt_tiles", kind="tiles", image_size=128,
                                patch_size=64, image_score="fused", score_margin=4, val_split=0.25, **SMALL)
+    make_strips(root / "data", "lt_gv", seed=1)
+    gv = make_untrained_run(root / "data", root / "runs", "lt_gv", kind="tiles", image_size=128, patch_size=64,
+                            image_score="map_max", global_views=0.25, val_split=0.25, **SMALL)
     out = {}
-    for name, r in (("obj", obj), ("tiles", tiles)):
+    for name, r in (("obj", obj), ("tiles", tiles), ("tiles_global_view", gv)):
         ev = evaluate_run(r["run"], progress=False, model=r["model"])
         out[name] = {"run": r["run"], "cfg": r["cfg"], "paths": [str(p) for p in ev.scores["path"]],
                      "scores": ev.scores["score"].to_numpy(np.float64)}
     assert export_main([str(obj["run"]), "--format", "litert"]) == 0
     out["obj"]["model"] = obj["run"] / "export" / "litert" / "lt_obj.tflite"
     out["tiles"]["model"] = export_litert(tiles["run"], root / "edge" / "strips.tflite", verbose=False)
+    out["tiles_global_view"]["model"] = export_litert(gv["run"], root / "edge" / "gv.tflite", verbose=False)
     return out
 
 
@@ -87,6 +91,8 @@ def test_files_and_metadata(runs):
     tiles_meta = read_litert_metadata(runs["tiles"]["model"])
     assert tiles_meta["kind"] == "tiles" and tiles_meta["image_score"] == "fused"
     assert tiles_meta["threshold_info"]["fusion"]  # calibrated by evaluate (a fused rule asks for it)
+    gv_meta = read_litert_metadata(runs["tiles_global_view"]["model"])  # its global views come as an input
+    assert set(gv_meta["inputs"]) == {"images_uint8", "regions", "views"} and gv_meta["global_views"] == 0.25
 
 
 PARITY_SCRIPT = r"""
@@ -138,7 +144,7 @@ def test_parity_with_evaluate_in_a_fresh_process(runs):
         if name == "obj":  # maps at the model resolution; the resize (90 -> 64 px) ran outside the model
             assert g["raw_shape"][1:3] == [90, 90]
             assert g["map_shape"] == [n, s, s] and g["recon_shape"] == [n, s, s, 3]
-        else:  # tiles: maps cut to the image's region and resized to the (non-square) input's size
+        else:  # tiles (with a global view too): maps cut to the image's region, resized to the input's size
             assert g["raw_shape"][1:3] == [90, 200]
             assert g["map_shape"] == [n, 90, 200] and g["recon_shape"] == [n, 90, 200, 3]
 
@@ -163,19 +169,3 @@ def test_clear_errors(tmp_path, monkeypatch, runs):
         interpreter_class()
     with pytest.raises(SystemExit):
         export_main([str(runs["obj"]["run"]), "--format", "litert", "--version", "2"])
-
-
-@pytest.mark.slow
-def test_a_tiles_run_with_a_global_view_is_refused_in_one_line(tmp_path):
-    """The global view's antialiased resize has no LiteRT kernel: said before any conversion."""
-    from synthetic import make_untrained_run
-
-    from cbigan.serving.export import ExportError
-    from cbigan.serving.litert import write_litert
-
-    make_strips(tmp_path / "data")
-    r = make_untrained_run(tmp_path / "data", tmp_path / "runs", "lt_tiles", kind="tiles", image_size=128,
-                           patch_size=64, image_score="map_max", global_views=0.25, **SMALL)
-    with pytest.raises(ExportError, match=r"--global-views 0.25.*SavedModel"):
-        write_litert(r["model"], r["cfg"], tmp_path / "x.tflite")
-    assert not (tmp_path / "x.tflite").exists()

@@ -128,8 +128,6 @@ def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int)
     Tiles also show the serving graph on the whole canvas ("canvas": every tile, the path before issue 36,
     in-process), whose scores the SavedModel's must match (the max rel. score diff is against it)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import dataclasses
-
     import numpy as np
     import tensorflow as tf
 
@@ -176,9 +174,7 @@ def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int)
             path = export_model(model, cfg, tmp, threshold_info={"threshold": 0.0, "rule": "benchmark"})
             export_s = time.perf_counter() - t0
             sig = tf.saved_model.load(str(path)).signatures["serving_default"]
-            # LiteRT holds no global view (issue 36, part 3): the same networks without it
-            lite_cfg = dataclasses.replace(cfg, global_views=0.0) if cfg.global_views else cfg
-            lite = _litert(model, lite_cfg, tmp)
+            lite = _litert(model, cfg, tmp)
             canvas = ServingGraph(model, cfg, 0.0, region_only=False).python_fn() if tiles else None
             scorer = ImageScorer(model, cfg) if tiles else Scorer(model, cfg)
             label = f"{kind} {s} px"
@@ -222,7 +218,7 @@ def run(*, batches: list[int], kinds: list[str], seconds: float, min_calls: int)
             print(f"{'':<34} {flops / 1e6:.1f} MFLOP per image; SavedModel export took {export_s:.1f} s")
     print("SavedModel: serving_default on float32 raw pixels (resize in the graph); canvas (tiles): the "
           "serving graph scoring every tile of the canvas (before issue 36), in-process; Python: evaluate.py's "
-          "path; LiteRT: the .tflite export (XNNPACK) with the kind's resize before it in TensorFlow (tiles: "
-          "without the global view, which it cannot hold); LiteRT core: the .tflite model alone on model-size "
-          "uint8 images.")
+          "path; LiteRT: the .tflite export (XNNPACK) with the kind's resize before it in TensorFlow (tiles with "
+          "a global view: its resize too); LiteRT core: the .tflite model alone on model-size uint8 images (and "
+          "the global view's resize).")
     return 0

@@ -187,19 +187,42 @@ def region_canvas(maps, regions, size: int):
     """The inverse of :func:`region_views` for maps: each global view's map back over its image's region.
 
     ``maps``: [N, p, p] float (one map per global view); ``regions``: [N, 2] int (h, w), each at most
-    ``size``. Returns float32 [N, size, size]: the map resized (bilinear) to h x w in the top-left corner,
-    0 elsewhere (the mirrored part of a tiles canvas, which no metric reads). One op for evaluation,
-    figures, predict and the export, so their anomaly maps agree.
+    ``size``. Returns float32 [N, size, size]: the map resized to h x w in the top-left corner, 0 elsewhere
+    (the mirrored part of a tiles canvas, which no metric reads). The resize is
+    ``tf.image.resize(..., "bilinear")``'s (half-pixel centres, no antialiasing), written as gathers and
+    arithmetic over the whole batch, so that it has LiteRT kernels (no per-image loop, no resize op of a
+    size known only at run time). One op for evaluation, figures, predict and both exports, so their
+    anomaly maps agree.
     """
     maps = tf.convert_to_tensor(maps, tf.float32)
     regions = tf.cast(regions, tf.int32)
+    p = tf.shape(maps)[1]
 
-    def one(args):
-        m, hw = args
-        up = tf.image.resize(m[..., None], (hw[0], hw[1]), method="bilinear")[..., 0]
-        return tf.pad(up, [[0, size - hw[0]], [0, size - hw[1]]])
+    def axis(n):
+        """[N, size] source rows (or columns) below and above, their weight, and whether inside n."""
+        out = tf.range(size, dtype=tf.float32)[None, :]
+        n_f = tf.cast(n, tf.float32)[:, None]
+        src = (out + 0.5) * (tf.cast(p, tf.float32) / n_f) - 0.5   # TF's kernel: scale = in / out first
+        low_f = tf.floor(src)
+        low = tf.clip_by_value(tf.cast(low_f, tf.int32), 0, p - 1)
+        high = tf.clip_by_value(tf.cast(tf.math.ceil(src), tf.int32), 0, p - 1)
+        return low, high, src - low_f, out < n_f
 
-    return tf.map_fn(one, (maps, regions), fn_output_signature=tf.TensorSpec([size, size], tf.float32))
+    y0, y1, wy, in_y = axis(regions[:, 0])
+    x0, x1, wx, in_x = axis(regions[:, 1])
+    rows0 = tf.gather(maps, y0, axis=1, batch_dims=1)        # [N, size, p]
+    rows1 = tf.gather(maps, y1, axis=1, batch_dims=1)
+
+    def cols(rows):
+        return tf.gather(rows, x0, axis=2, batch_dims=1), tf.gather(rows, x1, axis=2, batch_dims=1)
+
+    (a, b), (c, d) = cols(rows0), cols(rows1)                # [N, size, size]
+    wx_, wy_ = wx[:, None, :], wy[:, :, None]
+    top = a + (b - a) * wx_
+    bottom = c + (d - c) * wx_
+    up = top + (bottom - top) * wy_
+    inside = tf.logical_and(in_y[:, :, None], in_x[:, None, :])
+    return tf.where(inside, up, tf.zeros_like(up))
 
 
 def _symmetric_index(n, size: int):

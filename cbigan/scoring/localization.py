@@ -268,24 +268,29 @@ def channel_mean_map(d, p_h: int, p_w: int):
     return tf.tile(d[:, None, None], [1, p_h, p_w])
 
 
-def global_view_parts(encoder, generator, features, x, regions, *, patch: int, sigma: float = DEFAULT_SIGMA):
+def global_view_parts(encoder, generator, features, x, regions, *, patch: int, sigma: float = DEFAULT_SIGMA,
+                      views=None):
     """The global view's two map parts ``(global_r, global_fd)``, each [N, p, p] (p = ``patch``).
 
     Each image's region of ``x`` ([N, S, S, C] in the model range; ``regions`` [N, 2] (h, w)) resized to one
     tile (:func:`cbigan.core.imageops.region_views`) and mapped as :func:`localize` maps a tile: channel means
-    of |x - G(E(x))| and of the feature difference, smoothed at ``sigma`` pixels of the tile.
+    of |x - G(E(x))| and of the feature difference, smoothed at ``sigma`` pixels of the tile. ``views``
+    [N, p, p, C] (model range): those tiles made already (the LiteRT model gets them as an input: its
+    antialiased resize has no LiteRT kernel), used instead.
     """
     from cbigan.core.imageops import region_views
 
     p = int(patch)
-    views = tf.ensure_shape(region_views(x, tf.cast(regions, tf.int32), p), [None, p, p, None])
+    if views is None:
+        views = region_views(x, tf.cast(regions, tf.int32), p)
+    views = tf.ensure_shape(tf.cast(views, tf.float32), [None, p, p, None])
     out = score_patches(encoder, generator, features, views)
     return gaussian_blur(out["diff"], sigma), gaussian_blur(channel_mean_map(out["feature_abs"], p, p), sigma)
 
 
 def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
              sigma: float = DEFAULT_SIGMA, stride: int | None = None, global_view: bool = False, regions=None,
-             region_only: bool = False, keep_grid: bool = True):
+             region_only: bool = False, keep_grid: bool = True, views=None):
     """Score parts and anomaly maps of full images ``x`` in [-1, 1], [N, S, S, 3] (static S).
 
     Returns a dict of tensors:
@@ -301,7 +306,8 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
     map parts of each image's global view (:func:`global_view_parts`; ``regions`` [N, 2] (h, w), None: the
     whole image), which the map rules add to the image score (:func:`cbigan.core.anomaly_score.rule_scores`);
     ``anomaly_map`` and the paper's parts stay the tiles' (the map shown adds the global view's:
-    :func:`cbigan.core.anomaly_score.anomaly_map`).
+    :func:`cbigan.core.anomaly_score.anomaly_map`). ``views``: the global views made already
+    (:func:`global_view_parts`).
 
     ``region_only`` (tiles with ``regions``): score only the patches that the maps inside the union of
     the batch's regions need (:func:`needed_patches`: the regions grown by the blur's reach), plus the
@@ -322,7 +328,7 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
     if region_only and regions is not None and k > 1:
         return _localize_region(encoder, generator, features, x, pos=pos, sub=sub, patch=patch, size=size,
                                 lam=lam, sigma=sigma, global_view=global_view, regions=regions,
-                                keep_grid=keep_grid)
+                                keep_grid=keep_grid, views=views)
     patches = x if k == 1 else extract_patches(x, pos, patch)
     out = score_patches(encoder, generator, features, patches)
     recon = out["reconstruction"]
@@ -348,12 +354,12 @@ def localize(encoder, generator, features, x, *, patch: int, lam: float = 0.1,
         if regions is None:
             regions = tf.fill(tf.stack([tf.shape(x)[0], 2]), size)
         out["global_r"], out["global_fd"] = global_view_parts(encoder, generator, features, x, regions,
-                                                              patch=patch, sigma=sigma)
+                                                              patch=patch, sigma=sigma, views=views)
     return out
 
 
 def _localize_region(encoder, generator, features, x, *, pos, sub, patch, size, lam, sigma, global_view,
-                     regions, keep_grid):
+                     regions, keep_grid, views=None):
     """:func:`localize` with ``region_only``: the patches of :func:`needed_patches` only."""
     k, grid = len(pos), size // patch
     index = needed_patches(pos, patch, size, regions, blur_reach(sigma), keep_grid)   # [M]
@@ -382,7 +388,7 @@ def _localize_region(encoder, generator, features, x, *, pos, sub, patch, size, 
               "anomaly_map": gaussian_blur(combine(raw_r, raw_fd, float(lam)), sigma), "reconstruction": rec}
     if global_view:
         result["global_r"], result["global_fd"] = global_view_parts(encoder, generator, features, x, regions,
-                                                                    patch=patch, sigma=sigma)
+                                                                    patch=patch, sigma=sigma, views=views)
     return result
 
 

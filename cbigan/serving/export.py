@@ -309,6 +309,16 @@ def decode_image_bytes(b):
     return tf.ensure_shape(image, [None, None, 3])
 
 
+def global_views(images_uint8, regions, cfg: Config):
+    """[N, p, p, 3] float32: the global view of each fitted image ([N, S, S, 3] uint8, its region [N, 2]
+    ``(h, w)``) in the model's range, as :meth:`ServingGraph.score_resized` makes it in its graph
+    (:func:`cbigan.scoring.localization.global_view_parts`); the LiteRT model takes it as an input."""
+    from cbigan.core.imageops import region_views
+
+    x = to_model_range(images_uint8, cfg.normalize)
+    return region_views(x, tf.cast(regions, tf.int32), cfg.patch_size)
+
+
 class ServingGraph:
     """The exported computation, also usable in-process (``predict`` on a run folder, benchmarks)."""
 
@@ -327,14 +337,19 @@ class ServingGraph:
         # _single scores a whole batch in one pass (what the LiteRT model freezes), _core in chunks.
         self._single = tf.function(self.score_resized, input_signature=spec)
         self._core = tf.function(self.score_in_chunks, input_signature=spec)
+        p = self.cfg.patch_size
+        #: the LiteRT model of a run with global views: the views made outside it (:func:`global_views`)
+        self._single_views = tf.function(
+            self.score_resized, input_signature=spec + [tf.TensorSpec([None, p, p, 3], tf.float32)])
 
-    def score_resized(self, images_uint8, regions):
+    def score_resized(self, images_uint8, regions, views=None):
         """Outputs for a batch already resized to [N, S, S, 3] uint8; ``regions`` [N, 2] int32 ``(h, w)``:
         the part of each that is the image (tiles; else ``(S, S)``), which the map rules score less
         ``cfg.score_margin`` at its border.
 
         Scores and maps come from :func:`cbigan.scoring.localization.localize`, the implementation evaluation
-        and figures use, so served and in-framework results agree.
+        and figures use, so served and in-framework results agree. ``views``: the global views made
+        already (:func:`global_views`; a run with ``global_views`` only).
         """
         cfg = self.cfg
         lam = float(cfg.score_lambda)
@@ -342,7 +357,7 @@ class ServingGraph:
         out = localize(self.encoder, self.generator, self.features, to_model_range(images_uint8, cfg.normalize),
                        patch=cfg.patch_size, lam=lam, sigma=sigma, stride=stride,
                        global_view=bool(cfg.global_views), regions=regions, region_only=self.region_only,
-                       keep_grid=cfg.image_score not in MAP_RULES)
+                       keep_grid=cfg.image_score not in MAP_RULES, views=views)
         glob = combine(out["global_r"], out["global_fd"], lam) if "global_r" in out else None
         weight = global_weight(cfg)
         score = rule_scores(cfg.image_score, lam, l_r=out["l_r"], l_fd=out["l_fd"], maps=out["anomaly_map"],

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from cbigan.core.config import STORED, Config, as_resolved, resolve_config
-from cbigan.serving.export import ExportError, ServingGraph, load_for_export, metadata
+from cbigan.serving.export import ExportError, ServingGraph, global_views, load_for_export, metadata
 from cbigan.core.runfolder import EXPORT, write_atomic, write_json_atomic
 
 LITERT = "litert"          # the folder under the export folder
@@ -42,6 +42,9 @@ LITERT_FORMAT = 1
 SIGNATURE = "serving_default"
 INPUTS = {"images_uint8": "uint8 [N, S, S, 3]: the images after the kind's fit (resize or tiles canvas)",
           "regions": "int32 [N, 2]: (h, w) of each canvas that holds the image ((S, S) but for tiles)"}
+#: The third input of a run with global views (tiles, ``--global-views``).
+VIEWS_INPUT = {"views": "float32 [N, p, p, 3]: each image's region resized to one tile (p = the patch size) "
+                        "in the model's range (cbigan.serving.export.global_views)"}
 INSTALL = "pip install ai-edge-litert"
 
 
@@ -64,7 +67,7 @@ def convert(graph: ServingGraph) -> tuple[bytes, dict]:
     import tensorflow as tf
     from tensorflow.python.framework import convert_to_constants
 
-    concrete = graph._single.get_concrete_function()
+    concrete = (graph._single_views if graph.cfg.global_views else graph._single).get_concrete_function()
     frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
     # A dict is flattened in sorted key order: the order of the converted signature's output_<i>.
     names = sorted(concrete.structured_outputs)
@@ -77,10 +80,12 @@ def litert_metadata(cfg: Config, threshold_info: dict | None, run_dir, outputs: 
     meta = metadata(cfg, threshold_info, run_dir)
     meta.pop("signatures", None)
     meta.update({
-        "format": LITERT_FORMAT, "runtime": "litert", "signature": SIGNATURE, "inputs": INPUTS,
+        "format": LITERT_FORMAT, "runtime": "litert", "signature": SIGNATURE,
+        "inputs": {**INPUTS, **(VIEWS_INPUT if cfg.global_views else {})},
         "outputs": outputs, "outside_the_model": (
-            "the kind's fit (cbigan.core.kinds.InputKind.fit) before it; for tiles the maps' region cut and "
-            "resize to the input size (InputKind.to_input_size) after it"),
+            "the kind's fit (cbigan.core.kinds.InputKind.fit) before it, and with global views their "
+            "antialiased resize (cbigan.serving.export.global_views); for tiles the maps' region cut and resize to the "
+            "input size (InputKind.to_input_size) after it"),
         "config": dataclasses.asdict(cfg),
     })
     return meta
@@ -118,10 +123,6 @@ def write_litert(model, cfg: Config, path: str | Path, *, threshold_info: dict |
     """Convert ``model`` (a :class:`cbigan.model.gan.CBiGAN` of ``cfg``) and write ``path`` (``.tflite``) and
     its JSON, each atomically (the model first); returns ``path``."""
     path, cfg = Path(path), as_resolved(cfg)
-    if cfg.global_views:
-        raise ExportError(f"a LiteRT model cannot hold the global view of this tiles run (--global-views "
-                          f"{cfg.global_views:g}: its antialiased resize has no LiteRT kernel); export the "
-                          f"SavedModel (the default --format), or train with --global-views 0")
     thr = None if threshold_info is None else threshold_info.get("threshold")
     data, outputs = convert(ServingGraph(model, cfg, thr))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,9 +206,14 @@ class LiteRTModel:
         self._outputs = self.meta["outputs"]
 
     def run_resized(self, images_uint8: np.ndarray, regions: np.ndarray) -> dict:
-        """The model alone: fitted uint8 images [N, S, S, 3] and their regions [N, 2] -> outputs at S."""
-        out = self._runner(images_uint8=np.ascontiguousarray(images_uint8, np.uint8),
-                           regions=np.ascontiguousarray(regions, np.int32))
+        """The model alone: fitted uint8 images [N, S, S, 3] and their regions [N, 2] -> outputs at S
+        (with global views, their resize runs first, in TensorFlow)."""
+        inputs = {"images_uint8": np.ascontiguousarray(images_uint8, np.uint8),
+                  "regions": np.ascontiguousarray(regions, np.int32)}
+        if self.cfg.global_views:
+            views = global_views(inputs["images_uint8"], inputs["regions"], self.cfg)
+            inputs["views"] = np.ascontiguousarray(np.asarray(views), np.float32)
+        out = self._runner(**inputs)
         return {self._outputs[k]: v for k, v in out.items()}
 
     def __call__(self, images) -> dict:
