@@ -15,7 +15,9 @@ command                                                    parser and ``main(arg
 
 Each module has ``build_parser()`` and ``main(argv=None) -> int`` (the exit status) and also runs as
 ``python -m cbigan.cli.<command>``. The library modules hold no argument parsing; the ``python -m
-cbigan.<module>`` forms above are kept by a three-line guard at the bottom of each module.
+cbigan.export|predict|plots`` forms above are the command modules ``cbigan/export.py``, ``predict.py`` and
+``plots.py`` (each runs its ``cbigan.cli`` module), ``python -m cbigan.reproduce`` a guard at the bottom
+of that module.
 
 Help texts tell the real default of every option once: :class:`HelpFormatter` appends
 ``(default: X)`` where the parser's default is the value used (``on``/``off`` for switches), and the
