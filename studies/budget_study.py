@@ -132,6 +132,8 @@ ARMS = {
     # the global view is an object's view): the fast preset's tiles since the twelfth study
     "tiles_gv50_w6": ["--preset", "fast", "--kind", "tiles", "--global-views", "0.5", "--width", "6",
                       "--precision", "mixed_bfloat16"],
+    # the README recipe exactly as a user types it (issue 34 rules study)
+    "readme": ["--preset", "fast"],
     "paper": ["--preset", "paper"],
     "egbad": ["--preset", "fast", "--alpha", "0", "--width", "3", "--normalize", "none"],
     "autoencoder": ["--preset", "fast", "--alpha", "1", "--width", "3", "--normalize", "none"],
