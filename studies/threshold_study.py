@@ -50,19 +50,16 @@ def balanced_threshold(clean, defective) -> float | None:
 
 def synthetic_threshold(model, cfg, info: dict, val_images, regions) -> float | None:
     """:func:`balanced_threshold` of the run's rule between the held-out images and their synthetic-defect
-    copies (every kind of :data:`cbigan.scoring.selection.DEFECT_KINDS`, as the calibration makes them)."""
+    copies (:func:`cbigan.scoring.threshold.synthetic_results`, as the calibration makes them)."""
     from cbigan.scoring.localization import Localizer, map_settings
-    from cbigan.scoring.selection import DEFECT_KINDS, MIN_IMAGES, synthetic_defects
+    from cbigan.scoring.threshold import synthetic_results
 
-    if len(val_images) < MIN_IMAGES:
-        return None
     sigma, stride = map_settings(cfg)
-    localizer = Localizer(model, cfg, sigma=sigma, stride=stride)
-    copies = synthetic_defects(val_images, cfg.seed, kinds=DEFECT_KINDS, regions=regions)
-    copy_regions = None if regions is None else np.concatenate([regions] * len(DEFECT_KINDS))
-    extra = {"global_weight": info.get("global_weight", 1.0), "fusion": info.get("fusion")}
-    clean = replace(localizer.run(val_images, progress=False, regions=regions), regions=regions, **extra)
-    bad = replace(localizer.run(copies, progress=False, regions=copy_regions), regions=copy_regions, **extra)
+    clean = Localizer(model, cfg, sigma=sigma, stride=stride).run(val_images, progress=False, regions=regions)
+    clean = replace(clean, regions=regions, global_weight=info.get("global_weight", 1.0), fusion=info.get("fusion"))
+    bad = synthetic_results(model, cfg, clean, val_images)
+    if bad is None:
+        return None
     score = lambda r: r.image_scores(cfg.score_lambda, cfg.image_score, cfg.score_topk, margin=cfg.score_margin)
     return balanced_threshold(score(clean), score(bad))
 

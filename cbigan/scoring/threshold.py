@@ -146,18 +146,15 @@ def calibrate_threshold(model, cfg: Config, val_images, progress: bool = True,
     return info
 
 
-def synthetic_separation(model, cfg: Config, clean, val_images: np.ndarray, progress: bool = False) -> dict | None:
-    """``{rule: {"local": auROC, "global": auROC}}``: how well each image-score rule separates the held-out
-    images (their results ``clean``, with the run's calibrated global weight and fusion statistics) from
-    their synthetic-defect copies, local (a pasted or inverted patch) and global (a large region shaded
-    or moved; :func:`cbigan.scoring.selection.synthetic_defects`, seeded by the run). No test image is used.
-    None with fewer than :data:`cbigan.scoring.selection.MIN_IMAGES` held-out images."""
+def synthetic_results(model, cfg: Config, clean, val_images: np.ndarray, progress: bool = False):
+    """The results of the synthetic-defect copies of the held-out images (every kind of
+    :data:`cbigan.scoring.selection.DEFECT_KINDS` in turn, :func:`cbigan.scoring.selection.synthetic_defects`
+    seeded by the run), scored as ``clean`` (their results: same regions, global weight and fusion
+    statistics); None with fewer than :data:`cbigan.scoring.selection.MIN_IMAGES` held-out images."""
     from cbigan.scoring.localization import Localizer, map_settings
-    from cbigan.scoring.metrics import MetricError
-    from cbigan.scoring.selection import DEFECT_KINDS, GLOBAL_DEFECTS, MIN_IMAGES, separation_auroc, synthetic_defects
+    from cbigan.scoring.selection import DEFECT_KINDS, MIN_IMAGES, synthetic_defects
 
-    n = len(val_images)
-    if n < MIN_IMAGES:
+    if len(val_images) < MIN_IMAGES:
         return None
     regions = clean.regions
     copies = synthetic_defects(val_images, cfg.seed, kinds=DEFECT_KINDS, regions=regions)
@@ -165,9 +162,23 @@ def synthetic_separation(model, cfg: Config, clean, val_images: np.ndarray, prog
     copy_regions = None if regions is None else np.concatenate([regions] * len(DEFECT_KINDS))
     bad = Localizer(model, cfg, sigma=sigma, stride=stride).run(copies, progress=progress,
                                                                  desc="synthetic defects", regions=copy_regions)
-    bad = replace(bad, global_weight=clean.global_weight, fusion=clean.fusion, regions=copy_regions)
+    return replace(bad, global_weight=clean.global_weight, fusion=clean.fusion, regions=copy_regions)
+
+
+def synthetic_separation(model, cfg: Config, clean, val_images: np.ndarray, progress: bool = False) -> dict | None:
+    """``{rule: {"local": auROC, "global": auROC}}``: how well each image-score rule separates the held-out
+    images (their results ``clean``, with the run's calibrated global weight and fusion statistics) from
+    their synthetic-defect copies (:func:`synthetic_results`), local (a pasted or inverted patch) and
+    global (a large region shaded or moved). No test image is used. None with fewer than
+    :data:`cbigan.scoring.selection.MIN_IMAGES` held-out images."""
+    from cbigan.scoring.metrics import MetricError
+    from cbigan.scoring.selection import DEFECT_KINDS, GLOBAL_DEFECTS, separation_auroc
+
+    bad = synthetic_results(model, cfg, clean, val_images, progress)
+    if bad is None:
+        return None
     lam = float(cfg.score_lambda)
-    first_global = DEFECT_KINDS.index(GLOBAL_DEFECTS[0]) * n
+    first_global = DEFECT_KINDS.index(GLOBAL_DEFECTS[0]) * len(val_images)
     out = {}
     for rule in IMAGE_SCORE_RULES:
         c = clean.image_scores(lam, rule, cfg.score_topk, margin=cfg.score_margin)
